@@ -1,0 +1,30 @@
+"""Exception types. Every error neuralpath raises on bad input is a :class:`NeuralpathError`.
+
+The CLI turns these into a one-line message and a non-zero exit code, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class NeuralpathError(Exception):
+    """Base class of all errors raised by neuralpath on bad input or bad files."""
+
+
+class InputError(NeuralpathError, ValueError):
+    """An argument has the wrong shape, dtype, range or value (NaN inputs, bad sparsity, ...)."""
+
+
+class LayerError(NeuralpathError, ValueError):
+    """A layer name or type is unknown, or the model has no gateable layers."""
+
+
+class ShapeError(NeuralpathError, ValueError):
+    """Masks, scores or pathways do not match the gated layers or each other."""
+
+
+class CheckpointError(NeuralpathError):
+    """A checkpoint or artifact file is missing, truncated, corrupt or for another model."""
+
+
+class DataError(NeuralpathError):
+    """A data set is unknown, missing from disk, or malformed."""

@@ -1,0 +1,94 @@
+"""The one interface every pathway finder implements, and the registry the CLI builds them from.
+
+A finder is configured once, then called like a Captum attribution method:
+``finder.find(inputs, target=None) -> Pathway``. ``target`` is an int, a ``[B]`` tensor, or None
+for the model's own prediction (see :mod:`neuralpath.targets`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.pathway import Granularity, Pathway
+from neuralpath.targets import Target
+
+
+class PathwayFinder(ABC):
+    """Finds a pathway per input sample. Never changes the model (all gating is scoped)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, gated: GatedModel):
+        self.gated = gated
+
+    @abstractmethod
+    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+        """Binary pathway ``[B, ...]`` per site for ``inputs`` ``[B, *gated.input_shape]``."""
+
+    def forward_equivalents(self) -> float:
+        """Cost of :meth:`find` per batch in forward passes of the target (a backward ≈ 2)."""
+        return float("nan")
+
+
+@dataclass(frozen=True)
+class FinderOptions:
+    """The options the CLI passes to every finder factory; each finder reads what it needs."""
+
+    sparsity: float = 0.9
+    granularity: Granularity = "channel"
+    generator: str | None = None
+    seed: int = 0
+
+
+FinderFactory = Callable[[GatedModel, FinderOptions], PathwayFinder]
+_REGISTRY: dict[str, FinderFactory] = {}
+
+
+def register_finder(name: str) -> Callable[[FinderFactory], FinderFactory]:
+    """Decorator: make ``factory`` available as ``neuralpath find --method NAME``."""
+
+    def decorate(factory: FinderFactory) -> FinderFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def finder_names() -> list[str]:
+    _load_builtin_finders()
+    return sorted(_REGISTRY)
+
+
+def build_finder(name: str, gated: GatedModel, options: FinderOptions) -> PathwayFinder:
+    """Instantiate the registered finder ``name``."""
+    _load_builtin_finders()
+    if name not in _REGISTRY:
+        raise InputError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](gated, options)
+
+
+def _load_builtin_finders() -> None:
+    """Import the modules that register the built-in finders (they register on import)."""
+    import importlib
+
+    for module in BUILTIN_FINDER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+BUILTIN_FINDER_MODULES: tuple[str, ...] = (
+    "neuralpath.methods.critical",
+    "neuralpath.methods.baselines",
+    "neuralpath.methods.dgr",
+    "neuralpath.methods.gencnp",
+)

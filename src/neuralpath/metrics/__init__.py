@@ -1,0 +1,1 @@
+"""Metrics for pathways (faithfulness, class relevance) and for saliency maps."""
