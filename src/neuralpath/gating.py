@@ -348,7 +348,8 @@ class GatedModel:
         differentiable with respect to the masks. Sites without a mask pass through unchanged.
         Inside the block the model is in eval mode with parameter gradients off; everything is
         restored on exit. With ``record``, the yielded :class:`Recording` holds each site's
-        (masked) output of the most recent forward.
+        (masked) output of the most recent forward; with gradients enabled, each is part of the
+        autograd graph (a leaf when nothing upstream requires gradients).
         """
         masks = dict(masks or {})
         for name in masks:
@@ -378,6 +379,10 @@ class GatedModel:
                 mask = masks.get(site.name)
                 gated = output if mask is None else output * _broadcast_mask(mask, output, site)
                 if record:
+                    if torch.is_grad_enabled() and not gated.requires_grad:
+                        # Nothing upstream needs gradients: make the site a leaf so that
+                        # gradients with respect to it can still be taken.
+                        gated = gated.detach().requires_grad_()
                     recording.activations[site.name] = gated
                 return gated
 

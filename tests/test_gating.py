@@ -1,0 +1,253 @@
+"""Gating engine: discovery, masking, recording, and leaving the model as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from contract import check_batch_equals_loop, check_cleans_up_after_raise, check_leaves_model_unchanged
+from neuralpath.errors import InputError, LayerError, ShapeError
+from neuralpath.gating import GatedModel, discover_sites
+from toys import FunctionalCNN, HandModel, tiny_cnn
+
+TORCHVISION_ARCHS = ["alexnet", "vgg11", "vgg16", "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small"]
+
+
+@pytest.fixture(scope="module", params=TORCHVISION_ARCHS)
+def torchvision_model(request: pytest.FixtureRequest) -> tuple[str, nn.Module]:
+    torch.manual_seed(0)
+    return request.param, torchvision.models.get_model(request.param, weights=None, num_classes=7).eval()
+
+
+def _ones(gm: GatedModel, batch: int, granularity: str) -> dict[str, torch.Tensor]:
+    shape = (lambda s: (s.units,)) if granularity == "channel" else (lambda s: s.shape)
+    return {s.name: torch.ones(batch, *shape(s)) for s in gm.sites}
+
+
+@pytest.mark.parametrize("granularity", ["channel", "element"])
+def test_all_ones_pathway_is_exactly_the_model(torchvision_model, granularity) -> None:
+    name, model = torchvision_model
+    x = torch.randn(2, 3, 64, 64)
+    gm = GatedModel.discover(model, x[:1])
+    with torch.no_grad():
+        plain = model(x)
+        gated = gm.forward(x, _ones(gm, 2, granularity))
+    assert torch.equal(plain, gated), name
+
+
+def test_default_sites_per_architecture(torchvision_model) -> None:
+    name, model = torchvision_model
+    gm = GatedModel.discover(model, torch.zeros(1, 3, 64, 64))
+    expected_counts = {
+        "alexnet": 5, "vgg11": 8, "vgg16": 13, "resnet18": 17, "resnet50": 49,
+        "mobilenet_v2": 35, "mobilenet_v3_small": 32,
+    }
+    assert len(gm.sites) == expected_counts[name]
+    assert all(site.kind == "conv" for site in gm.sites)
+
+
+def test_resnet_reused_relu_is_gated_per_call() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    gm = GatedModel.discover(model, x[:1])
+    assert {"layer1.0.relu#0", "layer1.0.relu#1", "relu"} <= set(gm.site_names)
+    first, second = gm.site("layer1.0.relu#0"), gm.site("layer1.0.relu#1")
+    assert (first.module_name, first.call_index) == ("layer1.0.relu", 0)
+    assert (second.module_name, second.call_index) == ("layer1.0.relu", 1)
+
+    mask = torch.ones(2, 64)
+    mask[:, 3] = 0
+    _, rec_second = gm.record(x, {"layer1.0.relu#1": mask})
+    _, rec_plain = gm.record(x)
+    # Only the second call of the module is masked: the first call's output is untouched.
+    assert torch.equal(rec_second.activations["layer1.0.relu#0"], rec_plain.activations["layer1.0.relu#0"])
+    assert rec_second.activations["layer1.0.relu#1"][:, 3].abs().sum() == 0
+    assert rec_plain.activations["layer1.0.relu#1"][:, 3].abs().sum() > 0
+    # ...and that changes what follows.
+    assert not torch.equal(rec_second.activations["layer2.0.relu#0"], rec_plain.activations["layer2.0.relu#0"])
+
+
+def test_hand_model_masking_changes_logits_by_hand_computed_amount() -> None:
+    model = HandModel()
+    x = torch.tensor([[1.0, 2.0]])
+    # h = relu(W1 x) = relu([1, 2, -1]) = [1, 2, 0];  y = W2 h = [1 + 4 + 0, -1 + 1 + 0] = [5, 0]
+    gm = GatedModel.discover(model, x, include_fc=True)
+    assert gm.site_names == ["act"] and gm.sites[0].kind == "fc"
+    assert torch.allclose(gm.forward(x), torch.tensor([[5.0, 0.0]]))
+    # Dropping hidden unit 1 (value 2) removes 2 * W2[:, 1] = [4, 1] from the logits.
+    dropped = gm.forward(x, {"act": torch.tensor([[1.0, 0.0, 1.0]])})
+    assert torch.allclose(dropped, torch.tensor([[1.0, -1.0]]))
+    # A continuous gate scales the contribution linearly: gate 0.25 on unit 0 removes 0.75 * [1, -1].
+    scaled = gm.forward(x, {"act": torch.tensor([[0.25, 1.0, 1.0]])})
+    assert torch.allclose(scaled, torch.tensor([[4.25, 0.75]]))
+
+
+def test_model_without_gateable_layers_is_a_clear_error() -> None:
+    with pytest.raises(LayerError, match="no gateable layers"):
+        GatedModel.discover(HandModel(), torch.zeros(1, 2))
+
+
+def test_functional_activations_fall_back_to_conv_outputs_and_named_modules() -> None:
+    torch.manual_seed(0)
+    model = FunctionalCNN().eval()
+    x = torch.randn(3, 1, 6, 6)
+    gm = GatedModel.discover(model, x[:1])
+    assert gm.site_names == ["conv1", "conv2"]
+    mask = torch.ones(3, 4)
+    mask[:, 0] = 0
+    _, rec = gm.record(x, {"conv2": mask})
+    assert rec.activations["conv2"][:, 0].abs().sum() == 0
+    # Gating a module's output reaches what its forward computes (here the whole model's logits).
+    whole = GatedModel.discover(model, x[:1], layers=["fc"])
+    logits = whole.forward(x, {"fc": torch.tensor([[1.0, 0.0]])})
+    assert torch.equal(logits[:, 1], torch.zeros(3))
+
+
+def test_inplace_relu_gives_same_outputs_and_mask_gradients() -> None:
+    x = torch.randn(4, 3, 8, 8)
+    results = []
+    for inplace in (False, True):
+        model = tiny_cnn(seed=1, inplace=inplace)
+        gm = GatedModel.discover(model, x[:1])
+        masks = {s.name: torch.rand(4, s.units, requires_grad=True) for s in gm.sites}
+        torch.manual_seed(5)
+        for m in masks.values():
+            m.data.uniform_()
+        out = gm.forward(x, masks)
+        grads = torch.autograd.grad(out[:, 0].sum(), list(masks.values()))
+        results.append((out.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_mask_gradient_matches_finite_differences() -> None:
+    model = tiny_cnn(seed=2).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gm = GatedModel.discover(model, x[:1])
+    masks = {s.name: torch.rand(2, s.units, dtype=torch.float64, requires_grad=True) for s in gm.sites}
+
+    def f(*values: torch.Tensor) -> torch.Tensor:
+        return gm.forward(x, dict(zip(masks, values, strict=True)))
+
+    assert torch.autograd.gradcheck(f, tuple(masks.values()))
+
+
+def test_gradient_of_ones_element_gate_is_activation_times_gradient() -> None:
+    model = tiny_cnn(seed=3).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gm = GatedModel.discover(model, x[:1])
+    logits, rec = gm.record(x)
+    grads = rec.gradients(logits[:, 1])
+    gates = {s.name: torch.ones(2, *s.shape, dtype=torch.float64, requires_grad=True) for s in gm.sites}
+    gated_logits = gm.forward(x, gates)
+    gate_grads = torch.autograd.grad(gated_logits[:, 1].sum(), list(gates.values()))
+    for site, gate_grad in zip(gm.sites, gate_grads, strict=True):
+        expected = rec.activations[site.name] * grads[site.name]
+        torch.testing.assert_close(gate_grad, expected.detach())
+
+
+def test_batch_of_different_masks_equals_loop() -> None:
+    model = tiny_cnn(seed=4)
+    x = torch.randn(5, 3, 8, 8)
+    gm = GatedModel.discover(model, x[:1])
+    torch.manual_seed(0)
+    channel = {s.name: torch.rand(5, s.units) > 0.5 for s in gm.sites}
+    element = {s.name: torch.rand(5, *s.shape) for s in gm.sites}
+    for masks in (channel, element):
+        def run(inputs: torch.Tensor, _target: object, masks=masks) -> torch.Tensor:
+            rows = slice(None) if inputs.shape[0] == 5 else _row_of(x, inputs)
+            return gm.forward(inputs, {n: m[rows] for n, m in masks.items()})
+
+        check_batch_equals_loop(run, x)
+
+
+def _row_of(batch: torch.Tensor, sample: torch.Tensor) -> slice:
+    for i in range(batch.shape[0]):
+        if torch.equal(batch[i : i + 1], sample):
+            return slice(i, i + 1)
+    raise AssertionError("sample not in batch")
+
+
+def test_shared_mask_broadcasts_over_batch() -> None:
+    model = tiny_cnn(seed=5)
+    x = torch.randn(3, 3, 8, 8)
+    gm = GatedModel.discover(model, x[:1])
+    one = {s.name: (torch.rand(1, s.units) > 0.3) for s in gm.sites}
+    full = {n: m.expand(3, -1) for n, m in one.items()}
+    assert torch.equal(gm.forward(x, one), gm.forward(x, full))
+
+
+def test_model_left_unchanged_after_gated_runs() -> None:
+    model = tiny_cnn(seed=6)
+    x = torch.randn(2, 3, 8, 8)
+    gm = GatedModel.discover(model, x[:1])
+    masks = {s.name: torch.rand(2, s.units, requires_grad=True) for s in gm.sites}
+
+    def run(inputs: torch.Tensor, _target: object) -> torch.Tensor:
+        logits, rec = gm.record(inputs, masks)
+        logits.sum().backward()
+        return logits
+
+    check_leaves_model_unchanged(model, run, x)
+    check_cleans_up_after_raise(model, model.classifier[1], run, x)
+    # Discovery itself leaves nothing behind either.
+    check_leaves_model_unchanged(model, lambda inputs, _t: discover_sites(model, inputs), x)
+
+
+def test_hooks_removed_when_mask_is_malformed() -> None:
+    model = tiny_cnn(seed=7)
+    x = torch.randn(2, 3, 8, 8)
+    gm = GatedModel.discover(model, x[:1])
+    bad = {gm.sites[1].name: torch.ones(2, 99)}
+    with pytest.raises(ShapeError, match="expected"):
+        gm.forward(x, bad)
+    with pytest.raises(ShapeError, match="batch size"):
+        gm.forward(x, {gm.sites[0].name: torch.ones(3, gm.sites[0].units)})
+    from contract import hook_count
+
+    assert hook_count(model) == 0 and not model.training
+
+
+def test_layer_selection_by_name_type_and_fc() -> None:
+    model = tiny_cnn(seed=8)
+    x = torch.zeros(1, 3, 8, 8)
+    assert discover_sites(model, x, include_fc=True)[-1].name == "classifier.2"
+    by_type = discover_sites(model, x, layers=(nn.Conv2d,))
+    assert [s.name for s in by_type] == ["features.0", "features.2"]
+    assert [s.shape for s in by_type] == [(4, 8, 8), (6, 8, 8)]
+    by_name = discover_sites(model, x, layers=["features.3", "classifier.1"])
+    assert [(s.name, s.kind, s.units) for s in by_name] == [("features.3", "custom", 6), ("classifier.1", "custom", 5)]
+
+
+def test_layer_selection_errors() -> None:
+    model = tiny_cnn(seed=9)
+    x = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(LayerError, match="unknown layer .features.l.; did you mean features"):
+        discover_sites(model, x, layers=["features.l"])
+    with pytest.raises(LayerError, match="no call #2"):
+        discover_sites(model, x, layers=["features.1#2"])
+    with pytest.raises(InputError):
+        discover_sites(model, x, layers=["features.1", nn.ReLU])  # type: ignore[list-item]
+    gm = GatedModel.discover(model, x)
+    with pytest.raises(LayerError, match="unknown gate site"):
+        gm.forward(x, {"nope": torch.ones(1, 4)})
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (torch.zeros(2, 1, 8, 8), "shape"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.int64), "floating-point"),
+        (torch.full((2, 3, 8, 8), float("nan")), "NaN"),
+        (torch.zeros(0, 3, 8, 8), "empty"),
+        ([[0.0]], "torch.Tensor"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(inputs: object, message: str) -> None:
+    gm = GatedModel.discover(tiny_cnn(), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(InputError, match=message):
+        gm.forward(inputs)  # type: ignore[arg-type]
