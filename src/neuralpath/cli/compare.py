@@ -1,0 +1,79 @@
+"""``neuralpath compare``: every method on the same samples; results.json, results.md, report.html."""
+
+from __future__ import annotations
+
+import argparse
+
+from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``compare`` command."""
+    compare = subparsers.add_parser(
+        "compare",
+        help="run several pathway methods on the same samples and write a report",
+        description="Run every method on the same samples and write RDIR/results.json, "
+        "RDIR/results.md, RDIR/report.html (self-contained) and RDIR/pathways/<method>.safetensors.",
+    )
+    compare.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    compare.add_argument("--generator", help="GEN-CNP generator directory (needed for gencnp)")
+    compare.add_argument("--methods", help="comma-separated methods (default: all; gencnp only "
+                         "with --generator)")
+    compare.add_argument("--sparsity", type=float, help="fraction of units dropped by methods with "
+                         "a sparsity knob (default: GEN-CNP's mean when it runs, else 0.9)")
+    compare.add_argument("--granularity", choices=("channel", "element"), default="channel")
+    compare.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
+    compare.add_argument("--data-root", help="folder holding a user copy of the data set")
+    compare.add_argument("--split", choices=("train", "test"), default="test")
+    compare.add_argument("--limit", type=int, default=500, help="evaluation samples (default 500)")
+    compare.add_argument("--batch-size", type=int, default=64)
+    compare.add_argument("--j", type=int, default=20, dest="per_class",
+                         help="training samples per class for class pathways (default 20)")
+    compare.add_argument("--theta", type=float, default=0.5, help="class pathway threshold (0.5)")
+    compare.add_argument("--panels", type=int, default=4, help="samples shown in the report (4)")
+    compare.add_argument("--frontier", help="JSON list of GEN-CNP alpha-sweep points to plot "
+                         "(default: GDIR/frontier.json when present)")
+    compare.add_argument("--out", required=True, help="results directory to write")
+    compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_seed_arg(compare)
+    add_device_arg(compare)
+    compare.set_defaults(handler=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neuralpath.errors import InputError
+    from neuralpath.io import read_json
+    from neuralpath.report import build_report
+    from neuralpath.study import DEFAULT_METHODS, StudyConfig, run_study, write_results
+
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    else:
+        methods = tuple(m for m in DEFAULT_METHODS if args.generator or m != "gencnp")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
+    config = StudyConfig(
+        methods=methods, sparsity=args.sparsity, granularity=args.granularity,
+        generator=args.generator, data=args.data, data_root=args.data_root, split=args.split,
+        limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+        transfer_per_class=args.per_class, theta=args.theta,
+    )
+    frontier_file = args.frontier or (
+        str(Path(args.generator) / "frontier.json")
+        if args.generator and (Path(args.generator) / "frontier.json").is_file() else None
+    )
+    frontier = read_json(frontier_file) if frontier_file else None
+    out = Path(args.out)
+    result, gated, evaluation = run_study(
+        args.checkpoint, config, device=args.device, progress=not args.no_progress,
+        pathway_dir=out / "pathways",
+    )
+    results_path = write_results(result, out)
+    md_path, html_path = build_report(result, gated, evaluation, out, panel_samples=args.panels,
+                                      frontier=frontier)
+    summary = result.to_json()
+    print_json({"results": str(results_path), "tables": str(md_path), "report": str(html_path),
+                "methods": summary["methods"], "transfer": summary["transfer"]})
+    return 0

@@ -1,0 +1,175 @@
+"""The study report: ``results.md`` (tables) and ``report.html`` (one self-contained file).
+
+The HTML opens offline: styles inline, figures embedded as PNG data URIs, and every label or
+name that comes from the data, the model or the user escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from neuralpath.attribution import PathwayGradCAM, PathwayGradient, signed_max_abs
+from neuralpath.data import ImageDataset
+from neuralpath.gating import GatedModel
+from neuralpath.io import write_bytes_atomic
+from neuralpath.report import figures
+from neuralpath.report.tables import TRANSFER_COLUMNS, html_table, markdown_table
+from neuralpath.study import StudyResult
+
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("metrics", "Faithfulness and class relevance"),
+    ("transfer", "Class pathways transferred to unseen samples"),
+    ("samples", "Per-sample explanations"),
+    ("layers", "Pathways layer by layer"),
+    ("class-pathways", "Class pathways"),
+    ("overlap", "Overlap between methods"),
+    ("sparsity", "Sparsity distributions"),
+    ("frontier", "GEN-CNP trade-off frontier"),
+)
+"""Section ids and titles of the HTML report, in order (tests check each is present)."""
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}
+tbody th{text-align:left}img{max-width:100%;display:block;margin:.5em 0}
+.note{color:#555;font-size:.9em}nav a{margin-right:1em}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _panel_maps(
+    gated: GatedModel, result: StudyResult, images: Tensor
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per method: (Pathway Gradient display maps [P, H, W], Grad-CAM of H_P [P, H, W])."""
+    gradient, cam = PathwayGradient(gated), PathwayGradCAM(gated)
+    count = images.shape[0]
+    maps = {}
+    for method, outcome in result.methods.items():
+        pathway = outcome.run.pathway.select(slice(0, count)).to(gated.device)
+        pg = signed_max_abs(gradient.attribute(images, pathway=pathway)).cpu()
+        grad_cam = cam.attribute(images, pathway=pathway)[:, 0].cpu()
+        grad_cam = grad_cam / grad_cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        maps[method] = (pg, grad_cam)
+    return maps
+
+
+def _overlap_matrix(result: StudyResult) -> Tensor:
+    runs = [m.run.pathway for m in result.methods.values()]
+    matrix = torch.ones(len(runs), len(runs))
+    for i, first in enumerate(runs):
+        for j, second in enumerate(runs[:i]):
+            matrix[i, j] = matrix[j, i] = first.binarize().jaccard(second.binarize()).mean()
+    return matrix
+
+
+def build_report(
+    result: StudyResult,
+    gated: GatedModel,
+    evaluation: ImageDataset,
+    out_dir: str | os.PathLike[str],
+    *,
+    panel_samples: int = 4,
+    frontier: Sequence[Mapping[str, float]] | None = None,
+    title: str = "neuralpath study",
+) -> tuple[Path, Path]:
+    """Write ``results.md`` and ``report.html`` into ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    payload = result.to_json()
+    methods = list(result.methods)
+    first = result.methods[methods[0]].run
+    layers = first.pathway.layer_names
+    class_names = list(evaluation.class_names)
+
+    count = min(panel_samples, first.labels.numel())
+    images = torch.stack([evaluation[i][0] for i in range(count)]).to(gated.device)
+    maps = _panel_maps(gated, result, images)
+    shown = evaluation.denormalize(images.cpu()).clamp(0, 1)
+    panels = []
+    for i in range(count):
+        label = class_names[int(first.labels[i])]
+        predicted = class_names[int(first.outcome.prediction[i])]
+        panels.append(_img(
+            figures.sample_panel(shown[i], {m: (v[0][i], v[1][i]) for m, v in maps.items()},
+                                 f"sample {i}: label {label}, predicted {predicted}"),
+            f"explanations of sample {i}",
+        ))
+
+    kept_per_layer = {
+        m: [float(v.mean()) for v in r.run.pathway.binarize().kept_fraction_per_layer().values()]
+        for m, r in result.methods.items()
+    }
+    class_figures = []
+    for method, outcome in result.methods.items():
+        if outcome.classes is None:
+            continue
+        freq = outcome.classes.frequency
+        flat = torch.cat([freq[n].reshape(freq.batch_size, -1) for n in layers], dim=1)
+        class_figures.append(_img(
+            figures.class_pathways(flat.cpu(), list(freq.units.values()), layers, class_names,
+                                   method, outcome.classes.theta),
+            f"class pathways of {method}",
+        ))
+
+    sections = {
+        "metrics": html_table(payload["methods"])
+        + f'<p class="note">{result.methods[methods[0]].run.labels.numel()} samples of '
+        f"{html.escape(result.config.data)} ({html.escape(result.config.split)}); methods with a "
+        f"sparsity knob dropped {result.sparsity:.3f} of the units. ↑ higher is better, "
+        "↓ lower is better.</p>",
+        "transfer": html_table(payload["transfer"], TRANSFER_COLUMNS)
+        + f'<p class="note">Class pathways from the first {result.config.transfer_per_class} '
+        f"correctly predicted training samples per class (firing frequency ≥ {result.config.theta}), "
+        "applied to each evaluation sample's predicted class.</p>",
+        "samples": "".join(panels),
+        "layers": _img(figures.layer_profile(kept_per_layer, layers), "units kept per layer"),
+        "class-pathways": "".join(class_figures),
+        "overlap": _img(figures.overlap(_overlap_matrix(result), methods), "pathway overlap"),
+        "sparsity": _img(
+            figures.sparsity_distribution({m: r.run.outcome.kept_fraction for m, r in result.methods.items()}),
+            "kept fraction distributions",
+        ),
+        "frontier": _img(figures.frontier(frontier), "GEN-CNP trade-off frontier") if frontier
+        else '<p class="note">No α sweep was given for this study (see <code>neuralpath '
+        "fit-gencnp</code> and <code>benchmarks/gencnp_study.py</code>).</p>",
+    }
+    nav = "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in SECTIONS)
+    body = "".join(
+        f'<section id="{sid}"><h2>{html.escape(t)}</h2>{sections[sid]}</section>' for sid, t in SECTIONS
+    )
+    target = result.target
+    header = (
+        f"<h1>{html.escape(title)}</h1><p>Target <b>{html.escape(str(target.get('arch')))}</b> "
+        f"trained on {html.escape(str(target.get('data')))} (test accuracy "
+        f"{html.escape(_fmt(target.get('test_accuracy')))}); {len(layers)} gated layers.</p>"
+    )
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{header}<nav>{nav}</nav>{body}</body></html>"
+    )
+    html_path, md_path = out / "report.html", out / "results.md"
+    write_bytes_atomic(html_path, page.encode("utf-8"))
+    markdown = (
+        f"# {title}\n\n## Faithfulness and class relevance\n\n{markdown_table(payload['methods'])}\n\n"
+        f"## Transfer (class pathways)\n\n{markdown_table(payload['transfer'], TRANSFER_COLUMNS)}\n"
+    )
+    write_bytes_atomic(md_path, markdown.encode("utf-8"))
+    return md_path, html_path
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,197 @@
+"""The study behind ``neuralpath compare``: every method on the same samples, one results file.
+
+For each method: instance pathways of the evaluation samples with their faithfulness metrics,
+and the *transfer* experiment: class pathways built from the first ``j`` correctly predicted
+training samples of each class, used to explain the evaluation samples of that (predicted) class.
+Methods with a sparsity knob run at GEN-CNP's mean kept fraction when GEN-CNP is part of the
+study and no sparsity is given (matched sparsity), else at ``sparsity``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from neuralpath.data import ImageDataset, load_dataset
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.io import write_json_atomic
+from neuralpath.methods import FinderOptions, build_finder
+from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
+from neuralpath.pathway import ClassPathways, Granularity, Pathway, aggregate_by_class, check_sparsity
+from neuralpath.runner import FinderRun, open_target, run_finder
+
+DEFAULT_METHODS: tuple[str, ...] = (
+    "gencnp", "dgr", "dgr-r", "cp-mct", "cp-intgrad", "greedy", "random", "active",
+)
+DEFAULT_SPARSITY = 0.9
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study runs. ``sparsity=None`` matches GEN-CNP's mean kept fraction (see module)."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    sparsity: float | None = None
+    granularity: Granularity = "channel"
+    generator: str | None = None
+    data: str = "fashion-mnist"
+    data_root: str | None = None
+    split: str = "test"
+    limit: int | None = 500
+    batch_size: int = 64
+    seed: int = 0
+    transfer_per_class: int = 20
+    theta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise InputError("a study needs at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise InputError(f"methods listed twice: {list(self.methods)}")
+        if self.sparsity is not None:
+            check_sparsity(self.sparsity)
+        if "gencnp" in self.methods and self.generator is None:
+            raise InputError("method gencnp needs a generator directory (--generator)")
+        if self.transfer_per_class < 1:
+            raise InputError(f"transfer_per_class must be >= 1, got {self.transfer_per_class}")
+        if not 0.0 < self.theta <= 1.0:
+            raise InputError(f"theta must be in (0, 1], got {self.theta}")
+
+
+@dataclass
+class MethodResult:
+    """One method's instance run and its class pathways (for the report)."""
+
+    run: FinderRun
+    classes: ClassPathways | None
+    transfer: dict[str, Any] | None
+
+
+@dataclass
+class StudyResult:
+    """Everything a study measured; :meth:`to_json` is the ``results.json`` contract."""
+
+    config: StudyConfig
+    target: dict[str, Any]
+    sparsity: float
+    methods: dict[str, MethodResult] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "methods": {name: r.run.summary() for name, r in self.methods.items()},
+            "transfer": {n: r.transfer for n, r in self.methods.items() if r.transfer is not None},
+            "sparsity": self.sparsity,
+            "config": asdict(self.config),
+            "target": self.target,
+        }
+
+
+def first_correct_per_class(
+    gated: GatedModel, dataset: ImageDataset, per_class: int, batch_size: int = 256
+) -> Tensor:
+    """Indices of the first ``per_class`` samples of each class that the model predicts right."""
+    chosen: list[list[int]] = [[] for _ in range(dataset.num_classes)]
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    offset = 0
+    with torch.no_grad():
+        for images, labels in loader:
+            predictions = gated.forward(images.to(gated.device)).argmax(1).cpu()
+            for i in (predictions == labels).nonzero().squeeze(1).tolist():
+                bucket = chosen[int(labels[i])]
+                if len(bucket) < per_class:
+                    bucket.append(offset + i)
+            offset += images.shape[0]
+            if all(len(bucket) == per_class for bucket in chosen):
+                break
+    return torch.tensor(sorted(i for bucket in chosen for i in bucket), dtype=torch.long)
+
+
+def evaluate_pathway(
+    gated: GatedModel, dataset: Dataset, pathway: Pathway, batch_size: int = 64
+) -> PathwayOutcome:
+    """Outcome of a given pathway (row i for sample i of ``dataset``), batched."""
+    if len(dataset) != pathway.batch_size:  # type: ignore[arg-type]
+        raise InputError(f"pathway has {pathway.batch_size} samples, data set {len(dataset)}")  # type: ignore[arg-type]
+    outcomes, start = [], 0
+    for images, _labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        rows = pathway.select(slice(start, start + images.shape[0])).to(gated.device)
+        outcomes.append(pathway_outcome(gated, images.to(gated.device), rows))
+        start += images.shape[0]
+    return PathwayOutcome.cat(outcomes)
+
+
+def _transfer(
+    gated: GatedModel,
+    classes: ClassPathways,
+    evaluation: Dataset,
+    run: FinderRun,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Explain every evaluation sample with the class pathway of its predicted class."""
+    predicted = run.outcome.prediction
+    covered = (classes.counts[predicted] > 0).nonzero().squeeze(1)
+    if covered.numel() == 0:
+        raise InputError("no evaluation sample is predicted as a class with a class pathway")
+    subset = Subset(evaluation, covered.tolist())
+    transferred = classes.for_labels(predicted[covered])
+    outcome = evaluate_pathway(gated, subset, transferred, batch_size)
+    summary = summarize(outcome, transferred, run.labels[covered])
+    summary["class_instances"] = classes.counts.tolist()
+    summary["theta"] = classes.theta
+    return summary
+
+
+def run_study(
+    checkpoint: str | os.PathLike[str],
+    config: StudyConfig,
+    *,
+    device: str = "auto",
+    progress: bool = True,
+    pathway_dir: str | os.PathLike[str] | None = None,
+) -> tuple[StudyResult, GatedModel, ImageDataset]:
+    """Run every method of ``config`` on the same samples of the target at ``checkpoint``.
+
+    ``pathway_dir``: if given, each method's instance pathways are saved there as
+    ``<method>.safetensors``. Returns the result, the gated target and the evaluation data.
+    """
+    target, gated = open_target(str(checkpoint), device)
+    size = target.meta.input_shape[-1]
+    evaluation = load_dataset(config.data, config.split, config.data_root, image_size=size)
+    train = load_dataset(config.data, "train", config.data_root, image_size=size)
+    build_set = Subset(train, first_correct_per_class(gated, train, config.transfer_per_class).tolist())
+
+    order = sorted(config.methods, key=lambda name: name != "gencnp")
+    result = StudyResult(config, target.meta.to_dict(), config.sparsity or DEFAULT_SPARSITY)
+    for name in order:
+        options = FinderOptions(result.sparsity, config.granularity, config.generator, config.seed)
+        torch.manual_seed(config.seed)
+        finder = build_finder(name, gated, options)
+        run = run_finder(finder, evaluation, batch_size=config.batch_size, limit=config.limit,
+                         progress=progress, method=name)
+        build_run = run_finder(finder, build_set, batch_size=config.batch_size, progress=progress,
+                               method=f"{name} (class pathways)")
+        classes = aggregate_by_class(build_run.pathway, build_run.outcome.prediction,
+                                     target.meta.num_classes, theta=config.theta)
+        transfer = _transfer(gated, classes, evaluation, run, config.batch_size)
+        result.methods[name] = MethodResult(run, classes, transfer)
+        if name == "gencnp" and config.sparsity is None:
+            result.sparsity = float(1.0 - run.outcome.kept_fraction.mean())
+        if pathway_dir is not None:
+            run.pathway.save(Path(pathway_dir) / f"{name}.safetensors")
+    result.methods = {name: result.methods[name] for name in config.methods}
+    return result, gated, evaluation
+
+
+def write_results(result: StudyResult, out_dir: str | os.PathLike[str]) -> Path:
+    """``results.json`` in ``out_dir``; returns its path."""
+    path = Path(out_dir) / "results.json"
+    write_json_atomic(path, result.to_json())
+    return path
+
