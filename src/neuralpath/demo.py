@@ -1,0 +1,95 @@
+"""The main job (``make demo``): the full study on Fashion-MNIST from nothing.
+
+Trains the VGG-11 and AlexNet targets, fits a GEN-CNP generator for each, compares every method
+on the same test samples and writes one report per target. Each step runs the same CLI command a
+user would and is skipped when its output already exists, so a re-run reuses finished work.
+
+    python -m neuralpath.demo [--runs runs] [--limit 500] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuralpath.cli import main as cli
+
+
+@dataclass(frozen=True)
+class Step:
+    """One CLI command, done once ``output`` exists."""
+
+    title: str
+    output: Path
+    argv: tuple[str, ...]
+
+
+def plan(runs: Path, limit: int, train_limit: int, gencnp_epochs: int) -> list[Step]:
+    """The demo's steps, in order, for both targets."""
+    steps: list[Step] = []
+    for arch in ("vgg11", "alexnet"):
+        target = runs / f"{arch}-fmnist"
+        generator = runs / f"gencnp-{arch}-fmnist"
+        study = runs / "demo" / arch
+        steps += [
+            Step(f"train {arch}", target / "meta.json",
+                 ("train", "--arch", arch, "--data", "fashion-mnist", "--epochs", "3",
+                  "--out", str(target))),
+            Step(f"fit GEN-CNP for {arch}", generator / "meta.json",
+                 ("fit-gencnp", "--checkpoint", str(target), "--data", "fashion-mnist",
+                  "--epochs", str(gencnp_epochs), "--limit", str(train_limit),
+                  "--out", str(generator), "--resume")),
+            Step(f"compare all methods on {arch}", study / "report.html",
+                 ("compare", "--checkpoint", str(target), "--generator", str(generator),
+                  "--data", "fashion-mnist", "--split", "test", "--limit", str(limit),
+                  "--out", str(study))),
+        ]
+    return steps
+
+
+def _headline(study: Path) -> str:
+    results = json.loads((study / "results.json").read_text())
+    lines = [f"{'method':<12} {'agree':>6} {'acc':>6} {'mIC%':>6} {'mDC%':>6} {'acIOU%':>7} {'kept':>6}"]
+    for name, row in results["methods"].items():
+        lines.append(
+            f"{name:<12} {row['agreement']:6.3f} {row['accuracy']:6.3f} {row['mic']:6.2f} "
+            f"{row['mdc']:6.2f} {row['aciou']:7.2f} {row['kept_fraction_mean']:6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m neuralpath.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default="runs", help="working directory (default runs/)")
+    parser.add_argument("--limit", type=int, default=500, help="test images per study (500)")
+    parser.add_argument("--train-limit", type=int, default=20000,
+                        help="training images for GEN-CNP (default 20000)")
+    parser.add_argument("--gencnp-epochs", type=int, default=3, help="GEN-CNP epochs (default 3)")
+    parser.add_argument("--force", action="store_true", help="redo every step")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    started = time.perf_counter()
+    for step in plan(runs, args.limit, args.train_limit, args.gencnp_epochs):
+        if step.output.exists() and not args.force:
+            print(f"== {step.title}: done already ({step.output})", flush=True)
+            continue
+        print(f"== {step.title}: neuralpath {' '.join(step.argv)}", flush=True)
+        code = cli(list(step.argv))
+        if code != 0:
+            print(f"demo stopped: step '{step.title}' failed (exit {code})", file=sys.stderr)
+            return code
+    print(f"\nDemo finished in {time.perf_counter() - started:.0f} s.")
+    for arch in ("vgg11", "alexnet"):
+        study = runs / "demo" / arch
+        print(f"\n{arch} on Fashion-MNIST test ({args.limit} images) — report: {study / 'report.html'}")
+        print(_headline(study))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
