@@ -334,8 +334,11 @@ class GatedModel:
         return first.device if first is not None else torch.device("cpu")
 
     def check_inputs(self, inputs: Tensor) -> None:
-        """Raise :class:`InputError` unless ``inputs`` is a finite float ``[B, *input_shape]``."""
+        """Raise :class:`InputError` unless ``inputs`` is a finite float ``[B, *input_shape]`` on
+        the model's device."""
         check_inputs(inputs, self.input_shape)
+        if inputs.device != self.device:
+            raise InputError(f"inputs are on {inputs.device} but the model is on {self.device}")
 
     @contextmanager
     def gate(
@@ -424,6 +427,8 @@ def check_inputs(inputs: object, input_shape: Sequence[int] | None = None) -> No
         raise InputError(f"inputs must have a batch dimension, got shape {list(inputs.shape)}")
     if inputs.shape[0] == 0:
         raise InputError("inputs are an empty batch")
+    if inputs.device.type == "meta":
+        raise InputError("inputs are on the meta device: they hold no values")
     if input_shape is not None and tuple(inputs.shape[1:]) != tuple(input_shape):
         raise InputError(
             f"inputs must have shape [B, {', '.join(map(str, input_shape))}], "

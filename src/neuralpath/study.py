@@ -22,7 +22,7 @@ from neuralpath.data import ImageDataset, load_dataset
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.io import write_json_atomic
-from neuralpath.methods import FinderOptions, build_finder
+from neuralpath.methods import FinderOptions, build_finder, finder_names
 from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
 from neuralpath.pathway import ClassPathways, Granularity, Pathway, aggregate_by_class, check_sparsity
 from neuralpath.runner import FinderRun, open_target, run_finder
@@ -55,6 +55,11 @@ class StudyConfig:
             raise InputError("a study needs at least one method")
         if len(set(self.methods)) != len(self.methods):
             raise InputError(f"methods listed twice: {list(self.methods)}")
+        unknown = [m for m in self.methods if m not in finder_names()]
+        if unknown:
+            raise InputError(
+                f"unknown method(s) {', '.join(unknown)}; available: {', '.join(finder_names())}"
+            )
         if self.sparsity is not None:
             check_sparsity(self.sparsity)
         if "gencnp" in self.methods and self.generator is None:
@@ -183,9 +188,10 @@ def run_study(
         result.methods[name] = MethodResult(run, classes, transfer)
         if name == "gencnp" and config.sparsity is None:
             result.sparsity = float(1.0 - run.outcome.kept_fraction.mean())
-        if pathway_dir is not None:
-            run.pathway.save(Path(pathway_dir) / f"{name}.safetensors")
     result.methods = {name: result.methods[name] for name in config.methods}
+    if pathway_dir is not None:  # only once every method has finished: no partial study
+        for name, method in result.methods.items():
+            method.run.pathway.save(Path(pathway_dir) / f"{name}.safetensors")
     return result, gated, evaluation
 
 
