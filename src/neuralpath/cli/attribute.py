@@ -1,0 +1,147 @@
+"""``neuralpath attribute``: saliency maps of a checkpoint on a data set (maps + PNG overlays)."""
+
+from __future__ import annotations
+
+import argparse
+
+from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+
+METHODS = (
+    "pathway-gradient",
+    "pathway-grad-cam",
+    "gradient",
+    "input-x-gradient",
+    "integrated-gradients",
+    "guided-backprop",
+    "grad-cam",
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``attribute`` command."""
+    parser = subparsers.add_parser(
+        "attribute",
+        help="compute saliency maps (Pathway Gradient or a Captum baseline)",
+        description="Explain images of a data set with Pathway Gradient (Khakzar et al. 2021), "
+        "Grad-CAM on the pathway model, or a Captum method. Writes maps.safetensors "
+        "(maps [N, C, H, W], display [N, H, W], targets, labels, predictions), meta.json and "
+        "one PNG overlay per image into --out, and prints a JSON summary.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--method", required=True, choices=METHODS, help="attribution method")
+    parser.add_argument(
+        "--finder",
+        default="cp-mct",
+        help="pathway finder of the pathway methods: cp-mct (default), cp-intgrad, greedy, "
+        "random, active, dgr, ...",
+    )
+    parser.add_argument(
+        "--sparsity", type=float, default=0.9, help="fraction of units dropped (default 0.9)"
+    )
+    parser.add_argument(
+        "--granularity",
+        choices=("element", "channel"),
+        default="element",
+        help="pathway units: element (default, as in the paper) or channel",
+    )
+    parser.add_argument("--layer", help="gate site for Grad-CAM (default: the last conv site)")
+    parser.add_argument("--data", required=True, help="fashion-mnist, mnist, cifar10, synthetic or a folder")
+    parser.add_argument("--data-root", help="folder holding a user copy of the data set")
+    parser.add_argument("--split", choices=("train", "test"), default="test", help="(default test)")
+    parser.add_argument(
+        "--limit", type=int, default=16, help="explain this many images, a seeded random subset (default 16)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument(
+        "--explain",
+        choices=("prediction", "label"),
+        default="prediction",
+        help="class explained: the model's prediction (default) or the true label",
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_seed_arg(parser)
+    add_device_arg(parser)
+    parser.set_defaults(handler=run_attribute)
+
+
+def run_attribute(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from neuralpath.attribution import attribute_dataset, make_attribution_method, save_overlays
+    from neuralpath.checkpoint import load_target
+    from neuralpath.data import load_dataset
+    from neuralpath.errors import InputError
+    from neuralpath.gating import GatedModel
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
+    torch.manual_seed(args.seed)
+    target = load_target(args.checkpoint, args.device)
+    dataset = load_dataset(
+        args.data,
+        args.split,
+        args.data_root,
+        limit=args.limit,
+        seed=args.seed,
+        image_size=target.meta.input_shape[1],
+    )
+    if dataset.input_shape != tuple(target.meta.input_shape):
+        raise InputError(
+            f"data set images are {list(dataset.input_shape)}, the checkpoint expects "
+            f"{list(target.meta.input_shape)}"
+        )
+    gated = GatedModel.discover(target.model, target.example_input())
+    method = make_attribution_method(
+        args.method,
+        finder=args.finder,
+        sparsity=args.sparsity,
+        granularity=args.granularity,
+        seed=args.seed,
+        layer=args.layer,
+    )
+    run = attribute_dataset(
+        gated,
+        method,
+        dataset,
+        batch_size=args.batch_size,
+        explain=args.explain,
+        progress=not args.no_progress,
+    )
+    pathway_method = args.method.startswith("pathway-")
+    settings = {
+        "checkpoint": str(args.checkpoint),
+        "data": args.data,
+        "split": args.split,
+        "explain": args.explain,
+        "seed": args.seed,
+        "finder": args.finder if pathway_method else None,
+        "sparsity": args.sparsity if pathway_method else None,
+        "granularity": args.granularity if pathway_method else None,
+        "layers": gated.site_names,
+    }
+    out = Path(args.out)
+    pngs = []
+    if not args.no_png:
+        names = dataset.class_names
+        titles = [
+            f"{args.method}: explains {names[int(t)]} (label {names[int(y)]}, pred {names[int(p)]})"
+            for t, y, p in zip(run.targets, run.labels, run.predictions, strict=True)
+        ]
+        pixels = dataset.denormalize(dataset.images[: run.labels.numel()])
+        pngs = save_overlays(pixels, run.display(), out / "overlays", titles)
+    run.save(out, {**settings, "overlays": [str(p.relative_to(out)) for p in pngs]})
+    print_json(
+        {
+            "method": args.method,
+            **settings,
+            "n": int(run.labels.numel()),
+            "seconds_per_image": run.seconds / max(1, run.labels.numel()),
+            "out": str(out),
+            "overlays": len(pngs),
+        }
+    )
+    return 0

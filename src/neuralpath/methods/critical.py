@@ -1,0 +1,292 @@
+"""Critical pathways (Khakzar et al., CVPR 2021): NeuronMCT and NeuronIntGrad (spec §2).
+
+Both score every unit of every gated layer for the target logit ``y_c`` and keep the
+highest-scoring units:
+
+* ``cp-mct`` (:class:`NeuronMCT`): first-order Taylor contribution ``s = |a · ∂y_c/∂a|`` from one
+  forward and one backward on the unmasked network;
+* ``cp-intgrad`` (:class:`NeuronIntGrad`): for each gated layer in turn, that layer's activation is
+  scaled by ``α`` (all other layers untouched), ``∂y_c/∂a`` is averaged over the steps, and
+  ``s = |a · mean grad|``.
+
+Gradients are taken with respect to *element gates* multiplying each site's output: the gradient
+of ``y`` w.r.t. a gate of value ``g`` is ``a · ∂y/∂(g a)``, i.e. exactly ``a`` times the gradient
+at the (scaled) activation. Channel granularity sums the element scores ``|a · ∂y/∂a|`` over H×W.
+
+Selection: one threshold over all layers together (:func:`~neuralpath.pathway.global_percentile`,
+the paper's rule) or the top units of each layer (:func:`~neuralpath.pathway.per_layer_topk`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
+from neuralpath.pathway import (
+    GRANULARITIES,
+    Granularity,
+    Pathway,
+    check_sparsity,
+    global_percentile,
+    per_layer_topk,
+)
+from neuralpath.targets import Target, resolve_target, select_logit
+
+Selection = Literal["global", "per_layer"]
+AlphaSchedule = Literal["uniform", "cumulative"]
+SELECTIONS: tuple[Selection, ...] = ("global", "per_layer")
+ALPHA_SCHEDULES: tuple[AlphaSchedule, ...] = ("uniform", "cumulative")
+
+
+def check_granularity(granularity: object) -> Granularity:
+    """Raise :class:`InputError` unless ``granularity`` is ``"channel"`` or ``"element"``."""
+    if granularity not in GRANULARITIES:
+        raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    return granularity  # type: ignore[return-value]
+
+
+def reduce_to_granularity(element_scores: Tensor, granularity: Granularity) -> Tensor:
+    """``[B, C, *spatial]`` non-negative element scores -> themselves or their sums ``[B, C]``."""
+    if granularity == "element" or element_scores.dim() == 2:
+        return element_scores
+    return element_scores.flatten(2).sum(dim=2)
+
+
+def select_units(
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    granularity: Granularity,
+    selection: Selection,
+    *,
+    chunk_size: int | None = None,
+) -> Pathway:
+    """Binarise ``scores`` with the global percentile or per-layer top-k rule."""
+    if selection == "global":
+        return global_percentile(scores, sparsity, granularity, chunk_size=chunk_size)
+    return per_layer_topk(scores, sparsity, granularity)
+
+
+@torch.enable_grad()
+def _gate_gradients(
+    gated: GatedModel, inputs: Tensor, gates: dict[str, Tensor], target: Target
+) -> tuple[dict[str, Tensor], Tensor]:
+    """One gated forward + backward: ``(d y_c / d gate per site, resolved target [B'])``.
+
+    ``gates`` are float leaves requiring grad; ``target`` is resolved on this forward's logits
+    (so it must be a tensor already when the gates change the prediction). Gradients are
+    enabled inside, so this also works under ``torch.no_grad()`` (as Captum's NoiseTunnel calls).
+    """
+    with gated.gate(gates):
+        logits = gated.model(inputs)
+    cls = resolve_target(logits.detach(), target)
+    if not logits.requires_grad:
+        raise InputError(
+            "no gradient path from the gated layers to the output: the model's forward is not "
+            "differentiable (argmax, round, detach or no_grad inside it?)"
+        )
+    names = list(gates)
+    grads = torch.autograd.grad(
+        select_logit(logits, cls).sum(), [gates[n] for n in names], allow_unused=True
+    )
+    missing = [n for n, g in zip(names, grads, strict=True) if g is None]
+    if missing:
+        raise InputError(
+            f"no gradient reaches gate site(s) {missing} from the output: the forward after them "
+            "is not differentiable (argmax, round, detach?) or does not use them"
+        )
+    return dict(zip(names, grads, strict=True)), cls
+
+
+def taylor_scores(
+    gated: GatedModel,
+    inputs: Tensor,
+    target: Target = None,
+    masks: Mapping[str, Tensor] | None = None,
+    granularity: Granularity = "element",
+) -> tuple[dict[str, Tensor], Tensor]:
+    """First-order Taylor scores ``|a · ∂y_c/∂a|`` of every unit in the pathway model ``H_masks``.
+
+    ``inputs`` ``[B, *input_shape]``; ``masks`` (optional, any granularity) are applied during the
+    forward (``a`` is a site's output before its mask, the gradient is taken at the masked
+    output). Returns ``({site: [B, *shape] or [B, C]}, target [B])``; one forward + backward.
+    """
+    gated.check_inputs(inputs)
+    batch = inputs.shape[0]
+    one = torch.ones((), dtype=inputs.dtype, device=inputs.device)
+    gates = {}
+    for site in gated.sites:
+        gate = one.expand(batch, *site.shape)  # a broadcast view: no memory per unit
+        if masks is not None and site.name in masks:
+            mask = masks[site.name].to(device=inputs.device, dtype=inputs.dtype)
+            gate = gate * mask.reshape(*mask.shape, *[1] * (gate.dim() - mask.dim()))
+        gates[site.name] = gate.requires_grad_(True)
+    grads, cls = _gate_gradients(gated, inputs, gates, target)
+    return {n: reduce_to_granularity(g.abs(), granularity) for n, g in grads.items()}, cls
+
+
+class CriticalPathwayFinder(PathwayFinder):
+    """Scores units, then keeps the top ``1 - sparsity`` of them (globally or per layer).
+
+    ``selection``: ``"global"`` (one threshold over all layers, the paper's rule; ``chunk_size``
+    samples at a time bound its memory) or ``"per_layer"`` top-k.
+    """
+
+    name: ClassVar[str] = "critical"
+
+    def __init__(
+        self,
+        gated: GatedModel,
+        *,
+        sparsity: float = 0.9,
+        granularity: Granularity = "element",
+        selection: Selection = "global",
+        chunk_size: int | None = None,
+    ):
+        super().__init__(gated)
+        self.sparsity = check_sparsity(sparsity)
+        self.granularity = check_granularity(granularity)
+        if selection not in SELECTIONS:
+            raise InputError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        self.selection: Selection = selection
+        if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+            raise InputError(f"chunk_size must be None or >= 1, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+
+    def scores(self, inputs: Tensor, target: Target = None) -> dict[str, Tensor]:
+        """Unit scores ``{site: [B, *shape]}`` (element) or ``{site: [B, C]}`` (channel), >= 0."""
+        return self.scores_and_target(inputs, target)[0]
+
+    @abstractmethod
+    def scores_and_target(
+        self, inputs: Tensor, target: Target = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """:meth:`scores` together with the resolved target class ``[B]``."""
+
+    def find_with_target(self, inputs: Tensor, target: Target = None) -> tuple[Pathway, Tensor]:
+        """:meth:`find` together with the resolved target class ``[B]`` (saves a forward)."""
+        scores, cls = self.scores_and_target(inputs, target)
+        pathway = select_units(
+            scores, self.sparsity, self.granularity, self.selection, chunk_size=self.chunk_size
+        )
+        pathway.metadata.update({"method": self.name, "selection": self.selection})
+        return pathway, cls
+
+    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+        return self.find_with_target(inputs, target)[0]
+
+
+class NeuronMCT(CriticalPathwayFinder):
+    """``cp-mct``: ``s = |a · ∂y_c/∂a|`` per unit, one forward + one backward per batch."""
+
+    name: ClassVar[str] = "cp-mct"
+
+    def scores_and_target(
+        self, inputs: Tensor, target: Target = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        return taylor_scores(self.gated, inputs, target, granularity=self.granularity)
+
+    def forward_equivalents(self) -> float:
+        return 3.0
+
+
+def alpha_steps(steps: int, schedule: AlphaSchedule = "uniform") -> list[float]:
+    """The ``steps + 1`` scaling factors: ``k / m`` (uniform) or ``Σ_{j<=k} j / m`` (cumulative).
+
+    The cumulative schedule (0, 0.1, 0.3, ..., 5.5 for m = 10) is what the released PathwayGrad
+    code computes; the uniform grid 0, 1/m, ..., 1 is the method as described.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if schedule == "uniform":
+        return [k / steps for k in range(steps + 1)]
+    if schedule == "cumulative":
+        return [k * (k + 1) / (2 * steps) for k in range(steps + 1)]
+    raise InputError(f"alpha schedule must be one of {ALPHA_SCHEDULES}, got {schedule!r}")
+
+
+class NeuronIntGrad(CriticalPathwayFinder):
+    """``cp-intgrad``: per layer, ``s = |a · mean_α ∂y_c/∂a (α a)|`` over ``α`` in :func:`alpha_steps`.
+
+    The ``m + 1`` scaled copies of a batch are stacked into one batch of ``(m + 1) B`` rows (split
+    into passes of at most ``internal_batch_size`` rows when given, but at least one α step of
+    ``B`` rows per pass): one forward + backward of
+    that stacked batch per gated layer, plus one plain forward to resolve the target. Channel
+    granularity sums the element scores ``|a · mean grad|`` over H×W, as for NeuronMCT.
+    """
+
+    name: ClassVar[str] = "cp-intgrad"
+
+    def __init__(
+        self,
+        gated: GatedModel,
+        *,
+        sparsity: float = 0.9,
+        granularity: Granularity = "element",
+        selection: Selection = "global",
+        chunk_size: int | None = None,
+        steps: int = 10,
+        alpha_schedule: AlphaSchedule = "uniform",
+        internal_batch_size: int | None = None,
+    ):
+        super().__init__(
+            gated,
+            sparsity=sparsity,
+            granularity=granularity,
+            selection=selection,
+            chunk_size=chunk_size,
+        )
+        self.alphas = alpha_steps(steps, alpha_schedule)
+        self.alpha_schedule = alpha_schedule
+        if internal_batch_size is not None and internal_batch_size < 1:
+            raise InputError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        self.internal_batch_size = internal_batch_size
+
+    def _step_chunks(self, batch: int) -> list[list[float]]:
+        per_pass = len(self.alphas)
+        if self.internal_batch_size is not None:
+            per_pass = max(1, min(per_pass, self.internal_batch_size // batch))
+        return [self.alphas[i : i + per_pass] for i in range(0, len(self.alphas), per_pass)]
+
+    def scores_and_target(
+        self, inputs: Tensor, target: Target = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        gated = self.gated
+        gated.check_inputs(inputs)
+        batch = inputs.shape[0]
+        with torch.no_grad():
+            cls = resolve_target(gated.forward(inputs), target)
+        chunks = self._step_chunks(batch)
+        scores = {}
+        for site in gated.sites:
+            total = torch.zeros((batch, *site.shape), dtype=inputs.dtype, device=inputs.device)
+            for alphas in chunks:
+                steps = len(alphas)
+                stacked = inputs.repeat(steps, *[1] * (inputs.dim() - 1))
+                alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
+                gate = alpha.repeat_interleave(batch).reshape(-1, *[1] * len(site.shape))
+                gate = gate.expand(steps * batch, *site.shape).clone().requires_grad_(True)
+                grads, _ = _gate_gradients(gated, stacked, {site.name: gate}, cls.repeat(steps))
+                total += grads[site.name].reshape(steps, batch, *site.shape).sum(dim=0)
+            element = (total / len(self.alphas)).abs()
+            scores[site.name] = reduce_to_granularity(element, self.granularity)
+        return scores, cls
+
+    def forward_equivalents(self) -> float:
+        return 1.0 + 3.0 * len(self.gated.sites) * len(self.alphas)
+
+
+@register_finder("cp-mct")
+def _build_mct(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
+    return NeuronMCT(gated, sparsity=options.sparsity, granularity=options.granularity)
+
+
+@register_finder("cp-intgrad")
+def _build_intgrad(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
+    return NeuronIntGrad(gated, sparsity=options.sparsity, granularity=options.granularity)
