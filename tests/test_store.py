@@ -138,3 +138,18 @@ def test_torchrun_two_processes_write_identical_store(target_dir: Path, tmp_path
     assert torch.equal(one.class_pathways().counts, two.class_pathways().counts)
     for name in one.class_pathways().frequency:
         assert torch.equal(one.class_pathways().frequency[name], two.class_pathways().frequency[name])
+
+
+def test_find_in_chunks_equals_one_call(target_dir: Path, data) -> None:
+    from neuralpath.methods import find_in_chunks
+
+    _, gated = open_target(str(target_dir), "cpu")
+    x = torch.stack([data[i][0] for i in range(7)])
+    target = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    for method in ("cp-mct", "cp-intgrad", "active"):
+        finder = build_finder(method, gated, FinderOptions(sparsity=0.8, granularity="element"))
+        whole = finder.find(x, target)
+        chunked = find_in_chunks(finder, x, target, internal_batch_size=3)
+        assert all(torch.equal(whole[n], chunked[n]) for n in whole), method
+    with pytest.raises(InputError, match="internal_batch_size"):
+        find_in_chunks(finder, x, None, internal_batch_size=0)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from neuralpath.checkpoint import Target, load_target
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel, LayerSelection
-from neuralpath.methods.base import PathwayFinder
+from neuralpath.methods.base import PathwayFinder, find_in_chunks
 from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
 from neuralpath.pathway import Pathway
 
@@ -65,10 +65,12 @@ def run_finder(
     limit: int | None = None,
     progress: bool = True,
     method: str | None = None,
+    internal_batch_size: int | None = None,
 ) -> FinderRun:
     """Find pathways for the first ``limit`` samples of ``dataset`` (items ``(image, label)``).
 
     Pathways are kept on the CPU; timing covers :meth:`PathwayFinder.find` only.
+    ``internal_batch_size`` bounds memory (see :func:`find_in_chunks`).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -84,7 +86,7 @@ def run_finder(
     for images, batch_labels in loader:
         images = images.to(device)
         start = time.perf_counter()
-        pathway = finder.find(images)
+        pathway = find_in_chunks(finder, images, None, internal_batch_size)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from neuralpath.errors import CheckpointError, InputError
 from neuralpath.io import load_tensors, pack_bits, read_json, save_tensors, unpack_bits, write_json_atomic
-from neuralpath.methods.base import PathwayFinder
+from neuralpath.methods.base import PathwayFinder, find_in_chunks
 from neuralpath.metrics.faithfulness import average_class_iou
 from neuralpath.pathway import ClassPathways, Pathway
 
@@ -93,13 +93,15 @@ def extract(
     provenance: dict[str, Any] | None = None,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    internal_batch_size: int | None = None,
 ) -> Path:
     """Extract pathways of ``dataset`` (items ``(image, label)``) into a store at ``out_dir``.
 
     Resumes when ``out_dir`` holds a store of the same extraction (same method, layers, sizes and
     provenance); a store of another extraction is an error. Under ``torchrun`` every rank calls
     this with the same arguments. ``on_shard(k)`` is called after shard ``k`` is written (used by
-    fault-injection tests). Returns the store directory.
+    fault-injection tests). ``internal_batch_size`` bounds memory (see :func:`find_in_chunks`).
+    Returns the store directory.
     """
     if shard_size < 1 or batch_size < 1:
         raise InputError("shard_size and batch_size must be >= 1")
@@ -119,7 +121,8 @@ def extract(
                unit="shard", disable=not progress or rank != 0)
     for k in todo:
         start, stop = k * shard_size, min(total, (k + 1) * shard_size)
-        _write_shard(finder, Subset(dataset, range(start, stop)), start, batch_size, out / shard_name(k))
+        _write_shard(finder, Subset(dataset, range(start, stop)), start, batch_size,
+                     out / shard_name(k), internal_batch_size)
         bar.update(1)
         if on_shard is not None:
             on_shard(k)
@@ -175,12 +178,15 @@ def _predict(finder: PathwayFinder, images: Tensor) -> Tensor:
     return finder.gated.forward(images).argmax(1)
 
 
-def _write_shard(finder: PathwayFinder, part: Dataset, start: int, batch_size: int, path: Path) -> None:
+def _write_shard(
+    finder: PathwayFinder, part: Dataset, start: int, batch_size: int, path: Path,
+    internal_batch_size: int | None,
+) -> None:
     rows, labels, predictions, kept = [], [], [], []
     device = finder.gated.device
     for images, batch_labels in DataLoader(part, batch_size=batch_size, shuffle=False):
         images = images.to(device)
-        pathway = finder.find(images).detach()
+        pathway = find_in_chunks(finder, images, None, internal_batch_size).detach()
         rows.append(_pack_rows(pathway))
         labels.append(batch_labels.to(torch.long))
         predictions.append(_predict(finder, images).cpu())

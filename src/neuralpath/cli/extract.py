@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     extract.add_argument("--batch-size", type=int, default=64)
     extract.add_argument("--out", required=True, help="store directory")
     extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    extract.add_argument("--internal-batch-size", type=int,
+                        help="find pathways for at most this many images at a time (bounds memory)")
     add_seed_arg(extract)
     add_device_arg(extract)
     extract.set_defaults(handler=run_extract)
@@ -69,7 +71,8 @@ def run_extract(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         out = extract(finder, dataset, args.out, num_classes=target.meta.num_classes,
                       shard_size=args.shard_size, batch_size=args.batch_size, limit=args.limit,
-                      provenance=provenance, progress=not args.no_progress)
+                      provenance=provenance, progress=not args.no_progress,
+                      internal_batch_size=args.internal_batch_size)
         seconds = time.perf_counter() - started
         if not distributed or dist.get_rank() == 0:
             store = PathwayStore(out)

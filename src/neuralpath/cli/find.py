@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     find.add_argument("--batch-size", type=int, default=64)
     find.add_argument("--out", required=True, help="pathway file to write (.safetensors)")
     find.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    find.add_argument("--internal-batch-size", type=int,
+                        help="find pathways for at most this many images at a time (bounds memory)")
     add_seed_arg(find)
     add_device_arg(find)
     find.set_defaults(handler=run_find)
@@ -51,7 +53,8 @@ def run_find(args: argparse.Namespace) -> int:
     options = FinderOptions(args.sparsity, args.granularity, args.generator, args.seed)
     finder = build_finder(args.method, gated, options)
     run = run_finder(finder, dataset, batch_size=args.batch_size, limit=args.limit,
-                     progress=not args.no_progress, method=args.method)
+                     progress=not args.no_progress, method=args.method,
+                     internal_batch_size=args.internal_batch_size)
     summary = run.summary()
     provenance = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                   "sparsity": args.sparsity, "seed": args.seed, "summary": summary,

@@ -37,6 +37,31 @@ class PathwayFinder(ABC):
         return float("nan")
 
 
+def find_in_chunks(
+    finder: PathwayFinder,
+    inputs: Tensor,
+    target: Target = None,
+    internal_batch_size: int | None = None,
+) -> Pathway:
+    """``finder.find`` on at most ``internal_batch_size`` samples at a time, concatenated.
+
+    Bounds memory (activations, scores, percentile buffers) to one chunk, e.g. for element
+    pathways of a VGG-16 at 224×224; equal to one call for every finder whose pathway of a sample
+    does not depend on the other samples of the batch (all built-in ones; ``random`` draws
+    differently but from the same distribution).
+    """
+    if internal_batch_size is None or internal_batch_size >= inputs.shape[0]:
+        return finder.find(inputs, target)
+    if internal_batch_size < 1:
+        raise InputError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    parts = []
+    for start in range(0, inputs.shape[0], internal_batch_size):
+        rows = slice(start, start + internal_batch_size)
+        part_target = target[rows] if isinstance(target, Tensor) and target.dim() > 0 else target
+        parts.append(finder.find(inputs[rows], part_target))
+    return Pathway.cat(parts)
+
+
 @dataclass(frozen=True)
 class FinderOptions:
     """The options the CLI passes to every finder factory; each finder reads what it needs."""
