@@ -1,0 +1,392 @@
+"""DGR: Distillation Guided Routing (Wang, Su, Zhang, Hu, CVPR 2018), batched.
+
+Per input ``x`` with teacher ``π = softmax(H(x))`` and predicted class ``ĉ``, learn control gates
+``λ_l`` (one per channel, or per element, of every gated site; the network stays frozen) by
+minimising::
+
+    L(λ) = −Σ_j π_j log softmax(H_λ(x))_j + γ Σ_l ‖λ_l‖₁
+
+with SGD with momentum (``v ← μ v + ∇L``, ``λ ← λ − lr·v``), clamping ``λ`` to
+``[0, clamp_max]`` after every step. The released code's defaults: γ = 0.05, lr 0.1, μ = 0.9,
+T = 30 iterations, clamp to [0, 5] (it used [0, 100] for ResNet-50 block outputs), gates start
+at 1. The result is the iterate with the lowest loss among those whose prediction still equals
+``ĉ``. DGR-R starts the gates from U(0, 1) instead.
+
+Gated sites are :class:`~neuralpath.gating.GatedModel`'s, by default the output of the
+activation after every conv. The released code multiplied the *conv outputs*; for ReLU networks
+multiplying by a non-negative gate before or after the ReLU gives the same forward
+(``relu(λ a) = λ relu(a)`` for ``λ ≥ 0``) and the same gradient with respect to ``λ``.
+
+**Batching.** Gates ``[B, C_l]`` for ``B`` images are optimised at once. The loss minimised is
+the *sum* of the per-sample losses, so the gradient for sample ``b``'s gates is exactly its own
+single-image gradient (BatchNorm runs in eval mode; samples never interact), and best-iterate
+bookkeeping is per sample: the batch equals the one-image-at-a-time loop.
+
+**Which iterates count.** Iteration ``t = 0 .. T−1`` runs the gated forward at the current
+gates ``λ_t`` (its loss and prediction belong to ``λ_t``), then steps to ``λ_{t+1}``. So the
+starting gates are a candidate, and ``λ_{T−1}`` is the last one (the step to ``λ_T`` would never
+be evaluated and is not taken). With gates starting at 1 the start is the full model, so some
+iterate always keeps the prediction.
+
+**No iterate keeps the prediction** (possible with DGR-R, or for a ``target`` other than the
+prediction): with ``retries > 0`` the sample is optimised again from the same start with
+``γ·retry_factor`` (repeatedly, PathwayGrad's rule); if that never succeeds, the returned gates
+are the starting gates, ``kept_prediction`` is False, ``best_iteration`` is −1 and
+``best_loss`` is the loss at the start.
+
+Cost per batch: 1 forward for the teacher + T gated forwards + T − 1 backwards to the gates
+(the step after the last iterate is never evaluated, so it is not taken) ≈ ``3T − 1``
+forward-equivalents (:meth:`DGR.forward_equivalents`); the backward needs no weight gradients,
+so the measured cost is lower (see ``benchmarks/speed_dgr.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
+from neuralpath.pathway import (
+    GRANULARITIES,
+    Granularity,
+    Pathway,
+    check_sparsity,
+    global_percentile,
+)
+from neuralpath.targets import Target, resolve_target
+
+InitRule = Literal["ones", "uniform"]
+BinarizeRule = Literal["positive", "percentile"]
+
+
+@dataclass(frozen=True)
+class DGRConfig:
+    """Options of :class:`DGR`; the defaults are the released DGR code's.
+
+    ``init``: ``"ones"`` (DGR) or ``"uniform"`` (DGR-R: U(0, 1) from a generator seeded with
+    ``seed``; one draw per call, shared by every sample of the batch, so results do not depend on
+    how a data set is split into batches). ``binarize``: ``"positive"`` keeps gates ``> 0``;
+    ``"percentile"`` keeps the gates above the global ``sparsity`` percentile of all layers
+    (:func:`~neuralpath.pathway.global_percentile`). ``retries``: how many times a sample none of
+    whose iterates kept the prediction is re-optimised with ``γ`` multiplied by ``retry_factor``.
+    """
+
+    gamma: float = 0.05
+    lr: float = 0.1
+    momentum: float = 0.9
+    iterations: int = 30
+    clamp_max: float = 5.0
+    init: InitRule = "ones"
+    granularity: Granularity = "channel"
+    binarize: BinarizeRule = "positive"
+    sparsity: float = 0.9
+    retries: int = 0
+    retry_factor: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def number(value: object) -> bool:
+            return (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+
+        checks = [
+            (number(self.gamma) and self.gamma >= 0, f"gamma must be >= 0, got {self.gamma!r}"),
+            (number(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
+            (
+                number(self.momentum) and 0 <= self.momentum < 1,
+                f"momentum must be in [0, 1), got {self.momentum!r}",
+            ),
+            (
+                isinstance(self.iterations, int)
+                and not isinstance(self.iterations, bool)
+                and self.iterations > 0,
+                f"iterations must be a positive integer, got {self.iterations!r}",
+            ),
+            (
+                number(self.clamp_max) and self.clamp_max > 0,
+                f"clamp_max must be > 0, got {self.clamp_max!r}",
+            ),
+            (
+                self.init in ("ones", "uniform"),
+                f"init must be 'ones' or 'uniform', got {self.init!r}",
+            ),
+            (
+                self.granularity in GRANULARITIES,
+                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}",
+            ),
+            (
+                self.binarize in ("positive", "percentile"),
+                f"binarize must be 'positive' or 'percentile', got {self.binarize!r}",
+            ),
+            (
+                isinstance(self.retries, int)
+                and not isinstance(self.retries, bool)
+                and self.retries >= 0,
+                f"retries must be a non-negative integer, got {self.retries!r}",
+            ),
+            (
+                number(self.retry_factor) and 0 < self.retry_factor < 1,
+                f"retry_factor must be in (0, 1), got {self.retry_factor!r}",
+            ),
+            (
+                isinstance(self.seed, int) and not isinstance(self.seed, bool),
+                f"seed must be an integer, got {self.seed!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        check_sparsity(self.sparsity)
+
+    @classmethod
+    def pathwaygrad(cls, **changes: object) -> DGRConfig:
+        """PathwayGrad's DGR variant: element gates, γ = 0.01, lr 0.01, 1000 iterations, one
+        retry with γ/10 when no iterate kept the prediction. ``changes`` override any field."""
+        preset: dict[str, object] = {
+            "gamma": 0.01,
+            "lr": 0.01,
+            "iterations": 1000,
+            "granularity": "element",
+            "retries": 1,
+            "retry_factor": 0.1,
+        }
+        preset.update(changes)
+        return cls(**preset)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DGRResult:
+    """Everything :meth:`DGR.optimise` learned for a batch of ``B`` samples.
+
+    ``gates``: continuous gates (the best iterate) ``{site: [B, C] | [B, *shape]}``;
+    ``pathway``: binarised per the config; ``kept_prediction``: ``[B]`` bool, some iterate kept
+    the target class; ``best_loss``/``best_iteration``/``gamma``: ``[B]`` (``γ`` after retries);
+    ``target``: ``[B]`` class each sample was explained for; ``losses``/``kept_history``:
+    ``[T, B]`` per-iteration loss and prediction check of each sample's final attempt;
+    ``forward_equivalents``: cost of the call in forward passes (retries counted pro rata).
+    """
+
+    gates: Pathway
+    pathway: Pathway
+    kept_prediction: Tensor
+    best_loss: Tensor
+    best_iteration: Tensor
+    gamma: Tensor
+    target: Tensor
+    losses: Tensor
+    kept_history: Tensor
+    forward_equivalents: float
+
+
+@dataclass
+class _Attempt:
+    best: dict[str, Tensor]
+    best_loss: Tensor
+    best_iteration: Tensor
+    losses: Tensor
+    kept: Tensor
+
+
+class DGR(PathwayFinder):
+    """Distillation Guided Routing: per-sample gates by distillation + L1 (see module docstring).
+
+    >>> finder = DGR(GatedModel.discover(model, x[:1]))
+    >>> result = finder.optimise(x)         # continuous gates, binary pathway, diagnostics
+    >>> pathway = finder.find(x)            # binary pathway [B, C_l] per site
+    """
+
+    name = "dgr"
+
+    def __init__(self, gated: GatedModel, config: DGRConfig | None = None):
+        super().__init__(gated)
+        self.config = config if config is not None else DGRConfig()
+        if not isinstance(self.config, DGRConfig):
+            raise InputError(f"config must be a DGRConfig, got {type(self.config).__name__}")
+
+    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+        """Binary pathway of ``inputs`` ``[B, *input_shape]`` (see :meth:`optimise`)."""
+        return self.optimise(inputs, target).pathway
+
+    def forward_equivalents(self) -> float:
+        """Nominal cost per batch without retries: ``3T − 1`` = teacher + ``T`` gated forwards +
+        ``T − 1`` backwards (≈ 2 forwards each; the last iterate needs no step)."""
+        return 1.0 + _attempt_cost(self.config.iterations)
+
+    def initial_gates(
+        self, batch: int, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, Tensor]:
+        """Starting gates ``{site: [batch, C] | [batch, *shape]}``: ones, or one seeded U(0, 1) draw
+        per site (made on the CPU so every device starts alike), repeated over the batch."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        gates = {}
+        for site in self.gated.sites:
+            shape = (site.units,) if self.config.granularity == "channel" else site.shape
+            if self.config.init == "ones":
+                start = torch.ones(1, *shape, dtype=dtype)
+            else:
+                start = torch.rand(1, *shape, generator=generator, dtype=torch.float64).to(dtype)
+            gates[site.name] = start.to(device).expand(batch, *shape).clone()
+        return gates
+
+    def optimise(self, inputs: Tensor, target: Target = None) -> DGRResult:
+        """Optimise the gates of every sample of ``inputs`` ``[B, *input_shape]`` at once.
+
+        ``target``: the class whose prediction an iterate must keep (None: the model's own
+        prediction ``ĉ``, as in the paper); the distillation teacher is always ``softmax(H(x))``.
+        """
+        cfg = self.config
+        self.gated.check_inputs(inputs)
+        inputs = inputs.to(self.gated.device)
+        with torch.no_grad():
+            logits = self.gated.forward(inputs)
+        teacher = logits.softmax(dim=1)
+        target = resolve_target(logits, target)
+        batch = inputs.shape[0]
+        start = self.initial_gates(batch, inputs.dtype, inputs.device)
+
+        attempt = self._run(inputs, teacher, target, start, cfg.gamma)
+        gamma = torch.full((batch,), cfg.gamma, dtype=torch.float64, device=inputs.device)
+        attempts = float(batch)  # samples optimised, retries included
+        for retry in range(1, cfg.retries + 1):
+            failed = (attempt.best_iteration < 0).nonzero().squeeze(1)
+            if failed.numel() == 0:
+                break
+            retry_gamma = cfg.gamma * cfg.retry_factor**retry
+            again = self._run(
+                inputs[failed], teacher[failed], target[failed],
+                {n: g[failed] for n, g in start.items()}, retry_gamma,
+            )  # fmt: skip
+            attempts += failed.numel()
+            _scatter(attempt, again, failed)
+            gamma[failed] = retry_gamma
+
+        provenance = {"method": self.name, **_describe(cfg)}
+        gates = Pathway(attempt.best, cfg.granularity, {**provenance, "continuous": True})
+        if cfg.binarize == "positive":
+            masks = {name: gate > 0 for name, gate in attempt.best.items()}
+            pathway = Pathway(masks, cfg.granularity, {**provenance, "binarize": "positive"})
+        else:
+            pathway = global_percentile(attempt.best, cfg.sparsity, cfg.granularity)
+            pathway.metadata.update(provenance, binarize="percentile")
+        return DGRResult(
+            gates=gates,
+            pathway=pathway,
+            kept_prediction=attempt.best_iteration >= 0,
+            best_loss=attempt.best_loss,
+            best_iteration=attempt.best_iteration,
+            gamma=gamma,
+            target=target,
+            losses=attempt.losses,
+            kept_history=attempt.kept,
+            forward_equivalents=1.0 + _attempt_cost(cfg.iterations) * attempts / batch,
+        )
+
+    def _run(
+        self,
+        inputs: Tensor,
+        teacher: Tensor,
+        target: Tensor,
+        start: dict[str, Tensor],
+        gamma: float,
+    ) -> _Attempt:
+        """``T`` iterations of momentum SGD on gates ``start``; per-sample best kept iterate."""
+        cfg = self.config
+        batch = inputs.shape[0]
+        gates = {n: g.clone().requires_grad_(True) for n, g in start.items()}
+        velocity = {n: torch.zeros_like(g) for n, g in start.items()}
+        best = {n: g.clone() for n, g in start.items()}
+        best_loss = torch.full((batch,), math.inf, dtype=inputs.dtype, device=inputs.device)
+        best_iteration = torch.full((batch,), -1, dtype=torch.long, device=inputs.device)
+        losses = torch.empty(cfg.iterations, batch, dtype=inputs.dtype, device=inputs.device)
+        kept_history = torch.empty(cfg.iterations, batch, dtype=torch.bool, device=inputs.device)
+        names = list(gates)
+        # One gate context for the whole loop: the hooks read the gate tensors, updated in place.
+        # The last iteration's step would lead to gates never evaluated: it runs forward only.
+        with self.gated.gate(gates):
+            for step in range(cfg.iterations):
+                last = step == cfg.iterations - 1
+                with torch.set_grad_enabled(not last):
+                    logits = self.gated.model(inputs)
+                    distill = -(teacher * logits.log_softmax(dim=1)).sum(dim=1)
+                    l1 = sum(g.abs().reshape(batch, -1).sum(dim=1) for g in gates.values())
+                    loss = distill + gamma * l1  # [B]
+                with torch.no_grad():
+                    kept = logits.argmax(dim=1) == target
+                    better = kept & (loss < best_loss)
+                    for name in names:
+                        rows = better.view(-1, *([1] * (best[name].dim() - 1)))
+                        best[name] = torch.where(rows, gates[name], best[name])
+                    best_loss = torch.where(better, loss, best_loss)
+                    best_iteration = torch.where(better, step, best_iteration)
+                    losses[step], kept_history[step] = loss, kept
+                if last:
+                    break
+                grads = torch.autograd.grad(loss.sum(), [gates[n] for n in names])
+                with torch.no_grad():
+                    for name, grad in zip(names, grads, strict=True):
+                        velocity[name].mul_(cfg.momentum).add_(grad)
+                        gates[name].sub_(cfg.lr * velocity[name]).clamp_(0.0, cfg.clamp_max)
+        # Samples with no kept iterate keep their starting gates; report the starting loss.
+        best_loss = torch.where(best_iteration >= 0, best_loss, losses[0])
+        return _Attempt(best, best_loss, best_iteration, losses, kept_history)
+
+
+def _attempt_cost(iterations: int) -> float:
+    """Forward-equivalents of one optimisation: ``T`` forwards and ``T − 1`` backwards."""
+    return 3.0 * iterations - 2.0
+
+
+def _scatter(into: _Attempt, part: _Attempt, rows: Tensor) -> None:
+    """Write ``part`` (an attempt on samples ``rows``) into ``into``."""
+    for name in into.best:
+        into.best[name][rows] = part.best[name]
+    into.best_loss[rows] = part.best_loss
+    into.best_iteration[rows] = part.best_iteration
+    into.losses[:, rows] = part.losses
+    into.kept[:, rows] = part.kept
+
+
+def _describe(cfg: DGRConfig) -> dict[str, object]:
+    return {
+        "gamma": cfg.gamma, "lr": cfg.lr, "momentum": cfg.momentum, "iterations": cfg.iterations,
+        "clamp_max": cfg.clamp_max, "init": cfg.init, "seed": cfg.seed,
+    }  # fmt: skip
+
+
+class DGRR(DGR):
+    """DGR-R: DGR with gates starting from a seeded U(0, 1) draw."""
+
+    name = "dgr-r"
+
+    def __init__(self, gated: GatedModel, config: DGRConfig | None = None):
+        super().__init__(gated, replace(config or DGRConfig(), init="uniform"))
+
+
+def _from_options(options: FinderOptions) -> DGRConfig:
+    """Registry defaults: binarised at the CLI's ``--sparsity`` (global percentile), so DGR is
+    compared with the other finders at the same sparsity (Khakzar et al.'s protocol)."""
+    return DGRConfig(
+        granularity=options.granularity,
+        binarize="percentile",
+        sparsity=options.sparsity,
+        seed=options.seed,
+    )
+
+
+@register_finder("dgr")
+def _build_dgr(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
+    return DGR(gated, _from_options(options))
+
+
+@register_finder("dgr-r")
+def _build_dgr_r(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
+    return DGRR(gated, _from_options(options))
