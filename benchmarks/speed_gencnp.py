@@ -1,0 +1,190 @@
+"""GEN-CNP inference cost vs one target forward and vs DGR's 30-iteration optimisation.
+
+On the VGG-11 Fashion-MNIST target (``runs/vgg11-fmnist``; a same-architecture model with random
+weights when the checkpoint is absent: timing does not depend on the weights), one batch of
+``--batch`` test images, each timed ``--repeats`` times in one run (medians):
+
+* ``forward``: the plain target forward of the batch (no grad);
+* ``gencnp``: ``finder.find`` of the ``gencnp`` finder = clean recorded forward + generator;
+* ``dgr``: ``finder.find`` of the ``dgr`` finder (released defaults, T = 30).
+
+The generator is read from ``--generator`` (default: the study's VGG-11 generator, on the study's
+snapshot of the target); when absent or trained for other weights, a freshly initialised
+generator of the default configuration is timed (same architecture, so the same cost). Claims checked: gencnp / forward <= 2 and dgr / gencnp >= 30. Writes the
+``## GEN-CNP speed`` section of ``docs/results.md``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed_gencnp.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from neuralpath.checkpoint import load_target
+from neuralpath.data import load_dataset
+from neuralpath.errors import CheckpointError, DataError
+from neuralpath.gating import GatedModel
+from neuralpath.io import atomic_path
+from neuralpath.methods import FinderOptions, build_finder
+from neuralpath.methods.gencnp import (
+    GenCNPFinder,
+    GeneratorConfig,
+    PathwayGenerator,
+    load_generator,
+)
+from neuralpath.models import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## GEN-CNP speed"
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    return (
+        str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+    )
+
+
+def load_model(checkpoint: Path) -> tuple[torch.nn.Module, str]:
+    if (checkpoint / "meta.json").exists():
+        return load_target(checkpoint, "cpu").model, f"checkpoint {shown(checkpoint)}"
+    torch.manual_seed(0)
+    model = build_model("vgg11", num_classes=10, in_channels=1, input_size=32, width=0.25).eval()
+    return model, "VGG-11 (width 0.25) with random weights (checkpoint absent)"
+
+
+def load_batch(batch: int) -> tuple[torch.Tensor, str]:
+    try:
+        return load_dataset(
+            "fashion-mnist", "test", limit=batch, seed=0
+        ).images, "Fashion-MNIST test images"
+    except DataError:
+        return torch.randn(
+            batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)
+        ), "random inputs"
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) this script's section of ``path``, keeping every other section."""
+    text = path.read_text() if path.exists() else "# Results\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + body
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        new = (
+            "".join(lines[:start])
+            + body
+            + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
+        )
+    with atomic_path(path) as tmp:
+        tmp.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="target checkpoint (default: the study's snapshot of runs/vgg11-fmnist, else that)",
+    )
+    parser.add_argument(
+        "--generator",
+        type=Path,
+        default=ROOT / "runs" / "gencnp-study" / "vgg11-fmnist" / "gen-default",
+    )
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    snapshot = ROOT / "runs" / "gencnp-study" / "targets" / "vgg11-fmnist"
+    default = snapshot if (snapshot / "meta.json").exists() else ROOT / "runs" / "vgg11-fmnist"
+    model, model_source = load_model(args.checkpoint or default)
+    images, data_source = load_batch(args.batch)
+    gated = GatedModel.discover(model, images[:1])
+    try:
+        generator = load_generator(args.generator, gated).generator
+        generator_source = f"trained generator {shown(args.generator)}"
+    except CheckpointError:  # absent, or trained for other weights: same cost either way
+        torch.manual_seed(0)
+        generator = PathwayGenerator(gated.sites, GeneratorConfig()).eval()
+        generator_source = "freshly initialised generator, default config (no trained one fits)"
+    gencnp = GenCNPFinder(gated, generator)
+    dgr = build_finder("dgr", gated, FinderOptions(sparsity=0.9))
+    gencnp.find(images[:2])  # warm-up
+    dgr.find(images[:2])
+
+    def forward() -> None:
+        with torch.no_grad():
+            gated.model(images)
+
+    t_forward = median_seconds(forward, 4 * args.repeats)
+    t_gencnp = median_seconds(lambda: gencnp.find(images), 4 * args.repeats)
+    t_dgr = median_seconds(lambda: dgr.find(images), args.repeats)
+    result = {
+        "model": model_source,
+        "generator": generator_source,
+        "data": data_source,
+        "batch": args.batch,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "forward_ms": round(1e3 * t_forward, 2),
+        "gencnp_ms": round(1e3 * t_gencnp, 2),
+        "dgr_ms": round(1e3 * t_dgr, 1),
+        "gencnp_over_forward": round(t_gencnp / t_forward, 2),
+        "dgr_over_gencnp": round(t_dgr / t_gencnp, 1),
+        "gencnp_forward_equivalents_flops": round(gencnp.forward_equivalents(), 3),
+        "generator_parameters": sum(p.numel() for p in generator.parameters()),
+    }
+    result["claims"] = {
+        "gencnp <= 2 forwards": result["gencnp_over_forward"] <= 2.0,
+        "dgr >= 30x gencnp": result["dgr_over_gencnp"] >= 30.0,
+    }
+    print(json.dumps(result, indent=2))
+    if not args.no_write:
+        cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed_gencnp.py" + (
+            f" --threads {args.threads}" if args.threads != 1 else ""
+        )
+        body = (
+            f"{SECTION}\n\n"
+            f"Command: `{cmd}` (CPU, {args.threads} thread(s); medians of {4 * args.repeats} runs "
+            f"for forward and GEN-CNP, {args.repeats} for DGR, all in one run).\n"
+            f"Model: {model_source}; {generator_source}; inputs: {args.batch} {data_source}.\n\n"
+            "| measurement | value |\n|---|---|\n"
+            f"| target forward of the batch | {result['forward_ms']} ms |\n"
+            f"| GEN-CNP pathways (clean forward + generator) | {result['gencnp_ms']} ms |\n"
+            f"| DGR pathways (T = 30) | {result['dgr_ms']} ms |\n"
+            f"| **GEN-CNP / forward** (claim <= 2) | **{result['gencnp_over_forward']}×** |\n"
+            f"| **DGR / GEN-CNP** (claim >= 30) | **{result['dgr_over_gencnp']}×** |\n"
+            f"| GEN-CNP cost by FLOPs (1 + generator / target) | {result['gencnp_forward_equivalents_flops']} |\n"
+            f"| generator parameters | {result['generator_parameters']:,} |\n"
+        )
+        write_section(args.results, body)
+    return 0 if all(result["claims"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

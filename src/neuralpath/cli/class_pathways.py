@@ -1,0 +1,116 @@
+"""``neuralpath class-pathways``: build class-relevant pathways and test their transfer."""
+
+from __future__ import annotations
+
+import argparse
+
+from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``class-pathways`` command."""
+    cmd = subparsers.add_parser(
+        "class-pathways",
+        help="build class pathways from instance pathways and evaluate their transfer",
+        description="Aggregate the pathways of the first J instances of every class of "
+        "--build-split (firing frequency >= THETA), save them to DIR/class_pathways.safetensors, "
+        "then explain --eval-split samples with the class pathway of their predicted class and "
+        "compare with their instance pathways. Writes DIR/results.json and prints it.",
+    )
+    cmd.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    cmd.add_argument("--method", default="gencnp", help="pathway finder (default gencnp)")
+    cmd.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
+    cmd.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.9,
+        help="fraction of units dropped, for methods with a sparsity knob (0.9)",
+    )
+    cmd.add_argument("--granularity", choices=("channel", "element"), default="channel")
+    cmd.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
+    cmd.add_argument("--data-root", help="folder holding a user copy of the data set")
+    cmd.add_argument("--build-split", choices=("train", "test"), default="train")
+    cmd.add_argument("--j", type=int, default=50, help="instances per class (50)")
+    cmd.add_argument("--theta", type=float, default=0.5, help="firing-frequency threshold (0.5)")
+    cmd.add_argument(
+        "--instances",
+        choices=("correct", "all"),
+        default="correct",
+        help="aggregate only correctly predicted instances (default) or all",
+    )
+    cmd.add_argument(
+        "--build-limit",
+        type=int,
+        help="read at most N samples of --build-split (default: until J per class)",
+    )
+    cmd.add_argument("--eval-split", choices=("train", "test"), default="test")
+    cmd.add_argument("--limit", type=int, help="evaluate the first N samples of --eval-split")
+    cmd.add_argument("--batch-size", type=int, default=64)
+    cmd.add_argument("--out", required=True, help="output directory")
+    cmd.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_seed_arg(cmd)
+    add_device_arg(cmd)
+    cmd.set_defaults(handler=run_class_pathways)
+
+
+def run_class_pathways(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from neuralpath.data import load_dataset
+    from neuralpath.errors import InputError
+    from neuralpath.io import write_json_atomic
+    from neuralpath.methods import FinderOptions, build_finder
+    from neuralpath.methods.gencnp.transfer import build_class_pathways, evaluate_transfer
+    from neuralpath.runner import open_target
+
+    if not 0.0 < args.theta <= 1.0:
+        raise InputError(f"--theta must be in (0, 1], got {args.theta}")
+    torch.manual_seed(args.seed)
+    target, gated = open_target(args.checkpoint, args.device)
+    size = target.meta.input_shape[-1]
+    options = FinderOptions(args.sparsity, args.granularity, args.generator, args.seed)
+    finder = build_finder(args.method, gated, options)
+    build_set = load_dataset(args.data, args.build_split, args.data_root, image_size=size)
+    eval_set = load_dataset(args.data, args.eval_split, args.data_root, image_size=size)
+    classes = build_class_pathways(
+        finder,
+        build_set,
+        target.meta.num_classes,
+        j=args.j,
+        theta=args.theta,
+        instances=args.instances,
+        batch_size=args.batch_size,
+        max_samples=args.build_limit,
+        class_names=list(target.meta.class_names),
+        progress=not args.no_progress,
+    )
+    out = Path(args.out)
+    classes.save(out / "class_pathways.safetensors")
+    result = evaluate_transfer(
+        finder,
+        classes,
+        eval_set,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        method=args.method,
+    )
+    payload = {
+        "checkpoint": str(args.checkpoint),
+        "method": args.method,
+        "data": args.data,
+        "build_split": args.build_split,
+        "j": args.j,
+        "theta": args.theta,
+        "instances": args.instances,
+        "eval_split": args.eval_split,
+        "class_instances": classes.counts.tolist(),
+        "class_kept_fraction": classes.pathway.kept_fraction().tolist(),
+        "class_pathways": str(out / "class_pathways.safetensors"),
+        **result.to_dict(),
+    }
+    write_json_atomic(out / "results.json", payload)
+    print_json(payload)
+    return 0

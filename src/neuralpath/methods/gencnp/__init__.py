@@ -1,0 +1,120 @@
+"""GEN-CNP (Lin et al. 2023): a trained generator predicts instance-specific binary pathways.
+
+Finders (registered on import):
+
+* ``gencnp``: one clean forward of the target + one generator pass -> the generator's DAQ masks
+  (instance-specific sparsity). Needs ``FinderOptions.generator`` (a directory written by
+  :func:`fit_gencnp` / ``neuralpath fit-gencnp``).
+* ``gencnp-global``: the same scores, binarised by one global percentile at
+  ``FinderOptions.sparsity`` (the fixed-sparsity ablation).
+
+>>> generator = fit_gencnp(gated, train_set, FitConfig(epochs=3), out_dir="runs/gen")
+>>> finder = GenCNPFinder(gated, generator)
+>>> pathway = finder.find(images)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
+from neuralpath.methods.gencnp.checkpoint import load_generator
+from neuralpath.methods.gencnp.generator import GeneratorConfig, GeneratorOutput, PathwayGenerator
+from neuralpath.methods.gencnp.train import FitConfig, fit_gencnp
+from neuralpath.pathway import Pathway, check_sparsity, global_percentile
+from neuralpath.targets import Target, resolve_target
+
+__all__ = [
+    "FitConfig",
+    "GenCNPFinder",
+    "GeneratorConfig",
+    "GeneratorOutput",
+    "PathwayGenerator",
+    "fit_gencnp",
+    "load_generator",
+]
+
+
+class GenCNPFinder(PathwayFinder):
+    """Pathways predicted by a trained :class:`PathwayGenerator` (channel granularity).
+
+    ``sparsity=None``: the generator's own binary masks (instance-specific kept fraction);
+    a float: keep the units above the global percentile of the generator's scores instead.
+    ``target`` is only range-checked: the generator is trained to preserve the target's whole
+    output distribution, so its pathway does not depend on the explained class.
+    """
+
+    name = "gencnp"
+
+    def __init__(
+        self, gated: GatedModel, generator: PathwayGenerator, sparsity: float | None = None
+    ):
+        super().__init__(gated)
+        mine = [(s.name, s.shape) for s in generator.sites]
+        theirs = [(s.name, s.shape) for s in gated.sites]
+        if mine != theirs:
+            raise InputError(f"the generator covers layers {mine}, the target has {theirs}")
+        device = next(generator.parameters()).device
+        if device != gated.device:
+            raise InputError(f"the generator is on {device}, the target on {gated.device}")
+        self.generator = generator.eval()
+        self.sparsity = None if sparsity is None else check_sparsity(sparsity)
+        self._cost: float | None = None
+
+    @torch.no_grad()
+    def scores(self, inputs: Tensor) -> tuple[Tensor, GeneratorOutput]:
+        """Clean logits ``[B, K]`` and the generator's scores and DAQ masks ``{site: [B, C_l]}``."""
+        logits, recording = self.gated.record(inputs)
+        return logits, self.generator({n: a.detach() for n, a in recording.activations.items()})
+
+    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+        self.gated.check_inputs(inputs)
+        logits, output = self.scores(inputs)
+        resolve_target(logits, target)  # range check only (see the class docstring)
+        if self.sparsity is None:
+            masks = {name: m > 0.5 for name, m in output.masks.items()}
+            return Pathway(masks, "channel", {"method": "gencnp", "sparsity": "instance"})
+        pathway = global_percentile(output.scores, self.sparsity, "channel")
+        pathway.metadata.update({"method": "gencnp-global"})
+        return pathway
+
+    def forward_equivalents(self) -> float:
+        """``1 + generator FLOPs / target FLOPs`` (counted once with ``FlopCounterMode``)."""
+        if self._cost is None:
+            example = torch.zeros(1, *self.gated.input_shape, device=self.gated.device)
+            with torch.no_grad():
+                with FlopCounterMode(display=False) as target_counter:
+                    _, recording = self.gated.record(example)
+                with FlopCounterMode(display=False) as generator_counter:
+                    self.generator(dict(recording.activations))
+            target_flops = max(1, target_counter.get_total_flops())
+            self._cost = 1.0 + generator_counter.get_total_flops() / target_flops
+        return self._cost
+
+
+def _factory(gated: GatedModel, options: FinderOptions, sparsity: float | None) -> GenCNPFinder:
+    if options.generator is None:
+        raise InputError(
+            "gencnp needs a trained generator: pass --generator GDIR "
+            "(train one with `neuralpath fit-gencnp`)"
+        )
+    if options.granularity != "channel":
+        raise InputError("gencnp predicts channel pathways; use --granularity channel")
+    loaded = load_generator(options.generator, gated)
+    return GenCNPFinder(gated, loaded.generator, sparsity)
+
+
+@register_finder("gencnp")
+def build_gencnp(gated: GatedModel, options: FinderOptions) -> GenCNPFinder:
+    """Instance-specific GEN-CNP pathways from ``options.generator``."""
+    return _factory(gated, options, None)
+
+
+@register_finder("gencnp-global")
+def build_gencnp_global(gated: GatedModel, options: FinderOptions) -> GenCNPFinder:
+    """GEN-CNP scores binarised by one global percentile at ``options.sparsity`` (ablation)."""
+    return _factory(gated, options, options.sparsity)

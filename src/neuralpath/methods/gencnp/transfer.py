@@ -1,0 +1,168 @@
+"""Class-relevant pathways and their transfer to unseen samples (spec §6, rule [ours]).
+
+Build: run a finder over a data split in order, keep the pathways of the first ``j`` instances
+of every class (by default only correctly predicted ones), and aggregate them with
+:func:`~neuralpath.pathway.aggregate_by_class`: firing frequency ``f_c``, class pathway
+``M_c = 1[f_c >= θ]``. Transfer: explain each unseen sample with the class pathway of the
+target's prediction and measure it with the same faithfulness metrics as instance pathways.
+Works with any :class:`~neuralpath.methods.base.PathwayFinder`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from neuralpath.errors import DataError, InputError
+from neuralpath.methods.base import PathwayFinder
+from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
+from neuralpath.pathway import ClassPathways, Pathway, aggregate_by_class
+from neuralpath.runner import run_finder
+
+InstanceRule = Literal["correct", "all"]
+
+
+def build_class_pathways(
+    finder: PathwayFinder,
+    dataset: Dataset,
+    num_classes: int,
+    *,
+    j: int = 50,
+    theta: float = 0.5,
+    instances: InstanceRule = "correct",
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    class_names: list[str] | None = None,
+    progress: bool = True,
+) -> ClassPathways:
+    """Class pathways from the first ``j`` instances of each class in ``dataset`` order.
+
+    ``instances="correct"``: only samples the target predicts correctly count (the instance's
+    class is then its label = prediction); ``"all"``: every sample counts, grouped by the
+    target's prediction. Stops reading once every class has ``j`` instances (or after
+    ``max_samples``). Raises :class:`DataError` naming the classes left without instances.
+    """
+    if isinstance(j, bool) or not isinstance(j, int) or j < 1:
+        raise InputError(f"j (instances per class) must be a positive integer, got {j!r}")
+    if instances not in ("correct", "all"):
+        raise InputError(f"instances must be 'correct' or 'all', got {instances!r}")
+    total = len(dataset)  # type: ignore[arg-type]
+    if max_samples is not None:
+        total = min(total, max_samples)
+    device = finder.gated.device
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    pathways: list[Pathway] = []
+    classes: list[Tensor] = []
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(total)), batch_size=batch_size)
+    bar = tqdm(total=num_classes * j, desc="class pathways", unit="inst", disable=not progress)
+    for images, labels in loader:
+        images = images.to(device)
+        with torch.no_grad():
+            predicted = finder.gated.forward(images).argmax(1).cpu()
+        if predicted.max() >= num_classes:
+            raise InputError(f"the target predicts class {int(predicted.max())} >= {num_classes}")
+        keep = (
+            predicted == labels
+            if instances == "correct"
+            else torch.ones_like(labels, dtype=torch.bool)
+        )
+        rank = torch.zeros_like(predicted)
+        for c in predicted[keep].unique():
+            members = keep & (predicted == c)
+            rank[members] = counts[c] + torch.arange(1, int(members.sum()) + 1)
+        useful = keep & (rank <= j)
+        if useful.any():
+            index = useful.nonzero().squeeze(1)
+            pathways.append(finder.find(images[index.to(device)]).detach().to("cpu"))
+            classes.append(predicted[index])
+            before = int(counts.clamp_max(j).sum())
+            counts += torch.bincount(predicted[index], minlength=num_classes)
+            bar.update(int(counts.clamp_max(j).sum()) - before)
+        if bool((counts >= j).all()):
+            break
+    bar.close()
+    empty = [c for c in range(num_classes) if counts[c] == 0]
+    if empty:
+        names = [f"{c} ({class_names[c]})" if class_names else str(c) for c in empty]
+        rule = "correctly predicted " if instances == "correct" else "predicted "
+        hint = "read more samples" + (" or count all instances" if instances == "correct" else "")
+        raise DataError(
+            f"no {rule}instances of class(es) {', '.join(names)} in the first {total} samples: "
+            f"{hint}"
+        )
+    result = aggregate_by_class(
+        Pathway.cat(pathways), torch.cat(classes), num_classes, theta=theta, per_class_limit=j
+    )
+    result.frequency.metadata.update(
+        {"j": j, "theta": theta, "instances": instances, "method": finder.name}
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """Instance pathways and transferred class pathways on the same evaluation samples."""
+
+    instance: dict[str, Any]
+    transfer: dict[str, Any]
+    instance_class_jaccard: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "transfer": self.transfer,
+            "instance_class_jaccard": self.instance_class_jaccard,
+        }
+
+
+def evaluate_transfer(
+    finder: PathwayFinder,
+    class_pathways: ClassPathways,
+    dataset: Dataset,
+    *,
+    limit: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    method: str | None = None,
+) -> TransferResult:
+    """Faithfulness of instance pathways vs the class pathway of each sample's prediction.
+
+    Both are summarised with :func:`~neuralpath.metrics.faithfulness.summarize` (agreement,
+    accuracy, mIC, mDC, acIOU, kept fraction); ``instance_class_jaccard`` is the mean Jaccard
+    index between each sample's instance pathway and its class pathway (percent).
+    """
+    run = run_finder(
+        finder, dataset, batch_size=batch_size, limit=limit, progress=progress, method=method
+    )
+    device = finder.gated.device
+    outcomes: list[PathwayOutcome] = []
+    transferred: list[Pathway] = []
+    jaccard: list[Tensor] = []
+    n = run.labels.numel()
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
+    start = 0
+    for images, _ in loader:
+        images = images.to(device)
+        predicted = run.outcome.prediction[start : start + images.shape[0]]
+        pathway = class_pathways.for_labels(predicted).to(device)
+        outcomes.append(pathway_outcome(finder.gated, images, pathway))
+        cpu_pathway = pathway.to("cpu")
+        transferred.append(cpu_pathway)
+        jaccard.append(
+            run.pathway.select(slice(start, start + images.shape[0])).jaccard(cpu_pathway)
+        )
+        start += images.shape[0]
+    transfer_summary: dict[str, Any] = {"method": f"{run.method}-class"}
+    transfer_summary.update(
+        summarize(PathwayOutcome.cat(outcomes), Pathway.cat(transferred), run.labels)
+    )
+    return TransferResult(
+        instance=run.summary(),
+        transfer=transfer_summary,
+        instance_class_jaccard=float(100.0 * torch.cat(jaccard).mean()),
+    )

@@ -1,0 +1,399 @@
+"""Pixel-perturbation metrics for saliency maps: LeRF/MoRF curves, deletion and insertion AUC.
+
+Every metric takes a classifier, a batch ``inputs [B, C, H, W]`` and either precomputed
+``attributions`` (``[B, C, H, W]`` or ``[B, H, W]``) or an ``explain(inputs, targets)``
+function (ours from :data:`neuralpath.attribution.ATTRIBUTION_METHODS`, or Captum's).
+
+Conventions, shared by :mod:`~neuralpath.metrics.roar`:
+
+* **Pixel relevance** is the attribution reduced over channels, by default the sum of absolute
+  values (``"sum-abs"``; also ``"sum"``, ``"max-abs"``, ``"signed-max-abs"``).
+* **Ordering**: pixels are sorted by relevance with a *stable* sort, so pixels of equal relevance
+  are always taken in row-major order (lowest flat index ``h * W + w`` first), both for the most
+  and for the least relevant first. Results are therefore deterministic.
+* **Removing** a pixel sets all its channels to the baseline (default 0 = the data-set mean in
+  normalised space; a number, a ``[C]`` tensor of per-channel values or a full image).
+* ``p`` is the softmax probability of the target class: the model's prediction on the clean
+  input when ``targets`` is None, else the given labels.
+* Counts: ``q`` % of ``N = H * W`` pixels is ``round(q * N / 100)`` (halves round up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from neuralpath.errors import InputError, ShapeError
+from neuralpath.gating import check_inputs, frozen
+from neuralpath.targets import resolve_target
+
+Explain = Callable[[Tensor, Tensor], Tensor]
+"""``explain(inputs [B, C, H, W], targets [B]) -> attributions [B, C, H, W] or [B, H, W]``."""
+
+Reduction = Literal["sum-abs", "sum", "max-abs", "signed-max-abs"]
+REDUCTIONS: tuple[str, ...] = ("sum-abs", "sum", "max-abs", "signed-max-abs")
+Baseline = float | Tensor
+DEFAULT_PERCENTAGES: tuple[float, ...] = tuple(float(q) for q in range(1, 11))
+
+
+def pixel_relevance(attributions: Tensor, reduction: str = "sum-abs") -> Tensor:
+    """Per-pixel relevance ``[B, H, W]`` of ``attributions [B, C, H, W]`` (or ``[B, H, W]``).
+
+    ``reduction`` over channels: ``"sum-abs"`` (Σ|a|, default), ``"sum"`` (Σa), ``"max-abs"``
+    (max|a|) or ``"signed-max-abs"`` (the channel value of largest magnitude, with its sign).
+    A ``[B, H, W]`` map is returned as is for ``"sum"``/``"signed-max-abs"``, abs otherwise.
+    """
+    if reduction not in REDUCTIONS:
+        raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+    if not isinstance(attributions, Tensor) or attributions.dim() not in (3, 4):
+        shape = list(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
+        raise ShapeError(f"attributions must be [B, C, H, W] or [B, H, W], got {shape}")
+    a = attributions.detach().float()
+    if a.dim() == 3:
+        a = a.unsqueeze(1)
+    if reduction == "sum-abs":
+        return a.abs().sum(dim=1)
+    if reduction == "sum":
+        return a.sum(dim=1)
+    if reduction == "max-abs":
+        return a.abs().amax(dim=1)
+    index = a.abs().argmax(dim=1, keepdim=True)
+    return a.gather(1, index).squeeze(1)
+
+
+def check_percentages(percentages: Sequence[float]) -> tuple[float, ...]:
+    """Validate a non-empty list of percentages, each in (0, 100]."""
+    values = tuple(float(q) for q in percentages)
+    if not values:
+        raise InputError("need at least one percentage q")
+    bad = [q for q in values if not 0.0 < q <= 100.0]
+    if bad:
+        raise InputError(f"percentages must lie in (0, 100], got {bad}")
+    return values
+
+
+def pixel_count(percentage: float, num_pixels: int) -> int:
+    """``round(percentage * num_pixels / 100)`` with halves rounded up."""
+    return int(percentage * num_pixels / 100.0 + 0.5)
+
+
+def relevance_order(relevance: Tensor, most_relevant_first: bool = True) -> Tensor:
+    """Flat pixel indices ``[B, H*W]`` sorted by relevance (``relevance``: ``[B, H, W]``).
+
+    Stable: pixels of equal relevance keep row-major order in both directions.
+    """
+    flat = relevance.reshape(relevance.shape[0], -1)
+    return flat.sort(dim=1, descending=most_relevant_first, stable=True).indices
+
+
+def order_ranks(order: Tensor) -> Tensor:
+    """Inverse permutation of ``order [B, N]``: ``rank[b, order[b, i]] = i``."""
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def top_mask(ranks: Tensor, count: int, spatial: tuple[int, int]) -> Tensor:
+    """Boolean ``[B, 1, H, W]`` mask of the first ``count`` pixels of each ranking ``[B, H*W]``."""
+    return (ranks < count).view(ranks.shape[0], 1, *spatial)
+
+
+def baseline_like(baseline: Baseline, inputs: Tensor) -> Tensor:
+    """Broadcast a scalar, ``[C]``, ``[C, H, W]`` or ``[B, C, H, W]`` baseline to ``inputs``."""
+    if not isinstance(baseline, Tensor):
+        return inputs.new_full((1, 1, 1, 1), float(baseline)).expand_as(inputs)
+    value = baseline.to(device=inputs.device, dtype=inputs.dtype)
+    if value.dim() == 1 and value.shape[0] == inputs.shape[1]:
+        value = value.view(1, -1, 1, 1)
+    elif value.dim() == 3:
+        value = value.unsqueeze(0)
+    if value.dim() != 4:
+        raise ShapeError(f"baseline of shape {list(baseline.shape)} does not fit inputs {list(inputs.shape)}")
+    try:
+        return value.expand_as(inputs)
+    except RuntimeError as exc:
+        raise ShapeError(f"baseline of shape {list(baseline.shape)} does not fit inputs {list(inputs.shape)}") from exc
+
+
+def check_batch(inputs: Tensor) -> None:
+    """Raise :class:`InputError` unless ``inputs`` is a non-empty finite ``[B, C, H, W]`` batch."""
+    if isinstance(inputs, Tensor) and inputs.dim() >= 1 and inputs.shape[0] == 0:
+        raise InputError("empty batch: inputs has no samples")
+    check_inputs(inputs)
+    if inputs.dim() != 4:
+        raise InputError(f"inputs must be images [B, C, H, W], got shape {list(inputs.shape)}")
+
+
+def check_map_shape(attributions: Tensor, inputs: Tensor) -> None:
+    """Raise :class:`ShapeError` unless ``attributions`` is ``[B, C|1, H, W]``/``[B, H, W]`` of ``inputs``."""
+    b, c, h, w = inputs.shape
+    if not isinstance(attributions, Tensor) or tuple(attributions.shape) not in ((b, c, h, w), (b, 1, h, w), (b, h, w)):
+        shape = list(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
+        raise ShapeError(f"attributions of shape {shape} do not match inputs {[b, c, h, w]}")
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, inputs: Tensor, batch_size: int = 256) -> Tensor:
+    """Softmax probabilities ``[B, K]`` of ``model`` (eval mode, restored after) in batches."""
+    with frozen(model):
+        parts = [model(inputs[i : i + batch_size]).softmax(dim=1) for i in range(0, inputs.shape[0], batch_size)]
+    return torch.cat(parts)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def resolve_targets(model: nn.Module, inputs: Tensor, targets: Any, batch_size: int = 256) -> Tensor:
+    """``targets`` as a ``[B]`` long tensor; None means the model's prediction on ``inputs``."""
+    probs = predict_proba(model, inputs, batch_size)
+    return resolve_target(probs, targets)
+
+
+def relevance_for(
+    inputs: Tensor,
+    targets: Tensor,
+    attributions: Tensor | None,
+    explain: Explain | None,
+    reduction: str,
+) -> Tensor:
+    """Pixel relevance ``[B, H, W]`` from given ``attributions`` or by calling ``explain`` once on
+    the whole batch (callers that hold many images pass ``attributions`` computed in chunks)."""
+    if (attributions is None) == (explain is None):
+        raise InputError("pass exactly one of attributions= or explain=")
+    if attributions is None:
+        assert explain is not None
+        attributions = explain(inputs, targets)
+    check_map_shape(attributions, inputs)
+    relevance = pixel_relevance(attributions.to(inputs.device), reduction)
+    if not torch.isfinite(relevance).all():
+        raise InputError("attributions contain NaN or infinite values")
+    return relevance
+
+
+@dataclass
+class CurveResult:
+    """A perturbation curve per sample.
+
+    ``fractions [Q]``: fraction of pixels removed/inserted (x axis); ``curve [B, Q]``: the
+    metric's value per sample and step; ``area [B]``: area under each sample's curve (see the
+    metric); ``higher_is_better``: the metric's direction.
+    """
+
+    name: str
+    fractions: Tensor
+    curve: Tensor
+    area: Tensor
+    higher_is_better: bool
+
+    @property
+    def mean_curve(self) -> Tensor:
+        return self.curve.mean(dim=0)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready means over the batch."""
+        return {
+            "metric": self.name,
+            "higher_is_better": self.higher_is_better,
+            "fractions": [round(f, 6) for f in self.fractions.tolist()],
+            "curve": self.mean_curve.tolist(),
+            "area": self.area.mean().item(),
+            "area_std": self.area.std().item() if self.area.numel() > 1 else 0.0,
+            "samples": int(self.curve.shape[0]),
+        }
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
+class PixelPerturbation:
+    """LeRF (least relevant first) or MoRF (most relevant first) pixel perturbation.
+
+    For each ``q`` in ``percentages`` remove the ``q`` % least (LeRF) or most (MoRF) relevant
+    pixels and report ``|p - p'| / p`` per sample. ``area``: trapezoidal area under the curve
+    over the fraction axis ``q / 100``, divided by the width of the q range (the curve's mean
+    height; the value itself for a single q). LeRF: lower is better; MoRF: higher is better.
+    """
+
+    name = "perturbation"
+    higher_is_better = False
+
+    def __init__(
+        self,
+        order: Literal["lerf", "morf"],
+        percentages: Sequence[float] = DEFAULT_PERCENTAGES,
+        *,
+        reduction: str = "sum-abs",
+        baseline: Baseline = 0.0,
+        batch_size: int = 256,
+    ):
+        if order not in ("lerf", "morf"):
+            raise InputError(f"order must be 'lerf' or 'morf', got {order!r}")
+        if reduction not in REDUCTIONS:
+            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+        _check_positive_int("batch_size", batch_size)
+        self.order = order
+        self.name = order
+        self.higher_is_better = order == "morf"
+        self.percentages = check_percentages(percentages)
+        self.reduction = reduction
+        self.baseline = baseline
+        self.batch_size = batch_size
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Any = None,
+        *,
+        attributions: Tensor | None = None,
+        explain: Explain | None = None,
+    ) -> CurveResult:
+        """Curves ``[B, Q]`` for ``inputs [B, C, H, W]`` on ``model``'s device."""
+        check_batch(inputs)
+        inputs = inputs.to(model_device(model))
+        probs = predict_proba(model, inputs, self.batch_size)
+        target = resolve_target(probs, targets)
+        p = probs.gather(1, target[:, None]).squeeze(1)
+        relevance = relevance_for(inputs, target, attributions, explain, self.reduction)
+        ranks = order_ranks(relevance_order(relevance, most_relevant_first=self.order == "morf"))
+        base = baseline_like(self.baseline, inputs)
+        spatial = (inputs.shape[2], inputs.shape[3])
+        curve = []
+        for q in self.percentages:
+            mask = top_mask(ranks, pixel_count(q, ranks.shape[1]), spatial)
+            perturbed = torch.where(mask, base, inputs)
+            p_new = predict_proba(model, perturbed, self.batch_size).gather(1, target[:, None]).squeeze(1)
+            curve.append((p - p_new).abs() / p)
+        values = torch.stack(curve, dim=1)
+        fractions = torch.tensor(self.percentages, dtype=values.dtype, device=values.device) / 100.0
+        return CurveResult(self.name, fractions, values, _mean_height(values, fractions), self.higher_is_better)
+
+
+class LeRF(PixelPerturbation):
+    """Remove the least relevant pixels first; ``|p - p'| / p`` (lower is better)."""
+
+    def __init__(self, percentages: Sequence[float] = DEFAULT_PERCENTAGES, **kwargs: Any):
+        super().__init__("lerf", percentages, **kwargs)
+
+
+class MoRF(PixelPerturbation):
+    """Remove the most relevant pixels first; ``|p - p'| / p`` (higher is better)."""
+
+    def __init__(self, percentages: Sequence[float] = DEFAULT_PERCENTAGES, **kwargs: Any):
+        super().__init__("morf", percentages, **kwargs)
+
+
+def _mean_height(curve: Tensor, fractions: Tensor) -> Tensor:
+    if fractions.numel() == 1:
+        return curve[:, 0].clone()
+    order = fractions.argsort()
+    x, y = fractions[order], curve[:, order]
+    return torch.trapezoid(y, x, dim=1) / (x[-1] - x[0])
+
+
+class _ProgressiveCurve:
+    """Deletion/insertion: ``steps + 1`` points at fractions ``k / steps`` of the pixels."""
+
+    name = "progressive"
+    higher_is_better = False
+    insert = False
+
+    def __init__(
+        self, steps: int = 20, *, reduction: str = "sum-abs", baseline: Baseline = 0.0, batch_size: int = 256
+    ):
+        _check_positive_int("steps", steps)
+        _check_positive_int("batch_size", batch_size)
+        if reduction not in REDUCTIONS:
+            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+        self.steps = steps
+        self.reduction = reduction
+        self.baseline = baseline
+        self.batch_size = batch_size
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Any = None,
+        *,
+        attributions: Tensor | None = None,
+        explain: Explain | None = None,
+    ) -> CurveResult:
+        """Target probability after each step ``[B, steps + 1]`` and its trapezoidal AUC ``[B]``."""
+        check_batch(inputs)
+        inputs = inputs.to(model_device(model))
+        target = resolve_targets(model, inputs, targets, self.batch_size)
+        relevance = relevance_for(inputs, target, attributions, explain, self.reduction)
+        ranks = order_ranks(relevance_order(relevance, most_relevant_first=True))
+        base = baseline_like(self.baseline, inputs)
+        spatial = (inputs.shape[2], inputs.shape[3])
+        num_pixels = ranks.shape[1]
+        curve = []
+        for k in range(self.steps + 1):
+            count = (2 * k * num_pixels + self.steps) // (2 * self.steps)  # round(k N / steps)
+            mask = top_mask(ranks, count, spatial)
+            x = torch.where(mask, inputs, base) if self.insert else torch.where(mask, base, inputs)
+            curve.append(predict_proba(model, x, self.batch_size).gather(1, target[:, None]).squeeze(1))
+        values = torch.stack(curve, dim=1)
+        fractions = torch.arange(self.steps + 1, dtype=values.dtype, device=values.device) / self.steps
+        area = torch.trapezoid(values, fractions, dim=1)
+        return CurveResult(self.name, fractions, values, area, self.higher_is_better)
+
+
+class Deletion(_ProgressiveCurve):
+    """Delete the most relevant pixels first (to the baseline); AUC of ``p`` (lower is better)."""
+
+    name = "deletion"
+    higher_is_better = False
+    insert = False
+
+
+class Insertion(_ProgressiveCurve):
+    """Insert the most relevant pixels first into the baseline image; AUC of ``p`` (higher is better)."""
+
+    name = "insertion"
+    higher_is_better = True
+    insert = True
+
+
+def method_explainer(method: str, *, layers: Sequence[str] | None = None, **options: Any) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """``explain(model, inputs, targets)`` for a method of :data:`neuralpath.attribution.METHOD_NAMES`.
+
+    ``options`` go to :func:`neuralpath.attribution.make_attribution_method` (``finder``,
+    ``sparsity``, ``granularity``, ``seed``, ``layer``); gate sites (``layers``) are discovered on
+    whichever model is passed, so the function also serves randomised copies (sanity checks).
+    """
+    from neuralpath.attribution import make_attribution_method
+    from neuralpath.gating import GatedModel
+
+    run = make_attribution_method(method, **options)
+
+    def explain(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        gated = GatedModel.discover(model, inputs[:1].detach(), layers=layers)
+        return run(gated, inputs, targets).detach()
+
+    return explain
+
+
+def bind(explain: Callable[[nn.Module, Tensor, Tensor], Tensor], model: nn.Module) -> Explain:
+    """Fix the model of a model-taking ``explain``: ``explain(inputs, targets)``."""
+
+    def bound(inputs: Tensor, targets: Tensor) -> Tensor:
+        return explain(model, inputs, targets)
+
+    return bound

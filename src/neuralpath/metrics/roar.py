@@ -1,0 +1,333 @@
+"""ROAR — RemOve And Retrain (Hooker et al. 2019) for saliency maps.
+
+For each attribution method and each ``q`` in ``percentages``: replace the ``q`` % most
+relevant pixels of every training and test image (relevance computed on the original target
+model, ranked as in :mod:`~neuralpath.metrics.perturbation`) with the baseline (0 = the data-set
+mean), train a fresh model of the target's architecture from scratch on the perturbed training
+set, and report its accuracy on the perturbed test set. A steeper accuracy drop means the map
+found the information the model needs: **lower accuracy is better**.
+
+Retraining reuses :func:`neuralpath.train.train_target` (same architecture, width, optimiser
+and schedule as the target). ROAR is expensive, so it is **resumable**: the work directory holds
+
+* ``config.json``: what the rankings depend on (architecture, data subsets, target, channel
+  reduction); a rerun with other values refuses to mix them;
+* ``ranks/<method>.safetensors``: per split, every image's pixel indices sorted by decreasing
+  relevance (``int16``/``int32`` ``[N, H*W]``), from which the mask of any ``q`` follows;
+* ``results/<recipe>/<method>/q<q>.json`` and ``results/<recipe>/unperturbed.json``: one file per
+  finished cell, under a folder named after the retraining recipe (epochs, batch size, lr, seed,
+  baseline), so a longer retraining reuses the rankings.
+
+A rerun loads what exists and only computes the missing cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from neuralpath.data import ImageDataset
+from neuralpath.errors import CheckpointError, InputError
+from neuralpath.io import load_tensors, read_json, save_tensors, write_json_atomic
+from neuralpath.metrics.perturbation import (
+    REDUCTIONS,
+    Baseline,
+    Explain,
+    baseline_like,
+    check_percentages,
+    model_device,
+    order_ranks,
+    pixel_count,
+    predict_proba,
+    relevance_for,
+    relevance_order,
+    top_mask,
+)
+from neuralpath.train import DEFAULT_LR
+
+Trainer = Callable[[ImageDataset, ImageDataset, int], float]
+"""``trainer(train, test, seed) -> test accuracy`` of a freshly trained model."""
+
+DEFAULT_ROAR_PERCENTAGES: tuple[float, ...] = (10.0, 30.0, 50.0, 70.0, 90.0)
+UNPERTURBED = "unperturbed"
+
+
+def make_trainer(
+    arch: str,
+    arch_args: Mapping[str, Any],
+    *,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = DEFAULT_LR,
+    device: str | torch.device = "cpu",
+) -> Trainer:
+    """A :data:`Trainer` that trains ``arch`` (with ``arch_args["width"]``) via ``train_target``."""
+    from neuralpath.train import train_target
+
+    def trainer(train: ImageDataset, test: ImageDataset, seed: int) -> float:
+        result = train_target(
+            arch,
+            (train, test),
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            width=arch_args.get("width"),
+            batch_size=batch_size,
+            lr=lr,
+            progress=False,
+        )
+        return result.test_accuracy
+
+    return trainer
+
+
+def _slug(name: str) -> str:
+    """The file-name form of a method name (``:`` becomes ``_``); rejects unsafe names."""
+    if not re.fullmatch(r"[A-Za-z0-9._:+-]+", name) or name in (".", "..", UNPERTURBED):
+        raise InputError(
+            f"method name {name!r} must be non-empty, use only [A-Za-z0-9._:+-], and not be {UNPERTURBED!r}"
+        )
+    return name.replace(":", "_")
+
+
+def _fingerprint(dataset: ImageDataset) -> dict[str, Any]:
+    images = dataset.images.double()
+    return {
+        "name": dataset.name,
+        "split": dataset.split,
+        "size": len(dataset),
+        "shape": list(dataset.input_shape),
+        "image_sum": round(images.sum().item(), 4),
+        "image_abs_sum": round(images.abs().sum().item(), 4),
+        "label_sum": int(dataset.labels.sum().item()),
+    }
+
+
+def subset(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
+    """A random subset of ``limit`` images chosen by ``seed`` (the whole set when None or larger)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"limit must be a positive integer, got {limit!r}")
+    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    masks = None if dataset.masks is None else dataset.masks[index]
+    return dataclasses.replace(dataset, images=dataset.images[index], labels=dataset.labels[index], masks=masks)
+
+
+@dataclass
+class RoarResult:
+    """Test accuracy (fraction) per method and percentage; ``unperturbed``: retrained on clean data."""
+
+    accuracy: dict[str, dict[float, float]]
+    unperturbed: float | None
+    percentages: tuple[float, ...]
+    trained: int = 0
+    higher_is_better: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "metric": "roar",
+            "higher_is_better": self.higher_is_better,
+            "percentages": list(self.percentages),
+            "unperturbed_accuracy": self.unperturbed,
+            "accuracy": {m: {f"{q:g}": acc for q, acc in row.items()} for m, row in self.accuracy.items()},
+            "models_trained_this_run": self.trained,
+            "config": self.config,
+        }
+
+
+class ROAR:
+    """Remove-and-retrain evaluation with a resumable work directory.
+
+    ``percentages``: q values in (0, 100]; ``epochs``/``batch_size``/``lr``: retraining;
+    ``train_limit``/``test_limit``: random subsets (by ``seed``) of the splits; ``target``:
+    ``"prediction"`` (the target model's) or ``"label"`` as the class each map explains;
+    ``trainer``: replaces the default :func:`make_trainer` (e.g. to count or log trainings).
+    """
+
+    name = "roar"
+    higher_is_better = False
+    direction = "lower"
+
+    def __init__(
+        self,
+        work_dir: str | os.PathLike[str],
+        *,
+        percentages: Sequence[float] = DEFAULT_ROAR_PERCENTAGES,
+        epochs: int = 1,
+        batch_size: int = 128,
+        lr: float = DEFAULT_LR,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+        seed: int = 0,
+        target: str = "prediction",
+        reduction: str = "sum-abs",
+        baseline: Baseline = 0.0,
+        explain_batch_size: int = 128,
+        include_unperturbed: bool = True,
+        trainer: Trainer | None = None,
+        progress: bool = True,
+    ):
+        if target not in ("prediction", "label"):
+            raise InputError(f"target must be 'prediction' or 'label', got {target!r}")
+        if reduction not in REDUCTIONS:
+            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("explain_batch_size", explain_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(baseline, Tensor) and baseline.numel() != 1:
+            raise InputError("ROAR takes a scalar baseline (or a [C] tensor); per-image baselines do not apply")
+        self.work_dir = Path(work_dir)
+        self.percentages = check_percentages(percentages)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.train_limit = train_limit
+        self.test_limit = test_limit
+        self.seed = seed
+        self.target = target
+        self.reduction = reduction
+        self.baseline = baseline
+        self.explain_batch_size = explain_batch_size
+        self.include_unperturbed = include_unperturbed
+        self.trainer = trainer
+        self.progress = progress
+
+    # ------------------------------------------------------------------ cache layout
+    def _config(self, arch: str, arch_args: Mapping[str, Any], train: ImageDataset, test: ImageDataset) -> dict[str, Any]:
+        """What the cached pixel rankings depend on."""
+        return {
+            "arch": arch,
+            "arch_args": dict(arch_args),
+            "target": self.target,
+            "reduction": self.reduction,
+            "train": _fingerprint(train),
+            "test": _fingerprint(test),
+        }
+
+    @property
+    def training_key(self) -> str:
+        """Folder name of the results of one retraining recipe (epochs, batch, lr, seed, baseline)."""
+        base = self.baseline.tolist() if isinstance(self.baseline, Tensor) else float(self.baseline)
+        custom = "-custom" if self.trainer is not None else ""
+        return f"e{self.epochs}-bs{self.batch_size}-lr{self.lr:g}-seed{self.seed}-baseline{base}{custom}".replace(" ", "")
+
+    def _check_config(self, config: dict[str, Any]) -> None:
+        path = self.work_dir / "config.json"
+        if path.exists():
+            saved = read_json(path)
+            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            if changed:
+                raise CheckpointError(
+                    f"ROAR work dir {self.work_dir} was made with other settings ({', '.join(changed)}); "
+                    "use a new work dir or delete it"
+                )
+        else:
+            write_json_atomic(path, config)
+
+    def _cell_path(self, method: str, q: float) -> Path:
+        return self.work_dir / "results" / self.training_key / _slug(method) / f"q{q:g}.json"
+
+    # ------------------------------------------------------------------ ranks
+    def _ranks(self, method: str, explain: Explain, model: nn.Module, splits: Mapping[str, ImageDataset]) -> dict[str, Tensor]:
+        path = self.work_dir / "ranks" / f"{_slug(method)}.safetensors"
+        if path.exists():
+            tensors, meta = load_tensors(path)
+            sizes = {name: len(ds) for name, ds in splits.items()}
+            if meta != {"method": method, "sizes": sizes} or set(tensors) != set(splits):
+                raise CheckpointError(f"{path} does not belong to this ROAR run; delete it")
+            return tensors
+        ranks = {}
+        for split, dataset in splits.items():
+            parts = []
+            starts = range(0, len(dataset), self.explain_batch_size)
+            for start in tqdm(starts, desc=f"{method}: {split} maps", disable=not self.progress, leave=False):
+                x = dataset.images[start : start + self.explain_batch_size].to(model_device(model))
+                if self.target == "label":
+                    t = dataset.labels[start : start + self.explain_batch_size].to(x.device)
+                else:
+                    t = predict_proba(model, x).argmax(dim=1)
+                relevance = relevance_for(x, t, None, explain, self.reduction)
+                order = relevance_order(relevance, most_relevant_first=True)
+                parts.append(order.to(torch.int16 if order.shape[1] < 2**15 else torch.int32).cpu())
+            ranks[split] = torch.cat(parts)
+        save_tensors(path, ranks, {"method": method, "sizes": {n: len(d) for n, d in splits.items()}})
+        return ranks
+
+    def _perturbed(self, dataset: ImageDataset, order: Tensor, q: float) -> ImageDataset:
+        images = dataset.images
+        ranks = order_ranks(order.long())
+        mask = top_mask(ranks, pixel_count(q, ranks.shape[1]), (images.shape[2], images.shape[3]))
+        replaced = torch.where(mask, baseline_like(self.baseline, images), images)
+        return dataclasses.replace(dataset, images=replaced, masks=None)
+
+    # ------------------------------------------------------------------ run
+    def __call__(
+        self,
+        model: nn.Module,
+        arch: str,
+        arch_args: Mapping[str, Any],
+        train_set: ImageDataset,
+        test_set: ImageDataset,
+        explainers: Mapping[str, Explain],
+    ) -> RoarResult:
+        """Run (or resume) every missing (method, q) cell; ``model``: the target, used for the maps.
+
+        ``arch``/``arch_args``: how the target was built (``build_model``), used for retraining.
+        ``explainers``: method name -> ``explain(inputs, targets)`` on ``model``.
+        """
+        if not explainers:
+            raise InputError("need at least one attribution method")
+        for name in explainers:
+            _slug(name)
+        methods = dict(explainers)
+        train = subset(train_set, self.train_limit, self.seed)
+        test = subset(test_set, self.test_limit, self.seed)
+        config = self._config(arch, arch_args, train, test)
+        self._check_config(config)
+        trainer = self.trainer or make_trainer(
+            arch, arch_args, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, device=model_device(model)
+        )
+        trained = 0
+        cells: list[tuple[str, float]] = [(m, q) for m in methods for q in self.percentages]
+        todo = [(m, q) for m, q in cells if not self._cell_path(m, q).exists()]
+        unperturbed_path = self.work_dir / "results" / self.training_key / f"{UNPERTURBED}.json"
+        bar = tqdm(total=len(todo) + int(self.include_unperturbed and not unperturbed_path.exists()),
+                   desc="ROAR retraining", disable=not self.progress)
+        with bar:
+            if self.include_unperturbed and not unperturbed_path.exists():
+                started = time.perf_counter()
+                accuracy = trainer(train, test, self.seed)
+                trained += 1
+                write_json_atomic(unperturbed_path, {"accuracy": accuracy, "seconds": round(time.perf_counter() - started, 2)})
+                bar.update()
+            for method in dict.fromkeys(m for m, _ in todo):
+                ranks = self._ranks(method, methods[method], model, {"train": train, "test": test})
+                for q in (q for m, q in todo if m == method):
+                    started = time.perf_counter()
+                    bar.set_postfix(method=method, q=f"{q:g}")
+                    accuracy = trainer(
+                        self._perturbed(train, ranks["train"], q), self._perturbed(test, ranks["test"], q), self.seed
+                    )
+                    trained += 1
+                    write_json_atomic(
+                        self._cell_path(method, q),
+                        {"method": method, "percentage": q, "accuracy": accuracy,
+                         "seconds": round(time.perf_counter() - started, 2)},
+                    )
+                    bar.update()
+        accuracy_table = {m: {q: read_json(self._cell_path(m, q))["accuracy"] for q in self.percentages} for m in methods}
+        unperturbed = read_json(unperturbed_path)["accuracy"] if unperturbed_path.exists() else None
+        config["training"] = self.training_key
+        return RoarResult(accuracy_table, unperturbed, self.percentages, trained, config=config)
