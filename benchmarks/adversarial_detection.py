@@ -27,10 +27,12 @@ from neuralpath.checkpoint import load_target
 from neuralpath.data import load_dataset
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
-from neuralpath.io import atomic_path
 from neuralpath.methods.dgr import DGR, DGRConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
 SECTION = "## Adversarial detection"
 
 
@@ -49,26 +51,6 @@ def ensure_target(checkpoint: Path, own: Path, wait: float) -> Path:
         print(f"{checkpoint} absent: training VGG-11 into {own}", file=sys.stderr)
         train_target("vgg11", "fashion-mnist", epochs=2, seed=0, device="cpu", out_dir=own)
     return own
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section of ``path``, keeping every other section."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = (
-            "".join(lines[:start])
-            + body
-            + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-        )
-    with atomic_path(path) as tmp:
-        tmp.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import replace_section  # noqa: E402
+from _results import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def main() -> None:
     lines += ["", "Bytes per sample count the whole shard files: the bit-packed pathway "
               "(units / 8 bytes) plus id, label, prediction and kept fraction (28 bytes) and the "
               "safetensors header. Wall times include process start-up and model loading."]
-    replace_section(ROOT / "docs" / "results.md", "Extraction", "\n".join(lines))
+    write_section(ROOT / "docs" / "results.md", "## Extraction\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import replace_section  # noqa: E402
+from _results import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def main() -> None:
               "with the batch in one call (activations and gradients of every image at once) and "
               "stays at one chunk's worth with `internal_batch_size` (`neuralpath find/extract "
               "--internal-batch-size`)."]
-    replace_section(ROOT / "docs" / "results.md", "Element pathways in bounded memory", "\n".join(lines))
+    write_section(ROOT / "docs" / "results.md", "## Element pathways in bounded memory\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

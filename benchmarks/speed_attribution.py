@@ -42,12 +42,14 @@ from neuralpath.checkpoint import load_target
 from neuralpath.data import load_dataset
 from neuralpath.errors import DataError
 from neuralpath.gating import GatedModel, frozen
-from neuralpath.io import atomic_path
 from neuralpath.methods.critical import NeuronMCT
 from neuralpath.models import build_model
 from neuralpath.pathway import global_percentile
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
 SECTION = "## Attribution speed"
 MAX_PG_OVER_SALIENCY = 3.0
 MIN_IG_OVER_PG = 10.0
@@ -174,20 +176,6 @@ def percentile_vgg16(batch: int, device: torch.device) -> dict[str, float]:
         result[f"{label}_kept"] = float(kept.mean())
         holder.clear()
     return result
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section of ``path``, keeping every other section."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + body + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    with atomic_path(path) as tmp:
-        tmp.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:
