@@ -30,6 +30,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Attribution quality (ROAR, LeRF, sanity)"
 METHODS = {
@@ -267,22 +270,6 @@ def render(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comman
                  f"sanity plots (`sanity_ssim.png`) are in `{args.work_dir}/<arch>/`; wall time "
                  + ", ".join(f"{a} {payloads[a]['wall_time_s']:.0f} s" for a in archs) + ".")
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this benchmark's section of ``path``, keeping every other section."""
-    from neuralpath.io import write_bytes_atomic
-
-    text = path.read_text() if path.exists() else "# Results\n"
-    lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = body.rstrip("\n").splitlines() + [""]
-        text = "\n".join(lines).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    write_bytes_atomic(path, text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:
