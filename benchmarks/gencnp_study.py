@@ -41,10 +41,13 @@ from neuralpath.io import atomic_path, write_json_atomic
 from neuralpath.methods import FinderOptions, build_finder
 from neuralpath.methods.gencnp import FitConfig, GeneratorConfig, fit_gencnp
 from neuralpath.methods.gencnp.checkpoint import read_meta
-from neuralpath.methods.gencnp.transfer import build_class_pathways, evaluate_transfer
+from neuralpath.transfer import build_class_pathways, evaluate_transfer
 from neuralpath.runner import open_target, run_finder
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
 SECTION = "## GEN-CNP study"
 KEYS = (
     "agreement",
@@ -56,26 +59,6 @@ KEYS = (
     "kept_fraction_std",
     "seconds_per_image",
 )
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section of ``path``, keeping every other section."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = (
-            "".join(lines[:start])
-            + body
-            + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-        )
-    with atomic_path(path) as tmp:
-        tmp.write_text(new)
 
 
 def ensure_target(directory: Path, args: argparse.Namespace) -> Path:
@@ -321,6 +304,15 @@ def plot_frontier(sweep: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_sweep(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """Plot the first target's α sweep (if any) to ``--figure``."""
+    name, first = next(iter(results["targets"].items()))
+    if "alpha_sweep" in first:
+        limit = results["config"]["eval_limit"]
+        title = f"GEN-CNP α trade-off on {name} ({limit} test images)"
+        plot_frontier(first["alpha_sweep"], args.figure, title)
+
+
 def fmt(summary: dict[str, Any], spread: bool = True) -> str:
     """Table cells: agreement, accuracy, mIC, mDC, acIOU, kept fraction (all in %)."""
     kept = f"{100 * summary['kept_fraction_mean']:.1f}"
@@ -450,11 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gencnp-study")
     parser.add_argument("--train-limit", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--alpha", type=float, default=0.3)
-    parser.add_argument("--alphas", type=float, nargs="*", default=[0.1, 0.3, 1.0, 3.0])
+    parser.add_argument("--alphas", type=float, nargs="*", default=[0.1, 0.3, 1.0])
     parser.add_argument("--eval-limit", type=int, default=500)
     parser.add_argument("--j", type=int, default=50)
     parser.add_argument("--theta", type=float, default=0.5)
@@ -492,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(body)
         if not args.no_write:
             write_section(args.results, body)
+            plot_sweep(results, args)
         return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -505,13 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_target(directory, args), args, i == 0
         )
         write_json_atomic(args.out / "results.json", results)
-    first = results["targets"][args.targets[0].name]
-    if "alpha_sweep" in first:
-        plot_frontier(
-            first["alpha_sweep"],
-            args.figure,
-            f"GEN-CNP α trade-off on {args.targets[0].name} ({args.eval_limit} test images)",
-        )
+    plot_sweep(results, args)
     results["seconds"] = time.perf_counter() - started
     results["command"] = command.strip()
     if args.notes is not None:

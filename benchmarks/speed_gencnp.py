@@ -31,7 +31,6 @@ from neuralpath.checkpoint import load_target
 from neuralpath.data import load_dataset
 from neuralpath.errors import CheckpointError, DataError
 from neuralpath.gating import GatedModel
-from neuralpath.io import atomic_path
 from neuralpath.methods import FinderOptions, build_finder
 from neuralpath.methods.gencnp import (
     GenCNPFinder,
@@ -42,6 +41,9 @@ from neuralpath.methods.gencnp import (
 from neuralpath.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
 SECTION = "## GEN-CNP speed"
 
 
@@ -78,26 +80,6 @@ def load_batch(batch: int) -> tuple[torch.Tensor, str]:
         return torch.randn(
             batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)
         ), "random inputs"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section of ``path``, keeping every other section."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = (
-            "".join(lines[:start])
-            + body
-            + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-        )
-    with atomic_path(path) as tmp:
-        tmp.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:

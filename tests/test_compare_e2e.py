@@ -19,7 +19,7 @@ FIND_KEYS = {
 }
 TRANSFER_KEYS = {
     "n", "agreement", "accuracy", "mic", "mdc", "aciou", "kept_fraction_mean",
-    "kept_fraction_std", "class_instances", "theta",
+    "kept_fraction_std", "class_instances", "theta", "instance_class_jaccard", "uncovered",
 }
 METHODS = [m for m in DEFAULT_METHODS if m != "gencnp"]
 
@@ -53,7 +53,8 @@ def test_results_json_has_every_field(study: Path) -> None:
         assert abs(results["methods"][name]["kept_fraction_mean"] - 0.2) < 0.03, name
     for name, entry in results["transfer"].items():
         assert TRANSFER_KEYS <= set(entry), name
-        assert 0 < entry["n"] <= 16 and sum(entry["class_instances"]) >= 2
+        assert 0 < entry["n"] <= 16 and entry["n"] + entry["uncovered"] == 16
+        assert sum(entry["class_instances"]) >= 2
     assert results["sparsity"] == 0.8
     assert results["config"]["methods"] == METHODS
 

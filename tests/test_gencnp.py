@@ -28,7 +28,7 @@ from neuralpath.methods.gencnp import (
     fit_gencnp,
     load_generator,
 )
-from neuralpath.methods.gencnp.transfer import build_class_pathways, evaluate_transfer
+from neuralpath.transfer import build_class_pathways, evaluate_transfer
 from neuralpath.pathway import ClassPathways
 from neuralpath.train import train_target
 

@@ -4,7 +4,7 @@ Trains the VGG-11 and AlexNet targets, fits a GEN-CNP generator for each, compar
 on the same test samples and writes one report per target. Each step runs the same CLI command a
 user would and is skipped when its output already exists, so a re-run reuses finished work.
 
-    python -m neuralpath.demo [--runs runs] [--limit 500] [--force]
+    python -m neuralpath.demo [--runs runs] [--limit 500]      (delete runs/ to start over)
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from neuralpath.cli import main as cli
 
 @dataclass(frozen=True)
 class Step:
-    """One CLI command, done once ``output`` exists."""
+    """One CLI command, done once ``output`` exists (``None``: the command resumes by itself)."""
 
     title: str
-    output: Path
+    output: Path | None
     argv: tuple[str, ...]
 
 
@@ -40,7 +40,7 @@ def plan(runs: Path, limit: int, train_limit: int, gencnp_epochs: int) -> list[S
             Step(f"train {arch}", target / "meta.json",
                  ("train", "--arch", arch, "--data", "fashion-mnist", "--epochs", "3",
                   "--out", str(target))),
-            Step(f"fit GEN-CNP for {arch}", generator / "meta.json",
+            Step(f"fit GEN-CNP for {arch}", None,
                  ("fit-gencnp", "--checkpoint", str(target), "--data", "fashion-mnist",
                   "--epochs", str(gencnp_epochs), "--limit", str(train_limit),
                   "--out", str(generator), "--resume")),
@@ -70,12 +70,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-limit", type=int, default=20000,
                         help="training images for GEN-CNP (default 20000)")
     parser.add_argument("--gencnp-epochs", type=int, default=3, help="GEN-CNP epochs (default 3)")
-    parser.add_argument("--force", action="store_true", help="redo every step")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     started = time.perf_counter()
     for step in plan(runs, args.limit, args.train_limit, args.gencnp_epochs):
-        if step.output.exists() and not args.force:
+        if step.output is not None and step.output.exists():
             print(f"== {step.title}: done already ({step.output})", flush=True)
             continue
         print(f"== {step.title}: neuralpath {' '.join(step.argv)}", flush=True)

@@ -4,7 +4,8 @@ For each method: instance pathways of the evaluation samples with their faithful
 and the *transfer* experiment: class pathways built from the first ``j`` correctly predicted
 training samples of each class, used to explain the evaluation samples of that (predicted) class.
 Methods with a sparsity knob run at GEN-CNP's mean kept fraction when GEN-CNP is part of the
-study and no sparsity is given (matched sparsity), else at ``sparsity``.
+study and no sparsity is given (matched sparsity), else at ``sparsity``. Class pathways are
+built by :func:`neuralpath.transfer.build_class_pathways`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from neuralpath.data import ImageDataset, load_dataset
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.io import write_json_atomic
 from neuralpath.methods import FinderOptions, build_finder, finder_names
-from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
-from neuralpath.pathway import ClassPathways, Granularity, Pathway, aggregate_by_class, check_sparsity
+from neuralpath.pathway import ClassPathways, Granularity, check_sparsity
 from neuralpath.runner import FinderRun, open_target, run_finder
+from neuralpath.transfer import InstanceRule, build_class_pathways, transfer_from_run
 
 DEFAULT_METHODS: tuple[str, ...] = (
     "gencnp", "dgr", "dgr-r", "cp-mct", "cp-intgrad", "greedy", "random", "active",
@@ -35,7 +34,12 @@ DEFAULT_SPARSITY = 0.9
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What a study runs. ``sparsity=None`` matches GEN-CNP's mean kept fraction (see module)."""
+    """What a study runs. ``sparsity=None`` matches GEN-CNP's mean kept fraction (see module).
+
+    Class pathways come from the first ``transfer_per_class`` training samples of each class,
+    counting only correctly predicted ones (``instances="correct"``) or all, grouped by the
+    model's prediction (``"all"``).
+    """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     sparsity: float | None = None
@@ -49,6 +53,7 @@ class StudyConfig:
     seed: int = 0
     transfer_per_class: int = 20
     theta: float = 0.5
+    instances: InstanceRule = "correct"
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -98,61 +103,6 @@ class StudyResult:
         }
 
 
-def first_correct_per_class(
-    gated: GatedModel, dataset: ImageDataset, per_class: int, batch_size: int = 256
-) -> Tensor:
-    """Indices of the first ``per_class`` samples of each class that the model predicts right."""
-    chosen: list[list[int]] = [[] for _ in range(dataset.num_classes)]
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    offset = 0
-    with torch.no_grad():
-        for images, labels in loader:
-            predictions = gated.forward(images.to(gated.device)).argmax(1).cpu()
-            for i in (predictions == labels).nonzero().squeeze(1).tolist():
-                bucket = chosen[int(labels[i])]
-                if len(bucket) < per_class:
-                    bucket.append(offset + i)
-            offset += images.shape[0]
-            if all(len(bucket) == per_class for bucket in chosen):
-                break
-    return torch.tensor(sorted(i for bucket in chosen for i in bucket), dtype=torch.long)
-
-
-def evaluate_pathway(
-    gated: GatedModel, dataset: Dataset, pathway: Pathway, batch_size: int = 64
-) -> PathwayOutcome:
-    """Outcome of a given pathway (row i for sample i of ``dataset``), batched."""
-    if len(dataset) != pathway.batch_size:  # type: ignore[arg-type]
-        raise InputError(f"pathway has {pathway.batch_size} samples, data set {len(dataset)}")  # type: ignore[arg-type]
-    outcomes, start = [], 0
-    for images, _labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        rows = pathway.select(slice(start, start + images.shape[0])).to(gated.device)
-        outcomes.append(pathway_outcome(gated, images.to(gated.device), rows))
-        start += images.shape[0]
-    return PathwayOutcome.cat(outcomes)
-
-
-def _transfer(
-    gated: GatedModel,
-    classes: ClassPathways,
-    evaluation: Dataset,
-    run: FinderRun,
-    batch_size: int,
-) -> dict[str, Any]:
-    """Explain every evaluation sample with the class pathway of its predicted class."""
-    predicted = run.outcome.prediction
-    covered = (classes.counts[predicted] > 0).nonzero().squeeze(1)
-    if covered.numel() == 0:
-        raise InputError("no evaluation sample is predicted as a class with a class pathway")
-    subset = Subset(evaluation, covered.tolist())
-    transferred = classes.for_labels(predicted[covered])
-    outcome = evaluate_pathway(gated, subset, transferred, batch_size)
-    summary = summarize(outcome, transferred, run.labels[covered])
-    summary["class_instances"] = classes.counts.tolist()
-    summary["theta"] = classes.theta
-    return summary
-
-
 def run_study(
     checkpoint: str | os.PathLike[str],
     config: StudyConfig,
@@ -170,7 +120,6 @@ def run_study(
     size = target.meta.input_shape[-1]
     evaluation = load_dataset(config.data, config.split, config.data_root, image_size=size)
     train = load_dataset(config.data, "train", config.data_root, image_size=size)
-    build_set = Subset(train, first_correct_per_class(gated, train, config.transfer_per_class).tolist())
 
     order = sorted(config.methods, key=lambda name: name != "gencnp")
     result = StudyResult(config, target.meta.to_dict(), config.sparsity or DEFAULT_SPARSITY)
@@ -180,12 +129,16 @@ def run_study(
         finder = build_finder(name, gated, options)
         run = run_finder(finder, evaluation, batch_size=config.batch_size, limit=config.limit,
                          progress=progress, method=name)
-        build_run = run_finder(finder, build_set, batch_size=config.batch_size, progress=progress,
-                               method=f"{name} (class pathways)")
-        classes = aggregate_by_class(build_run.pathway, build_run.outcome.prediction,
-                                     target.meta.num_classes, theta=config.theta)
-        transfer = _transfer(gated, classes, evaluation, run, config.batch_size)
-        result.methods[name] = MethodResult(run, classes, transfer)
+        classes = build_class_pathways(
+            finder, train, target.meta.num_classes, j=config.transfer_per_class,
+            theta=config.theta, instances=config.instances, batch_size=config.batch_size,
+            class_names=evaluation.class_names, progress=progress, allow_missing=True,
+        )
+        transfer = transfer_from_run(gated, classes, evaluation, run, batch_size=config.batch_size)
+        summary = dict(transfer.transfer)
+        summary.update(class_instances=classes.counts.tolist(), theta=classes.theta,
+                       instance_class_jaccard=transfer.instance_class_jaccard)
+        result.methods[name] = MethodResult(run, classes, summary)
         if name == "gencnp" and config.sparsity is None:
             result.sparsity = float(1.0 - run.outcome.kept_fraction.mean())
     result.methods = {name: result.methods[name] for name in config.methods}

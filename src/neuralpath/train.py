@@ -9,6 +9,7 @@ drawn by indexing, so the loop never leaves torch.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -239,6 +240,7 @@ def _optimise(
             tqdm.write(
                 f"epoch {epoch}/{epochs}: loss {stats.train_loss:.4f}, train acc "
                 f"{stats.train_accuracy:.4f}, test acc {stats.test_accuracy:.4f} "
-                f"({stats.seconds:.1f} s)"
+                f"({stats.seconds:.1f} s)",
+                file=sys.stderr,
             )
     return history

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     compare.add_argument("--batch-size", type=int, default=64)
     compare.add_argument("--j", type=int, default=20, dest="per_class",
                          help="training samples per class for class pathways (default 20)")
+    compare.add_argument("--instances", choices=("correct", "all"), default="correct",
+                         help="class pathways from correctly predicted samples only (default) or "
+                         "from all, grouped by prediction")
     compare.add_argument("--theta", type=float, default=0.5, help="class pathway threshold (0.5)")
     compare.add_argument("--panels", type=int, default=4, help="samples shown in the report (4)")
     compare.add_argument("--frontier", help="JSON list of GEN-CNP alpha-sweep points to plot "
@@ -58,7 +61,7 @@ def run_compare(args: argparse.Namespace) -> int:
         methods=methods, sparsity=args.sparsity, granularity=args.granularity,
         generator=args.generator, data=args.data, data_root=args.data_root, split=args.split,
         limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-        transfer_per_class=args.per_class, theta=args.theta,
+        transfer_per_class=args.per_class, theta=args.theta, instances=args.instances,
     )
     frontier_file = args.frontier or (
         str(Path(args.generator) / "frontier.json")

@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from neuralpath.errors import DataError, InputError
+from neuralpath.gating import GatedModel
 from neuralpath.methods.base import PathwayFinder
 from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
 from neuralpath.pathway import ClassPathways, Pathway, aggregate_by_class
-from neuralpath.runner import run_finder
+from neuralpath.runner import FinderRun, run_finder
 
 InstanceRule = Literal["correct", "all"]
 
@@ -39,6 +40,7 @@ def build_class_pathways(
     max_samples: int | None = None,
     class_names: list[str] | None = None,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> ClassPathways:
     """Class pathways from the first ``j`` instances of each class in ``dataset`` order.
 
@@ -87,7 +89,7 @@ def build_class_pathways(
             break
     bar.close()
     empty = [c for c in range(num_classes) if counts[c] == 0]
-    if empty:
+    if len(empty) == num_classes or (empty and not allow_missing):
         names = [f"{c} ({class_names[c]})" if class_names else str(c) for c in empty]
         rule = "correctly predicted " if instances == "correct" else "predicted "
         hint = "read more samples" + (" or count all instances" if instances == "correct" else "")
@@ -132,35 +134,52 @@ def evaluate_transfer(
 ) -> TransferResult:
     """Faithfulness of instance pathways vs the class pathway of each sample's prediction.
 
+    Runs ``finder`` on the first ``limit`` samples, then :func:`transfer_from_run`.
+    """
+    run = run_finder(finder, dataset, batch_size=batch_size, limit=limit, progress=progress,
+                     method=method)
+    return transfer_from_run(finder.gated, class_pathways, dataset, run, batch_size=batch_size)
+
+
+def transfer_from_run(
+    gated: GatedModel,
+    class_pathways: ClassPathways,
+    dataset: Dataset,
+    run: FinderRun,
+    *,
+    batch_size: int = 64,
+) -> TransferResult:
+    """Explain the samples of ``run`` (the first ``run.labels.numel()`` of ``dataset``) with the
+    class pathway of the target's prediction; samples predicted as a class without a class
+    pathway are left out and counted as ``uncovered``.
+
     Both are summarised with :func:`~neuralpath.metrics.faithfulness.summarize` (agreement,
     accuracy, mIC, mDC, acIOU, kept fraction); ``instance_class_jaccard`` is the mean Jaccard
     index between each sample's instance pathway and its class pathway (percent).
     """
-    run = run_finder(
-        finder, dataset, batch_size=batch_size, limit=limit, progress=progress, method=method
-    )
-    device = finder.gated.device
+    device = gated.device
     outcomes: list[PathwayOutcome] = []
     transferred: list[Pathway] = []
     jaccard: list[Tensor] = []
-    n = run.labels.numel()
-    loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
+    covered = (class_pathways.counts[run.outcome.prediction] > 0).nonzero().squeeze(1)
+    if covered.numel() == 0:
+        raise DataError("no sample is predicted as a class that has a class pathway")
+    subset = torch.utils.data.Subset(dataset, covered.tolist())
     start = 0
-    for images, _ in loader:
+    for images, _ in DataLoader(subset, batch_size=batch_size):
+        rows = covered[start : start + images.shape[0]]
         images = images.to(device)
-        predicted = run.outcome.prediction[start : start + images.shape[0]]
-        pathway = class_pathways.for_labels(predicted).to(device)
-        outcomes.append(pathway_outcome(finder.gated, images, pathway))
+        pathway = class_pathways.for_labels(run.outcome.prediction[rows]).to(device)
+        outcomes.append(pathway_outcome(gated, images, pathway))
         cpu_pathway = pathway.to("cpu")
         transferred.append(cpu_pathway)
-        jaccard.append(
-            run.pathway.select(slice(start, start + images.shape[0])).jaccard(cpu_pathway)
-        )
+        jaccard.append(run.pathway.select(rows).jaccard(cpu_pathway))
         start += images.shape[0]
     transfer_summary: dict[str, Any] = {"method": f"{run.method}-class"}
     transfer_summary.update(
-        summarize(PathwayOutcome.cat(outcomes), Pathway.cat(transferred), run.labels)
+        summarize(PathwayOutcome.cat(outcomes), Pathway.cat(transferred), run.labels[covered])
     )
+    transfer_summary["uncovered"] = int(run.labels.numel() - covered.numel())
     return TransferResult(
         instance=run.summary(),
         transfer=transfer_summary,
