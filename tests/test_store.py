@@ -153,3 +153,4 @@ def test_find_in_chunks_equals_one_call(target_dir: Path, data) -> None:
         assert all(torch.equal(whole[n], chunked[n]) for n in whole), method
     with pytest.raises(InputError, match="internal_batch_size"):
         find_in_chunks(finder, x, None, internal_batch_size=0)
+

@@ -93,6 +93,10 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: in
     return correct.item() / max(1, labels.shape[0])
 
 
+MIN_ONE_CYCLE_STEPS = 8
+"""Runs with fewer optimiser steps train at a constant learning rate."""
+
+
 def train_target(
     arch: str,
     data: str | os.PathLike[str] | tuple[ImageDataset, ImageDataset],
@@ -201,9 +205,12 @@ def _optimise(
     batch_size = min(batch_size, len(train_set))
     steps = len(train_set) // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.25
-    )
+    if epochs * steps >= MIN_ONE_CYCLE_STEPS:
+        schedule: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.25
+        )
+    else:  # too few steps for a warm-up phase (OneCycleLR would divide by zero): constant lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
     shuffle = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(1, epochs + 1):
