@@ -46,10 +46,8 @@ def sample_panel(
         _image(axes[1, col], image)
         axes[1, col].imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axes[0, col].set_axis_off()
-    axes[0, 1].text(-0.15, 0.5, "Pathway Gradient", transform=axes[0, 1].transAxes, rotation=90,
-                    va="center", ha="right", fontsize=7)
-    axes[1, 1].text(-0.15, 0.5, "Grad-CAM on H_P", transform=axes[1, 1].transAxes, rotation=90,
-                    va="center", ha="right", fontsize=7)
+    axes[1, 0].text(0.5, 0.5, "top row:\nPathway Gradient\n(signed max-abs)\n\nbottom row:\nGrad-CAM on H_P",
+                    transform=axes[1, 0].transAxes, ha="center", va="center", fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
