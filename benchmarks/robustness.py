@@ -58,9 +58,10 @@ def main() -> None:
         "the atomic replace: clear error, previous output byte-identical, no temporary file left |",
         "| processes killed with SIGKILL | 3 | extraction killed after shard 2 and again after shard 4, "
         "GEN-CNP training killed 40 images into epoch 2 |",
-        "| runs resumed | 4 | the two killed extractions (and one in-process interruption), the killed "
-        "GEN-CNP training: shards byte-identical (SHA-256) to an uninterrupted run, generator weights "
-        "bit-identical; nothing lost, nothing duplicated |",
+        "| runs resumed | 5 | the killed extraction (twice), an extraction interrupted in process, the "
+        "killed GEN-CNP training and a GEN-CNP training stopped after epoch 1: shards byte-identical "
+        "(SHA-256) to an uninterrupted run, generator weights bit-identical; nothing lost, nothing "
+        "duplicated |",
         "| memory loop | 150 | `find` + `attribute` calls: resident memory grows < 25 MiB |",
     ]
     write_section(ROOT / "docs" / "results.md", "\n".join(lines))
