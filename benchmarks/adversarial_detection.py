@@ -31,7 +31,7 @@ from neuralpath.methods.dgr import DGR, DGRConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section  # noqa: E402
+from _common import write_section  # noqa: E402
 
 SECTION = "## Adversarial detection"
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section  # noqa: E402
+from _common import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

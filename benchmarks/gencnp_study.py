@@ -46,7 +46,7 @@ from neuralpath.runner import open_target, run_finder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section  # noqa: E402
+from _common import write_section  # noqa: E402
 
 SECTION = "## GEN-CNP study"
 KEYS = (

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
-from _results import write_section  # noqa: E402
+from _common import write_section  # noqa: E402
 
 SUITES = [
     "tests/test_robustness.py",

@@ -38,36 +38,17 @@ import torch
 from captum.attr import IntegratedGradients, Saliency
 
 from neuralpath.attribution import PathwayGradient
-from neuralpath.checkpoint import load_target
-from neuralpath.data import load_dataset
-from neuralpath.errors import DataError
 from neuralpath.gating import GatedModel, frozen
 from neuralpath.methods.critical import NeuronMCT
-from neuralpath.models import build_model
 from neuralpath.pathway import global_percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section  # noqa: E402
+from _common import load_batch, load_model, write_section  # noqa: E402
 
 SECTION = "## Attribution speed"
 MAX_PG_OVER_SALIENCY = 3.0
 MIN_IG_OVER_PG = 10.0
-
-
-def load_model(checkpoint: Path) -> tuple[torch.nn.Module, str]:
-    if (checkpoint / "meta.json").exists():
-        return load_target(checkpoint, "cpu").model, f"checkpoint `{checkpoint.relative_to(ROOT)}`"
-    torch.manual_seed(0)
-    model = build_model("vgg11", num_classes=10, in_channels=1, input_size=32, width=0.25).eval()
-    return model, "VGG-11 (width 0.25) with random weights (checkpoint absent)"
-
-
-def load_images(count: int) -> tuple[torch.Tensor, str]:
-    try:
-        return load_dataset("fashion-mnist", "test", limit=count, seed=0).images, "Fashion-MNIST test"
-    except DataError:
-        return torch.randn(count, 1, 32, 32, generator=torch.Generator().manual_seed(0)), "random"
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -191,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     model, model_source = load_model(args.checkpoint)
-    images, image_source = load_images(64)
+    images, image_source = load_batch(64)
     rows = {}
     for batch in (64, 1):
         rows[batch] = compare_methods(model, images[:batch], args.repeats)

@@ -22,51 +22,19 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from neuralpath.checkpoint import load_target
-from neuralpath.data import load_dataset
-from neuralpath.errors import DataError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.dgr import DGR, DGRConfig
-from neuralpath.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section  # noqa: E402
+from _common import load_batch, load_model, median_seconds, write_section  # noqa: E402
 
 SECTION = "## DGR speed"
 TARGET_RATIO = 10.0
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def load_model(checkpoint: Path) -> tuple[torch.nn.Module, str]:
-    if (checkpoint / "meta.json").exists():
-        return load_target(checkpoint, "cpu").model, f"checkpoint {checkpoint.relative_to(ROOT)}"
-    torch.manual_seed(0)
-    model = build_model("vgg11", num_classes=10, in_channels=1, input_size=32, width=0.25).eval()
-    return model, "VGG-11 (width 0.25) with random weights (checkpoint absent)"
-
-
-def load_batch(batch: int) -> tuple[torch.Tensor, str]:
-    try:
-        data = load_dataset("fashion-mnist", "test", limit=batch, seed=0)
-        return data.images, "Fashion-MNIST test images"
-    except DataError:
-        return torch.randn(
-            batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)
-        ), "random inputs"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from neuralpath.checkpoint import load_target
-from neuralpath.data import load_dataset
-from neuralpath.errors import CheckpointError, DataError
+from neuralpath.errors import CheckpointError
 from neuralpath.gating import GatedModel
 from neuralpath.methods import FinderOptions, build_finder
 from neuralpath.methods.gencnp import (
@@ -38,48 +34,12 @@ from neuralpath.methods.gencnp import (
     PathwayGenerator,
     load_generator,
 )
-from neuralpath.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section  # noqa: E402
+from _common import load_batch, load_model, median_seconds, shown, write_section  # noqa: E402
 
 SECTION = "## GEN-CNP speed"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it."""
-    return (
-        str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
-    )
-
-
-def load_model(checkpoint: Path) -> tuple[torch.nn.Module, str]:
-    if (checkpoint / "meta.json").exists():
-        return load_target(checkpoint, "cpu").model, f"checkpoint {shown(checkpoint)}"
-    torch.manual_seed(0)
-    model = build_model("vgg11", num_classes=10, in_channels=1, input_size=32, width=0.25).eval()
-    return model, "VGG-11 (width 0.25) with random weights (checkpoint absent)"
-
-
-def load_batch(batch: int) -> tuple[torch.Tensor, str]:
-    try:
-        return load_dataset(
-            "fashion-mnist", "test", limit=batch, seed=0
-        ).images, "Fashion-MNIST test images"
-    except DataError:
-        return torch.randn(
-            batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)
-        ), "random inputs"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _results import write_section  # noqa: E402
+from _common import write_section  # noqa: E402
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:

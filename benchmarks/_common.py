@@ -1,0 +1,74 @@
+"""Shared by the benchmark scripts: the docs/results.md section writer, timing, models, inputs."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from neuralpath.checkpoint import load_target
+from neuralpath.data import load_dataset
+from neuralpath.errors import DataError
+from neuralpath.io import write_bytes_atomic
+from neuralpath.models import build_model
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the section of ``path`` whose ``## Title`` line starts ``section``, or append it.
+
+    The section runs to the next ``## `` heading; other sections are kept as they are; the file
+    is written atomically.
+    """
+    heading = section.lstrip().splitlines()[0].rstrip()
+    if not heading.startswith("## "):
+        raise ValueError(f"a section must start with a '## ' heading, got {heading!r}")
+    text = path.read_text() if path.exists() else "# Results\n"
+    body = section.strip() + "\n"
+    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + body
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_model(checkpoint: Path) -> tuple[torch.nn.Module, str]:
+    """The target at ``checkpoint``, or a same-architecture VGG-11 with random weights when the
+    checkpoint is absent (timings do not depend on the weights); with a description."""
+    if (checkpoint / "meta.json").exists():
+        return load_target(checkpoint, "cpu").model, f"checkpoint {shown(checkpoint)}"
+    torch.manual_seed(0)
+    model = build_model("vgg11", num_classes=10, in_channels=1, input_size=32, width=0.25).eval()
+    return model, "VGG-11 (width 0.25) with random weights (checkpoint absent)"
+
+
+def load_batch(count: int) -> tuple[torch.Tensor, str]:
+    """``count`` Fashion-MNIST test images (random inputs if the data set is absent)."""
+    try:
+        return load_dataset("fashion-mnist", "test", limit=count, seed=0).images, "Fashion-MNIST test images"
+    except DataError:
+        noise = torch.randn(count, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+        return noise, "random inputs"
