@@ -8,9 +8,10 @@ weights when the checkpoint is absent: timing does not depend on the weights), o
 * ``gencnp``: ``finder.find`` of the ``gencnp`` finder = clean recorded forward + generator;
 * ``dgr``: ``finder.find`` of the ``dgr`` finder (released defaults, T = 30).
 
-The generator is read from ``--generator`` (default: the study's VGG-11 generator, on the study's
-snapshot of the target); when absent or trained for other weights, a freshly initialised
-generator of the default configuration is timed (same architecture, so the same cost). Claims checked: gencnp / forward <= 2 and dgr / gencnp >= 30. Writes the
+The generator is read from ``--generator`` (default: the VGG-11 generator that ``make demo``
+writes); when absent or trained for other weights, a freshly initialised generator of the default
+configuration is timed (same architecture, so the same cost). Claims checked: gencnp / forward
+<= 2 and dgr / gencnp >= 30. Writes the
 ``## GEN-CNP speed`` section of ``docs/results.md``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed_gencnp.py
@@ -47,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="target checkpoint (default: the study's snapshot of runs/vgg11-fmnist, else that)",
+        default=ROOT / "runs" / "vgg11-fmnist",
+        help="target checkpoint (default runs/vgg11-fmnist, as `make demo` writes it)",
     )
     parser.add_argument(
         "--generator",
         type=Path,
-        default=ROOT / "runs" / "gencnp-study" / "vgg11-fmnist" / "gen-default",
+        default=ROOT / "runs" / "gencnp-vgg11-fmnist",
+        help="its GEN-CNP generator (default runs/gencnp-vgg11-fmnist, as `make demo` writes it)",
     )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -62,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    snapshot = ROOT / "runs" / "gencnp-study" / "targets" / "vgg11-fmnist"
-    default = snapshot if (snapshot / "meta.json").exists() else ROOT / "runs" / "vgg11-fmnist"
-    model, model_source = load_model(args.checkpoint or default)
+    model, model_source = load_model(args.checkpoint)
     images, data_source = load_batch(args.batch)
     gated = GatedModel.discover(model, images[:1])
     try:
