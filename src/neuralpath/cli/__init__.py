@@ -14,10 +14,16 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neuralpath import __version__
 from neuralpath.errors import NeuralpathError
+
+if TYPE_CHECKING:
+    from neuralpath.checkpoint import Target
+    from neuralpath.data import ImageDataset
+    from neuralpath.gating import GatedModel
+    from neuralpath.methods import PathwayFinder
 
 COMMAND_MODULES: tuple[str, ...] = (
     "neuralpath.cli.train",
@@ -47,6 +53,48 @@ def add_seed_arg(parser: argparse.ArgumentParser, default: int = 0) -> None:
     parser.add_argument(
         "--seed", type=int, default=default, help=f"random seed (default {default})"
     )
+
+
+def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
+    """The options shared by commands that run one pathway finder over a data split
+    (``find``, ``extract``); :func:`open_finder` turns them into a finder and its data."""
+    parser.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    parser.add_argument("--method", required=True, help="cp-mct, cp-intgrad, greedy, random, "
+                        "active, dgr, dgr-r, gencnp")
+    parser.add_argument("--sparsity", type=float, default=0.9,
+                        help="fraction of units dropped, for methods with a sparsity knob (0.9)")
+    parser.add_argument("--granularity", choices=("channel", "element"), default="channel")
+    parser.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
+    parser.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
+    parser.add_argument("--data-root", help="folder holding a user copy of the data set")
+    parser.add_argument("--split", choices=("train", "test"), default="test")
+    parser.add_argument("--limit", type=int, help=limit_help)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--internal-batch-size", type=int,
+                        help="find pathways for at most this many images at a time (bounds memory)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_seed_arg(parser)
+    add_device_arg(parser)
+
+
+def open_finder(
+    args: argparse.Namespace, device: str
+) -> tuple[Target, GatedModel, ImageDataset, PathwayFinder]:
+    """``(target, gated, dataset, finder)`` from the options of :func:`add_finder_args`."""
+    import torch
+
+    from neuralpath.data import load_dataset
+    from neuralpath.methods import FinderOptions, build_finder
+    from neuralpath.pathway import check_sparsity
+    from neuralpath.runner import open_target
+
+    check_sparsity(args.sparsity)
+    torch.manual_seed(args.seed)
+    target, gated = open_target(args.checkpoint, device)
+    dataset = load_dataset(args.data, args.split, args.data_root,
+                           image_size=target.meta.input_shape[-1])
+    options = FinderOptions(args.sparsity, args.granularity, args.generator, args.seed)
+    return target, gated, dataset, build_finder(args.method, gated, options)
 
 
 def print_json(payload: Any) -> None:
