@@ -154,3 +154,19 @@ def test_find_in_chunks_equals_one_call(target_dir: Path, data) -> None:
     with pytest.raises(InputError, match="internal_batch_size"):
         find_in_chunks(finder, x, None, internal_batch_size=0)
 
+
+
+def test_store_follows_the_finders_own_layout(target_dir: Path, data, tmp_path: Path) -> None:
+    # DGR keeps its granularity in its config: the store must take the layout from its pathways.
+    from neuralpath.methods.dgr import DGR, DGRConfig
+
+    _, gated = open_target(str(target_dir), "cpu")
+    finder = DGR(gated, DGRConfig(granularity="element", iterations=2, binarize="percentile",
+                                  sparsity=0.7))
+    out = extract(finder, data, tmp_path / "s", num_classes=4, shard_size=4, batch_size=4,
+                  limit=6, progress=False)
+    store = PathwayStore(out)
+    assert store.granularity == "element"
+    expected = finder.find(torch.stack([data[i][0] for i in range(6)]))
+    loaded = store.pathways(list(range(6)))
+    assert all(torch.equal(loaded[n], expected[n]) for n in expected)

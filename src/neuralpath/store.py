@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from neuralpath.errors import CheckpointError, InputError
+from neuralpath.errors import CheckpointError, InputError, ShapeError
 from neuralpath.io import load_tensors, pack_bits, read_json, save_tensors, unpack_bits, write_json_atomic
 from neuralpath.methods.base import PathwayFinder, find_in_chunks
 from neuralpath.metrics.faithfulness import average_class_iou
@@ -110,8 +110,10 @@ def extract(
         raise InputError("no samples to extract (empty data set or limit < 1)")
     out = Path(out_dir)
     rank, world = _rank_world()
-    layers = [{"name": s.name, "shape": list(_mask_shape(s.shape, finder))} for s in finder.gated.sites]
-    info = ExtractionInfo(finder.name, _granularity(finder), layers, num_classes, total,
+    # The layout (granularity, per-layer mask shapes) is whatever the finder produces: probe it.
+    probe = finder.find(dataset[0][0].unsqueeze(0).to(finder.gated.device))
+    layers = [{"name": name, "shape": list(shape)} for name, shape in probe.layer_shapes.items()]
+    info = ExtractionInfo(finder.name, probe.granularity, layers, num_classes, total,
                           shard_size, dict(provenance or {}))
     _check_or_start(out, info, rank)
 
@@ -122,7 +124,7 @@ def extract(
     for k in todo:
         start, stop = k * shard_size, min(total, (k + 1) * shard_size)
         _write_shard(finder, Subset(dataset, range(start, stop)), start, batch_size,
-                     out / shard_name(k), internal_batch_size)
+                     out / shard_name(k), internal_batch_size, probe.layer_shapes)
         bar.update(1)
         if on_shard is not None:
             on_shard(k)
@@ -131,14 +133,6 @@ def extract(
     _write_class_stats(out, info, mine, rank)
     _barrier()
     return out
-
-
-def _granularity(finder: PathwayFinder) -> str:
-    return str(getattr(finder, "granularity", "channel"))
-
-
-def _mask_shape(site_shape: tuple[int, ...], finder: PathwayFinder) -> tuple[int, ...]:
-    return site_shape if _granularity(finder) == "element" else site_shape[:1]
 
 
 def _barrier() -> None:
@@ -180,13 +174,15 @@ def _predict(finder: PathwayFinder, images: Tensor) -> Tensor:
 
 def _write_shard(
     finder: PathwayFinder, part: Dataset, start: int, batch_size: int, path: Path,
-    internal_batch_size: int | None,
+    internal_batch_size: int | None, layer_shapes: dict[str, tuple[int, ...]],
 ) -> None:
     rows, labels, predictions, kept = [], [], [], []
     device = finder.gated.device
     for images, batch_labels in DataLoader(part, batch_size=batch_size, shuffle=False):
         images = images.to(device)
         pathway = find_in_chunks(finder, images, None, internal_batch_size).detach()
+        if pathway.layer_shapes != layer_shapes:
+            raise ShapeError(f"{finder.name} changed its pathway layout between batches")
         rows.append(_pack_rows(pathway))
         labels.append(batch_labels.to(torch.long))
         predictions.append(_predict(finder, images).cpu())
