@@ -122,7 +122,8 @@ def run_study(
     train = load_dataset(config.data, "train", config.data_root, image_size=size)
 
     order = sorted(config.methods, key=lambda name: name != "gencnp")
-    result = StudyResult(config, target.meta.to_dict(), config.sparsity or DEFAULT_SPARSITY)
+    sparsity = DEFAULT_SPARSITY if config.sparsity is None else config.sparsity
+    result = StudyResult(config, target.meta.to_dict(), sparsity)
     for name in order:
         options = FinderOptions(result.sparsity, config.granularity, config.generator, config.seed)
         torch.manual_seed(config.seed)
