@@ -390,6 +390,7 @@ def test_registry(gated, inputs) -> None:
         {"sparsity": 1.0},
         {"retries": -1},
         {"retry_factor": 1.0},
+        {"memory_format": "nhwc"},
     ],
 )
 def test_bad_config(changes) -> None:
@@ -419,3 +420,61 @@ def test_drives_pathway_gradient(gated, inputs) -> None:
     predicted = gated.forward(inputs).argmax(1, keepdim=True)  # PG's default target
     (expected,) = torch.autograd.grad(gated.forward(x, pathway).gather(1, predicted).sum(), x)
     torch.testing.assert_close(maps, expected)
+
+
+# ---------------------------------------------------------------------- memory format
+
+
+class _PoolCNN(torch.nn.Module):
+    """One input channel, max-pooling (the case channels-last speeds up) and a ``view`` flatten
+    when ``view`` is set (which channels-last activations cannot take)."""
+
+    def __init__(self, view: bool = False) -> None:
+        super().__init__()
+        self.view = view
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.fc = torch.nn.Linear(6 * 2 * 2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x)
+        return self.fc(h.view(h.shape[0], -1) if self.view else h.flatten(1))
+
+
+@pytest.mark.parametrize("granularity", ["channel", "element"])
+def test_channels_last_gives_the_contiguous_result(granularity) -> None:
+    torch.manual_seed(0)
+    model = _PoolCNN().double().eval()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    gated = GatedModel.discover(model, x[:1])
+    layouts: list[bool] = []  # whether the first conv ran channels-last, per forward
+    model.features[0].register_forward_hook(
+        lambda _m, _i, out: layouts.append(not out.is_contiguous())
+    )
+    results = {}
+    for fmt in ("contiguous", "channels_last", "auto"):
+        layouts.clear()
+        results[fmt] = DGR(gated, DGRConfig(granularity=granularity, memory_format=fmt)).optimise(x)
+        assert set(layouts) == {fmt != "contiguous"}
+    reference = results["contiguous"]
+    for result in results.values():
+        assert torch.equal(result.best_iteration, reference.best_iteration)
+        for name in reference.gates:
+            assert result.gates[name].is_contiguous()
+            torch.testing.assert_close(
+                result.gates[name], reference.gates[name], atol=1e-10, rtol=1e-10
+            )
+
+
+def test_auto_memory_format_falls_back_for_models_that_view() -> None:
+    torch.manual_seed(0)
+    model = _PoolCNN(view=True).eval()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    gated = GatedModel.discover(model, x[:1])
+    result = DGR(gated, DGRConfig(iterations=3)).optimise(x)  # "auto"
+    assert gated.runs_channels_last() is False
+    assert result.gates["features.1"].shape == (3, 4)
+    with pytest.raises(RuntimeError, match="view"):
+        DGR(gated, DGRConfig(iterations=3, memory_format="channels_last")).optimise(x)

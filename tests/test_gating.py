@@ -7,18 +7,34 @@ import torch
 import torchvision
 from torch import nn
 
-from contract import check_batch_equals_loop, check_cleans_up_after_raise, check_leaves_model_unchanged
+from contract import (
+    assert_unchanged,
+    check_batch_equals_loop,
+    check_cleans_up_after_raise,
+    check_leaves_model_unchanged,
+    snapshot,
+)
 from neuralpath.errors import InputError, LayerError, ShapeError
-from neuralpath.gating import GatedModel, discover_sites
+from neuralpath.gating import GatedModel, channels_last, discover_sites
 from toys import FunctionalCNN, HandModel, tiny_cnn
 
-TORCHVISION_ARCHS = ["alexnet", "vgg11", "vgg16", "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small"]
+TORCHVISION_ARCHS = [
+    "alexnet",
+    "vgg11",
+    "vgg16",
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+]
 
 
 @pytest.fixture(scope="module", params=TORCHVISION_ARCHS)
 def torchvision_model(request: pytest.FixtureRequest) -> tuple[str, nn.Module]:
     torch.manual_seed(0)
-    return request.param, torchvision.models.get_model(request.param, weights=None, num_classes=7).eval()
+    return request.param, torchvision.models.get_model(
+        request.param, weights=None, num_classes=7
+    ).eval()
 
 
 def _ones(gm: GatedModel, batch: int, granularity: str) -> dict[str, torch.Tensor]:
@@ -41,8 +57,13 @@ def test_default_sites_per_architecture(torchvision_model) -> None:
     name, model = torchvision_model
     gm = GatedModel.discover(model, torch.zeros(1, 3, 64, 64))
     expected_counts = {
-        "alexnet": 5, "vgg11": 8, "vgg16": 13, "resnet18": 17, "resnet50": 49,
-        "mobilenet_v2": 35, "mobilenet_v3_small": 32,
+        "alexnet": 5,
+        "vgg11": 8,
+        "vgg16": 13,
+        "resnet18": 17,
+        "resnet50": 49,
+        "mobilenet_v2": 35,
+        "mobilenet_v3_small": 32,
     }
     assert len(gm.sites) == expected_counts[name]
     assert all(site.kind == "conv" for site in gm.sites)
@@ -63,11 +84,15 @@ def test_resnet_reused_relu_is_gated_per_call() -> None:
     _, rec_second = gm.record(x, {"layer1.0.relu#1": mask})
     _, rec_plain = gm.record(x)
     # Only the second call of the module is masked: the first call's output is untouched.
-    assert torch.equal(rec_second.activations["layer1.0.relu#0"], rec_plain.activations["layer1.0.relu#0"])
+    assert torch.equal(
+        rec_second.activations["layer1.0.relu#0"], rec_plain.activations["layer1.0.relu#0"]
+    )
     assert rec_second.activations["layer1.0.relu#1"][:, 3].abs().sum() == 0
     assert rec_plain.activations["layer1.0.relu#1"][:, 3].abs().sum() > 0
     # ...and that changes what follows.
-    assert not torch.equal(rec_second.activations["layer2.0.relu#0"], rec_plain.activations["layer2.0.relu#0"])
+    assert not torch.equal(
+        rec_second.activations["layer2.0.relu#0"], rec_plain.activations["layer2.0.relu#0"]
+    )
 
 
 def test_hand_model_masking_changes_logits_by_hand_computed_amount() -> None:
@@ -128,7 +153,9 @@ def test_mask_gradient_matches_finite_differences() -> None:
     model = tiny_cnn(seed=2).double()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     gm = GatedModel.discover(model, x[:1])
-    masks = {s.name: torch.rand(2, s.units, dtype=torch.float64, requires_grad=True) for s in gm.sites}
+    masks = {
+        s.name: torch.rand(2, s.units, dtype=torch.float64, requires_grad=True) for s in gm.sites
+    }
 
     def f(*values: torch.Tensor) -> torch.Tensor:
         return gm.forward(x, dict(zip(masks, values, strict=True)))
@@ -142,7 +169,9 @@ def test_gradient_of_ones_element_gate_is_activation_times_gradient() -> None:
     gm = GatedModel.discover(model, x[:1])
     logits, rec = gm.record(x)
     grads = rec.gradients(logits[:, 1])
-    gates = {s.name: torch.ones(2, *s.shape, dtype=torch.float64, requires_grad=True) for s in gm.sites}
+    gates = {
+        s.name: torch.ones(2, *s.shape, dtype=torch.float64, requires_grad=True) for s in gm.sites
+    }
     gated_logits = gm.forward(x, gates)
     gate_grads = torch.autograd.grad(gated_logits[:, 1].sum(), list(gates.values()))
     for site, gate_grad in zip(gm.sites, gate_grads, strict=True):
@@ -158,6 +187,7 @@ def test_batch_of_different_masks_equals_loop() -> None:
     channel = {s.name: torch.rand(5, s.units) > 0.5 for s in gm.sites}
     element = {s.name: torch.rand(5, *s.shape) for s in gm.sites}
     for masks in (channel, element):
+
         def run(inputs: torch.Tensor, _target: object, masks=masks) -> torch.Tensor:
             rows = slice(None) if inputs.shape[0] == 5 else _row_of(x, inputs)
             return gm.forward(inputs, {n: m[rows] for n, m in masks.items()})
@@ -220,7 +250,10 @@ def test_layer_selection_by_name_type_and_fc() -> None:
     assert [s.name for s in by_type] == ["features.0", "features.2"]
     assert [s.shape for s in by_type] == [(4, 8, 8), (6, 8, 8)]
     by_name = discover_sites(model, x, layers=["features.3", "classifier.1"])
-    assert [(s.name, s.kind, s.units) for s in by_name] == [("features.3", "custom", 6), ("classifier.1", "custom", 5)]
+    assert [(s.name, s.kind, s.units) for s in by_name] == [
+        ("features.3", "custom", 6),
+        ("classifier.1", "custom", 5),
+    ]
 
 
 def test_layer_selection_errors() -> None:
@@ -251,3 +284,49 @@ def test_bad_inputs_are_clear_errors(inputs: object, message: str) -> None:
     gm = GatedModel.discover(tiny_cnn(), torch.zeros(1, 3, 8, 8))
     with pytest.raises(InputError, match=message):
         gm.forward(inputs)  # type: ignore[arg-type]
+
+
+class _ViewCNN(nn.Module):
+    """Flattens with ``view``, as many research models do: channels-last activations cannot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_channels_last_copy_is_nhwc_even_for_one_channel() -> None:
+    x = torch.randn(2, 1, 5, 4)
+    assert x.contiguous(memory_format=torch.channels_last).stride() == x.stride()  # torch's no-op
+    y = channels_last(x)
+    assert torch.equal(x, y) and y.stride() == (20, 1, 4, 1)
+    conv_out = nn.functional.conv2d(y, torch.randn(3, 1, 3, 3))
+    assert (
+        conv_out.is_contiguous(memory_format=torch.channels_last) and not conv_out.is_contiguous()
+    )
+    with pytest.raises(ShapeError, match="channels-last"):
+        channels_last(torch.randn(2, 3))
+
+
+def test_runs_channels_last_probes_once_and_leaves_the_model_unchanged() -> None:
+    view_model = _ViewCNN().eval()
+    calls = []
+    handle = view_model.register_forward_pre_hook(lambda *_: calls.append(1))
+    gm = GatedModel.discover(view_model, torch.randn(1, 1, 4, 4))
+    calls.clear()
+    before = snapshot(view_model)
+    assert gm.runs_channels_last() is False
+    assert gm.runs_channels_last() is False
+    assert len(calls) == 1
+    handle.remove()
+    before["hooks"] -= 1
+    assert_unchanged(view_model, before)
+    assert GatedModel.discover(tiny_cnn(), torch.randn(1, 3, 8, 8)).runs_channels_last() is True
+    assert (
+        GatedModel.discover(HandModel(), torch.randn(1, 2), include_fc=True).runs_channels_last()
+        is False
+    )

@@ -303,6 +303,7 @@ class GatedModel:
         self.sites: tuple[GateSite, ...] = tuple(sites)
         self.input_shape: tuple[int, ...] = tuple(input_shape)
         self._by_name = {site.name: site for site in self.sites}
+        self._runs_channels_last: bool | None = None
 
     @classmethod
     def discover(
@@ -332,6 +333,26 @@ class GatedModel:
     def device(self) -> torch.device:
         first = next(self.model.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
+
+    def runs_channels_last(self) -> bool:
+        """Whether the model accepts channels-last inputs ``[B, C, H, W]``.
+
+        Probed once with a zero batch of 2 and remembered: models that ``view`` activations
+        (``x.view(B, -1)`` after the convs) raise on channels-last tensors, and so does any model
+        whose input is not 4-D.
+        """
+        if self._runs_channels_last is None:
+            ok = len(self.input_shape) == 3
+            if ok:
+                dtype = next((p.dtype for p in self.model.parameters()), torch.float32)
+                probe = torch.zeros(2, *self.input_shape, dtype=dtype, device=self.device)
+                try:
+                    with torch.no_grad(), self.gate():
+                        self.model(channels_last(probe))
+                except RuntimeError:
+                    ok = False
+            self._runs_channels_last = ok
+        return self._runs_channels_last
 
     def check_inputs(self, inputs: Tensor) -> None:
         """Raise :class:`InputError` unless ``inputs`` is a finite float ``[B, *input_shape]`` on
@@ -397,7 +418,9 @@ class GatedModel:
                 for module_name in by_module:
                     if module_name not in modules:
                         raise LayerError(f"module {module_name!r} is not in the model")
-                    handles.append(modules[module_name].register_forward_hook(make_hook(module_name)))
+                    handles.append(
+                        modules[module_name].register_forward_hook(make_hook(module_name))
+                    )
                 yield recording
             finally:
                 for handle in handles:
@@ -409,12 +432,27 @@ class GatedModel:
         with self.gate(masks):
             return self.model(inputs)
 
-    def record(self, inputs: Tensor, masks: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Recording]:
+    def record(
+        self, inputs: Tensor, masks: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, Recording]:
         """One forward returning ``(logits [B, K], recording)``; activations stay in the graph."""
         self.check_inputs(inputs)
         with self.gate(masks, record=True) as recording:
             logits = self.model(inputs)
         return logits, recording
+
+
+def channels_last(inputs: Tensor) -> Tensor:
+    """A copy of ``inputs`` ``[B, C, H, W]`` stored channels-last (NHWC).
+
+    Unlike ``inputs.contiguous(memory_format=torch.channels_last)``, this also works for one
+    channel, where that call returns the tensor unchanged (its layout is ambiguous) and the
+    convolutions that follow keep NCHW. On CPU, channels-last convolutions and pooling avoid the
+    slow NCHW max-pool kernel.
+    """
+    if inputs.dim() != 4:
+        raise ShapeError(f"channels-last needs [B, C, H, W] inputs, got shape {list(inputs.shape)}")
+    return torch.empty_like(inputs, memory_format=torch.channels_last).copy_(inputs)
 
 
 def check_inputs(inputs: object, input_shape: Sequence[int] | None = None) -> None:
