@@ -83,7 +83,7 @@ def run_arch(arch: str, args: argparse.Namespace, metrics: list[str]) -> dict[st
         plot_results,
     )
     from neuralpath.data import load_dataset
-    from neuralpath.io import read_json, write_bytes_atomic, write_json_atomic
+    from neuralpath.io import read_json, state_digest, write_bytes_atomic, write_json_atomic
     from neuralpath.metrics.roar import subset
 
     checkpoint = ROOT / args.runs / TARGETS[arch]
@@ -98,6 +98,7 @@ def run_arch(arch: str, args: argparse.Namespace, metrics: list[str]) -> dict[st
     key = {
         "methods": list(args.methods), "metrics": metrics, "limit": args.limit, "steps": args.steps,
         "sanity_limit": args.sanity_limit, "seed": args.seed, "checkpoint": f"{args.runs}/{TARGETS[arch]}",
+        "target_digest": state_digest(target.model),  # a retrained target must not reuse old results
     }
     if "roar" in metrics:
         key.update(train=args.roar_train_limit, test=args.roar_test_limit, epochs=args.roar_epochs)

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuralpath.errors import CheckpointError, InputError, ShapeError
-from neuralpath.io import pack_bits, unpack_bits
+from neuralpath.io import pack_bits, state_digest, unpack_bits
+from toys import tiny_cnn
 from neuralpath.pathway import (
     ClassPathways,
     Pathway,
@@ -267,3 +268,13 @@ def test_aggregate_errors() -> None:
         aggregate_by_class(p, torch.tensor([0]), 2)
     with pytest.raises(InputError, match="theta"):
         aggregate_by_class(p, torch.tensor([0, 1]), 2, theta=0.0)
+
+
+def test_state_digest_tracks_weights_and_buffers() -> None:
+    model = tiny_cnn()
+    digest = state_digest(model)
+    assert digest == state_digest(tiny_cnn()) and len(digest) == 64
+    with torch.no_grad():
+        model.features[3].running_mean[0] += 1e-6  # a buffer
+    assert state_digest(model) != digest
+    assert state_digest(model.to(torch.bfloat16)) != state_digest(model.float())

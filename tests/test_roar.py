@@ -93,6 +93,13 @@ def test_roar_runs_resumes_and_separates_maps(tmp_path, data) -> None:
         ROAR(tmp_path, percentages=(50,), target="prediction", trainer=trainer, progress=False)(
             model, ARCH, ARCH_ARGS, train, test, explainers
         )
+    retrained = build_model(ARCH, **ARCH_ARGS).eval()  # same architecture, other weights
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    with pytest.raises(CheckpointError, match="model"):  # its rankings would differ
+        ROAR(tmp_path, percentages=(50,), target="label", trainer=trainer, progress=False)(
+            retrained, ARCH, ARCH_ARGS, train, test, explainers
+        )
 
 
 def test_removed_pixels_are_the_top_ranked(tmp_path, data) -> None:

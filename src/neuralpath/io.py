@@ -5,6 +5,7 @@ Artifacts are safetensors + JSON only; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -112,6 +113,17 @@ def _read_header(raw: bytes) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     return header
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 (hex) of ``module``'s state: every parameter's and buffer's name, dtype, shape and
+    values. Equal digests mean equal weights; caches keyed by it go stale when the model changes."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:

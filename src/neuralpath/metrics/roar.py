@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from neuralpath.data import ImageDataset
 from neuralpath.errors import CheckpointError, InputError
-from neuralpath.io import load_tensors, read_json, save_tensors, write_json_atomic
+from neuralpath.io import load_tensors, read_json, save_tensors, state_digest, write_json_atomic
 from neuralpath.metrics.perturbation import (
     REDUCTIONS,
     Baseline,
@@ -205,9 +205,12 @@ class ROAR:
         self.progress = progress
 
     # ------------------------------------------------------------------ cache layout
-    def _config(self, arch: str, arch_args: Mapping[str, Any], train: ImageDataset, test: ImageDataset) -> dict[str, Any]:
-        """What the cached pixel rankings depend on."""
+    def _config(
+        self, model: nn.Module, arch: str, arch_args: Mapping[str, Any], train: ImageDataset, test: ImageDataset
+    ) -> dict[str, Any]:
+        """What the cached pixel rankings depend on, the target's weights included."""
         return {
+            "model": state_digest(model),
             "arch": arch,
             "arch_args": dict(arch_args),
             "target": self.target,
@@ -294,7 +297,7 @@ class ROAR:
         methods = dict(explainers)
         train = subset(train_set, self.train_limit, self.seed)
         test = subset(test_set, self.test_limit, self.seed)
-        config = self._config(arch, arch_args, train, test)
+        config = self._config(model, arch, arch_args, train, test)
         self._check_config(config)
         trainer = self.trainer or make_trainer(
             arch, arch_args, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, device=model_device(model)
