@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from neuralpath.adversarial import attack_images, fit_detector, gate_features
+from neuralpath.adversarial import Attack, attack_images, fit_detector, gate_features
 from neuralpath.checkpoint import load_target
 from neuralpath.data import load_dataset
 from neuralpath.errors import InputError
@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for attack in ("fgsm", "pgd"):
         start = time.perf_counter()
-        attacked = attack_images(
-            gated, data.images, data.labels, attack_name=attack, eps=args.eps,
-            mean=data.mean, std=data.std, steps=10, seed=args.seed,
-        )  # fmt: skip
+        config = Attack(attack, args.eps, data.mean, data.std, steps=10, seed=args.seed)
+        attacked = attack_images(gated, data.images, data.labels, config)
         clean = gate_features(finder, attacked.images)
         adversarial = gate_features(finder, attacked.adversarial)
         seconds = time.perf_counter() - start

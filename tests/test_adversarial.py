@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from contract import check_batch_equals_loop, check_leaves_model_unchanged
-from neuralpath.adversarial import attack, detect_adversarial, fgsm, gate_features, pgd
+from neuralpath.adversarial import Attack, detect_adversarial, fgsm, gate_features, pgd
 from neuralpath.data import denormalize, load_dataset
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
@@ -47,7 +47,7 @@ def model(data) -> nn.Module:
 @pytest.mark.parametrize("eps", [0.0, 0.03, 0.2])
 def test_attacks_respect_eps_and_range(model, data, name, eps) -> None:
     x, y = data.images[:16], data.labels[:16]
-    adv = attack(name, model, x, y, eps, mean=data.mean, std=data.std)
+    adv = Attack(name, eps, data.mean, data.std)(model, x, y)
     assert adv.shape == x.shape and adv.dtype == x.dtype
     clean_px, adv_px = data.denormalize(x), data.denormalize(adv)
     assert (adv_px - clean_px).abs().max() <= eps + 1e-6
@@ -120,9 +120,29 @@ def test_attack_bad_input(model, data, kwargs) -> None:
     with pytest.raises(InputError):
         fgsm(model, data.images[:4], args["labels"], args["eps"], mean=data.mean, std=data.std)
     with pytest.raises(InputError):
-        attack("cw", model, data.images[:4], data.labels[:4], 0.1, mean=data.mean, std=data.std)
+        Attack("cw", 0.1, data.mean, data.std)
+    with pytest.raises(InputError):
+        Attack("pgd", args["eps"], data.mean, data.std)(model, data.images[:4], args["labels"])
     with pytest.raises(InputError):
         pgd(model, data.images[:4], data.labels[:4], 0.1, mean=data.mean, std=data.std, steps=0)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"name": "cw"}, {"eps": -1.0}, {"steps": 0}, {"steps": 2.0}, {"seed": True}]
+)
+def test_attack_config_is_checked_when_made(data, changes) -> None:
+    settings = {"name": "pgd", "eps": 0.1, "mean": data.mean, "std": data.std, **changes}
+    with pytest.raises(InputError):
+        Attack(**settings)
+
+
+def test_attack_config_matches_the_functions(model, data) -> None:
+    x, y = data.images[:4], data.labels[:4]
+    config = Attack("pgd", 0.05, data.mean, data.std, steps=4, seed=2)
+    expected = pgd(model, x, y, 0.05, mean=data.mean, std=data.std, steps=4, seed=5)
+    assert torch.equal(config(model, x, y, seed_offset=3), expected)
+    fast = Attack("fgsm", 0.05, data.mean, data.std)(model, x, y)
+    assert torch.equal(fast, fgsm(model, x, y, 0.05, mean=data.mean, std=data.std))
 
 
 def test_gate_features_are_concatenated_gates(model, data) -> None:
@@ -136,19 +156,14 @@ def test_gate_features_are_concatenated_gates(model, data) -> None:
 @pytest.mark.parametrize("name", ["fgsm", "pgd"])
 def test_detector_pipeline(model, data, name) -> None:
     finder = DGR(GatedModel.discover(model, data.images[:1]), DGRConfig(iterations=10))
-    result = detect_adversarial(
-        finder, data.images, data.labels, attack_name=name, eps=0.1, mean=data.mean, std=data.std,
-        steps=3, only_successful=False, seed=0,
-    )  # fmt: skip
+    attack = Attack(name, 0.1, data.mean, data.std, steps=3, seed=0)
+    result = detect_adversarial(finder, data.images, data.labels, attack, only_successful=False)
     assert 0.0 <= result.roc_auc <= 1.0 and 0.0 <= result.accuracy <= 1.0
     assert 0.0 <= result.attack_success_rate <= 1.0
     assert result.n == 48 and result.n_train + result.n_test == 48
     assert result.features == sum(site.units for site in finder.gated.sites)
     json.dumps(result.to_dict())
-    again = detect_adversarial(
-        finder, data.images, data.labels, attack_name=name, eps=0.1, mean=data.mean, std=data.std,
-        steps=3, only_successful=False, seed=0,
-    )  # fmt: skip
+    again = detect_adversarial(finder, data.images, data.labels, attack, only_successful=False)
     assert again == result
 
 
@@ -156,13 +171,7 @@ def test_detector_too_few_pairs(model, data) -> None:
     finder = DGR(GatedModel.discover(model, data.images[:1]), DGRConfig(iterations=1))
     with pytest.raises(InputError, match="pairs"):
         detect_adversarial(
-            finder,
-            data.images[:6],
-            data.labels[:6],
-            attack_name="fgsm",
-            eps=0.0,
-            mean=data.mean,
-            std=data.std,
+            finder, data.images[:6], data.labels[:6], Attack("fgsm", 0.0, data.mean, data.std)
         )
 
 

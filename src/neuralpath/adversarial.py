@@ -34,6 +34,25 @@ AttackName = Literal["fgsm", "pgd"]
 ATTACKS: tuple[AttackName, ...] = ("fgsm", "pgd")
 
 
+def _check_non_negative(value: object, what: str) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InputError(f"{what} must be a finite number >= 0, got {value!r}")
+
+
+def _check_eps(eps: object) -> None:
+    _check_non_negative(eps, "eps (pixel scale, [0, 1])")
+
+
+def _check_steps(steps: object) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+
+
 def _check_attack_args(
     model: nn.Module,
     inputs: Tensor,
@@ -47,13 +66,7 @@ def _check_attack_args(
     check_inputs(inputs)
     if inputs.dim() != 4:
         raise InputError(f"inputs must be images [B, C, H, W], got shape {list(inputs.shape)}")
-    if (
-        isinstance(eps, bool)
-        or not isinstance(eps, int | float)
-        or not math.isfinite(eps)
-        or eps < 0
-    ):
-        raise InputError(f"eps must be a finite number >= 0 (pixel scale, [0, 1]), got {eps!r}")
+    _check_eps(eps)
     if len(mean) != inputs.shape[1] or len(std) != inputs.shape[1] or any(s <= 0 for s in std):
         raise InputError(f"mean/std need {inputs.shape[1]} values each, std > 0")
     labels = torch.as_tensor(labels, device=inputs.device)
@@ -116,16 +129,9 @@ def pgd(
     CPU, so every device starts alike). ``inputs``/returns: normalised ``[B, C, H, W]``.
     """
     labels = _check_attack_args(model, inputs, labels, eps, mean, std)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    _check_steps(steps)
     alpha = 2.5 * eps / steps if step_size is None else step_size
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, int | float)
-        or not math.isfinite(alpha)
-        or alpha < 0
-    ):
-        raise InputError(f"step_size must be a non-negative number, got {step_size!r}")
+    _check_non_negative(alpha, "step_size")
     clean = denormalize(inputs, mean, std).detach()
     low, high = (clean - eps).clamp_min(0.0), (clean + eps).clamp_max(1.0)
     pixels = clean
@@ -140,24 +146,45 @@ def pgd(
     return normalize(pixels, mean, std).detach()
 
 
-def attack(
-    name: AttackName,
-    model: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    eps: float,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    steps: int = 10,
-    seed: int = 0,
-) -> Tensor:
-    """Run the attack ``name`` (``"fgsm"`` or ``"pgd"``); see :func:`fgsm` and :func:`pgd`."""
-    if name == "fgsm":
-        return fgsm(model, inputs, labels, eps, mean=mean, std=std)
-    if name == "pgd":
-        return pgd(model, inputs, labels, eps, mean=mean, std=std, steps=steps, seed=seed)
-    raise InputError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
+@dataclass(frozen=True)
+class Attack:
+    """An untargeted L∞ attack on normalised images, as data.
+
+    ``name``: ``"fgsm"`` or ``"pgd"`` (:func:`fgsm`, :func:`pgd`); ``eps``: budget in pixel units
+    of [0, 1]; ``mean``/``std``: the normalisation of the model's inputs; ``steps`` and ``seed``:
+    PGD's step count and random start. Calling it attacks a batch:
+
+    >>> adversarial = Attack("pgd", 0.1, data.mean, data.std)(model, images, labels)
+    """
+
+    name: AttackName
+    eps: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    steps: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in ATTACKS:
+            raise InputError(f"unknown attack {self.name!r}; expected one of {', '.join(ATTACKS)}")
+        _check_eps(self.eps)
+        _check_steps(self.steps)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def __call__(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, *, seed_offset: int = 0
+    ) -> Tensor:
+        """Adversarial copies of ``inputs`` ``[B, C, H, W]`` (normalised) for ``labels`` ``[B]``;
+        PGD starts from seed ``seed + seed_offset``."""
+        if self.name == "fgsm":
+            return fgsm(model, inputs, labels, self.eps, mean=self.mean, std=self.std)
+        return pgd(
+            model, inputs, labels, self.eps, mean=self.mean, std=self.std, steps=self.steps,
+            seed=self.seed + seed_offset,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -227,20 +254,11 @@ class AttackedImages:
 
 
 def attack_images(
-    gated: GatedModel,
-    images: Tensor,
-    labels: Tensor,
-    *,
-    attack_name: AttackName,
-    eps: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-    steps: int = 10,
-    seed: int = 0,
-    batch_size: int = 64,
+    gated: GatedModel, images: Tensor, labels: Tensor, attack: Attack, *, batch_size: int = 64
 ) -> AttackedImages:
-    """Attack ``images`` ``batch_size`` at a time on the model's device (PGD batch ``k`` starts
-    from seed ``seed + k·batch_size``) and record the predictions on clean and attacked images."""
+    """Attack ``images`` ``batch_size`` at a time on the model's device (PGD's batch starting at
+    image ``k`` uses seed ``attack.seed + k``) and record the predictions on clean and attacked
+    images."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     device = gated.device
@@ -248,9 +266,7 @@ def attack_images(
     adversarial, clean_pred, adv_pred = [], [], []
     for start in range(0, images.shape[0], batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        x_adv = attack(
-            attack_name, gated.model, x, y, eps, mean=mean, std=std, steps=steps, seed=seed + start
-        )
+        x_adv = attack(gated.model, x, y, seed_offset=start)
         with torch.no_grad():
             clean_pred.append(gated.forward(x).argmax(dim=1))
             adv_pred.append(gated.forward(x_adv).argmax(dim=1))
@@ -305,30 +321,23 @@ def detect_adversarial(
     finder: DGR,
     images: Tensor,
     labels: Tensor,
+    attack: Attack,
     *,
-    attack_name: AttackName,
-    eps: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-    steps: int = 10,
-    seed: int = 0,
     test_fraction: float = 0.3,
     only_successful: bool = True,
     batch_size: int = 64,
     progress: bool = False,
 ) -> DetectionResult:
     """Attack ``images`` (normalised ``[N, C, H, W]`` with labels ``[N]``), compute DGR gates of
-    clean and attacked images and score the detector (:func:`fit_detector`).
+    clean and attacked images and score the detector (:func:`fit_detector`, split by
+    ``attack.seed``).
 
     ``only_successful``: keep only pairs whose clean image is classified correctly and whose
     attacked image is not (the attacks worth detecting).
     """
     if not 0.0 < test_fraction < 1.0:
         raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    attacked = attack_images(
-        finder.gated, images, labels, attack_name=attack_name, eps=eps, mean=mean, std=std,
-        steps=steps, seed=seed, batch_size=batch_size,
-    )  # fmt: skip
+    attacked = attack_images(finder.gated, images, labels, attack, batch_size=batch_size)
     if only_successful:
         keep = attacked.fooled.nonzero().squeeze(1)
     else:
@@ -344,11 +353,11 @@ def detect_adversarial(
         finder, attacked.adversarial[keep], batch_size=batch_size, progress=progress
     )
     roc_auc, accuracy, n_train, n_test = fit_detector(
-        clean, adv, seed=seed, test_fraction=test_fraction
+        clean, adv, seed=attack.seed, test_fraction=test_fraction
     )
     return DetectionResult(
-        attack=attack_name,
-        eps=float(eps),
+        attack=attack.name,
+        eps=float(attack.eps),
         roc_auc=roc_auc,
         accuracy=accuracy,
         attack_success_rate=float(attacked.success_rate),

@@ -65,7 +65,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
     import torch
 
-    from neuralpath.adversarial import detect_adversarial
+    from neuralpath.adversarial import Attack, detect_adversarial
     from neuralpath.data import load_dataset
     from neuralpath.errors import DataError, InputError
     from neuralpath.io import write_json_atomic
@@ -91,11 +91,11 @@ def run_detect(args: argparse.Namespace) -> int:
             f"{tuple(target.meta.input_shape)}"
         )
     finder = DGR(gated, DGRConfig(iterations=args.iterations, init=args.init, seed=args.seed))
+    attack = Attack(args.attack, args.eps, dataset.mean, dataset.std, args.steps, args.seed)
     result = detect_adversarial(
-        finder, dataset.images, dataset.labels, attack_name=args.attack, eps=args.eps,
-        mean=dataset.mean, std=dataset.std, steps=args.steps, seed=args.seed,
-        test_fraction=args.test_fraction, only_successful=not args.include_failed,
-        batch_size=args.batch_size, progress=not args.no_progress,
+        finder, dataset.images, dataset.labels, attack, test_fraction=args.test_fraction,
+        only_successful=not args.include_failed, batch_size=args.batch_size,
+        progress=not args.no_progress,
     )  # fmt: skip
     payload = {
         **result.to_dict(),
