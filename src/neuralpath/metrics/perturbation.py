@@ -20,6 +20,7 @@ Conventions, shared by :mod:`~neuralpath.metrics.roar`:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -212,36 +213,18 @@ def _check_positive_int(name: str, value: int) -> None:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
-class PixelPerturbation:
-    """LeRF (least relevant first) or MoRF (most relevant first) pixel perturbation.
+class _PixelCurve(ABC):
+    """What every pixel-removal curve shares: its settings, ``direction`` and the call that turns
+    inputs and a saliency map into pixel ranks; subclasses compute the curve (:meth:`_curve`)."""
 
-    For each ``q`` in ``percentages`` remove the ``q`` % least (LeRF) or most (MoRF) relevant
-    pixels and report ``|p - p'| / p`` per sample. ``area``: trapezoidal area under the curve
-    over the fraction axis ``q / 100``, divided by the width of the q range (the curve's mean
-    height; the value itself for a single q). LeRF: lower is better; MoRF: higher is better.
-    """
-
-    name = "perturbation"
+    name = "curve"
     higher_is_better = False
+    most_relevant_first = True
 
-    def __init__(
-        self,
-        order: Literal["lerf", "morf"],
-        percentages: Sequence[float] = DEFAULT_PERCENTAGES,
-        *,
-        reduction: str = "sum-abs",
-        baseline: Baseline = 0.0,
-        batch_size: int = 256,
-    ):
-        if order not in ("lerf", "morf"):
-            raise InputError(f"order must be 'lerf' or 'morf', got {order!r}")
+    def __init__(self, *, reduction: str = "sum-abs", baseline: Baseline = 0.0, batch_size: int = 256):
         if reduction not in REDUCTIONS:
             raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
         _check_positive_int("batch_size", batch_size)
-        self.order = order
-        self.name = order
-        self.higher_is_better = order == "morf"
-        self.percentages = check_percentages(percentages)
         self.reduction = reduction
         self.baseline = baseline
         self.batch_size = batch_size
@@ -264,34 +247,76 @@ class PixelPerturbation:
         inputs = inputs.to(model_device(model))
         probs = predict_proba(model, inputs, self.batch_size)
         target = resolve_target(probs, targets)
-        p = probs.gather(1, target[:, None]).squeeze(1)
         relevance = relevance_for(inputs, target, attributions, explain, self.reduction)
-        ranks = order_ranks(relevance_order(relevance, most_relevant_first=self.order == "morf"))
+        ranks = order_ranks(relevance_order(relevance, most_relevant_first=self.most_relevant_first))
+        fractions, values, area = self._curve(model, inputs, target, probs, ranks)
+        return CurveResult(self.name, fractions, values, area, self.higher_is_better)
+
+    @abstractmethod
+    def _curve(
+        self, model: nn.Module, inputs: Tensor, target: Tensor, probs: Tensor, ranks: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(fractions [Q], curve [B, Q], area [B])`` given the pixel ``ranks`` ``[B, H·W]``."""
+
+    def _removed(self, inputs: Tensor, ranks: Tensor, count: int, *, keep: bool = False) -> Tensor:
+        """``inputs`` with their top-``count`` ranked pixels set to the baseline (``keep``: the
+        baseline with only those pixels of ``inputs``)."""
+        mask = top_mask(ranks, count, (inputs.shape[2], inputs.shape[3]))
         base = baseline_like(self.baseline, inputs)
-        spatial = (inputs.shape[2], inputs.shape[3])
+        return torch.where(mask, inputs, base) if keep else torch.where(mask, base, inputs)
+
+    def _target_probability(self, model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        return predict_proba(model, x, self.batch_size).gather(1, target[:, None]).squeeze(1)
+
+
+class PixelPerturbation(_PixelCurve):
+    """LeRF (least relevant first) or MoRF (most relevant first) pixel perturbation.
+
+    For each ``q`` in ``percentages`` remove the ``q`` % least (LeRF) or most (MoRF) relevant
+    pixels and report ``|p - p'| / p`` per sample. ``area``: trapezoidal area under the curve
+    over the fraction axis ``q / 100``, divided by the width of the q range (the curve's mean
+    height; the value itself for a single q). LeRF: lower is better; MoRF: higher is better.
+    """
+
+    def __init__(
+        self,
+        order: Literal["lerf", "morf"],
+        percentages: Sequence[float] = DEFAULT_PERCENTAGES,
+        **settings: Any,
+    ):
+        if order not in ("lerf", "morf"):
+            raise InputError(f"order must be 'lerf' or 'morf', got {order!r}")
+        super().__init__(**settings)
+        self.order = order
+        self.name = order
+        self.higher_is_better = self.most_relevant_first = order == "morf"
+        self.percentages = check_percentages(percentages)
+
+    def _curve(
+        self, model: nn.Module, inputs: Tensor, target: Tensor, probs: Tensor, ranks: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        p = probs.gather(1, target[:, None]).squeeze(1)
         curve = []
         for q in self.percentages:
-            mask = top_mask(ranks, pixel_count(q, ranks.shape[1]), spatial)
-            perturbed = torch.where(mask, base, inputs)
-            p_new = predict_proba(model, perturbed, self.batch_size).gather(1, target[:, None]).squeeze(1)
-            curve.append((p - p_new).abs() / p)
+            perturbed = self._removed(inputs, ranks, pixel_count(q, ranks.shape[1]))
+            curve.append((p - self._target_probability(model, perturbed, target)).abs() / p)
         values = torch.stack(curve, dim=1)
         fractions = torch.tensor(self.percentages, dtype=values.dtype, device=values.device) / 100.0
-        return CurveResult(self.name, fractions, values, _mean_height(values, fractions), self.higher_is_better)
+        return fractions, values, _mean_height(values, fractions)
 
 
 class LeRF(PixelPerturbation):
     """Remove the least relevant pixels first; ``|p - p'| / p`` (lower is better)."""
 
-    def __init__(self, percentages: Sequence[float] = DEFAULT_PERCENTAGES, **kwargs: Any):
-        super().__init__("lerf", percentages, **kwargs)
+    def __init__(self, percentages: Sequence[float] = DEFAULT_PERCENTAGES, **settings: Any):
+        super().__init__("lerf", percentages, **settings)
 
 
 class MoRF(PixelPerturbation):
     """Remove the most relevant pixels first; ``|p - p'| / p`` (higher is better)."""
 
-    def __init__(self, percentages: Sequence[float] = DEFAULT_PERCENTAGES, **kwargs: Any):
-        super().__init__("morf", percentages, **kwargs)
+    def __init__(self, percentages: Sequence[float] = DEFAULT_PERCENTAGES, **settings: Any):
+        super().__init__("morf", percentages, **settings)
 
 
 def _mean_height(curve: Tensor, fractions: Tensor) -> Tensor:
@@ -302,57 +327,29 @@ def _mean_height(curve: Tensor, fractions: Tensor) -> Tensor:
     return torch.trapezoid(y, x, dim=1) / (x[-1] - x[0])
 
 
-class _ProgressiveCurve:
-    """Deletion/insertion: ``steps + 1`` points at fractions ``k / steps`` of the pixels."""
+class _ProgressiveCurve(_PixelCurve):
+    """Deletion/insertion: ``steps + 1`` points at fractions ``k / steps`` of the pixels; the
+    target probability after each step ``[B, steps + 1]`` and its trapezoidal AUC ``[B]``."""
 
-    name = "progressive"
-    higher_is_better = False
     insert = False
 
-    def __init__(
-        self, steps: int = 20, *, reduction: str = "sum-abs", baseline: Baseline = 0.0, batch_size: int = 256
-    ):
+    def __init__(self, steps: int = 20, **settings: Any):
         _check_positive_int("steps", steps)
-        _check_positive_int("batch_size", batch_size)
-        if reduction not in REDUCTIONS:
-            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+        super().__init__(**settings)
         self.steps = steps
-        self.reduction = reduction
-        self.baseline = baseline
-        self.batch_size = batch_size
 
-    @property
-    def direction(self) -> str:
-        return "higher" if self.higher_is_better else "lower"
-
-    def __call__(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        targets: Any = None,
-        *,
-        attributions: Tensor | None = None,
-        explain: Explain | None = None,
-    ) -> CurveResult:
-        """Target probability after each step ``[B, steps + 1]`` and its trapezoidal AUC ``[B]``."""
-        check_batch(inputs)
-        inputs = inputs.to(model_device(model))
-        target = resolve_targets(model, inputs, targets, self.batch_size)
-        relevance = relevance_for(inputs, target, attributions, explain, self.reduction)
-        ranks = order_ranks(relevance_order(relevance, most_relevant_first=True))
-        base = baseline_like(self.baseline, inputs)
-        spatial = (inputs.shape[2], inputs.shape[3])
+    def _curve(
+        self, model: nn.Module, inputs: Tensor, target: Tensor, probs: Tensor, ranks: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         num_pixels = ranks.shape[1]
         curve = []
         for k in range(self.steps + 1):
             count = (2 * k * num_pixels + self.steps) // (2 * self.steps)  # round(k N / steps)
-            mask = top_mask(ranks, count, spatial)
-            x = torch.where(mask, inputs, base) if self.insert else torch.where(mask, base, inputs)
-            curve.append(predict_proba(model, x, self.batch_size).gather(1, target[:, None]).squeeze(1))
+            x = self._removed(inputs, ranks, count, keep=self.insert)
+            curve.append(self._target_probability(model, x, target))
         values = torch.stack(curve, dim=1)
         fractions = torch.arange(self.steps + 1, dtype=values.dtype, device=values.device) / self.steps
-        area = torch.trapezoid(values, fractions, dim=1)
-        return CurveResult(self.name, fractions, values, area, self.higher_is_better)
+        return fractions, values, torch.trapezoid(values, fractions, dim=1)
 
 
 class Deletion(_ProgressiveCurve):
