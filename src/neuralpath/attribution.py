@@ -43,9 +43,9 @@ from neuralpath.io import atomic_path, save_tensors, write_json_atomic
 from neuralpath.methods.base import FinderOptions, PathwayFinder, build_finder
 from neuralpath.methods.critical import CriticalPathwayFinder
 from neuralpath.pathway import Granularity, Pathway, check_sparsity
-from neuralpath.targets import Target, resolve_target, select_logit
+from neuralpath.targets import TargetType, resolve_target, select_logit
 
-AttributionMethod = Callable[[GatedModel, Tensor, Target], Tensor]
+AttributionMethod = Callable[[GatedModel, Tensor, TargetType], Tensor]
 """``(gated, inputs [B, C, H, W], target) -> map``: ``[B, C, H, W]``, or ``[B, 1, H, W]`` (CAMs)."""
 
 _NO_GRADIENT = (
@@ -54,7 +54,7 @@ _NO_GRADIENT = (
 )
 
 
-def _as_target(target: object) -> Target:
+def _as_target(target: object) -> TargetType:
     """Accept Captum's target forms: None, int, a tensor, or a list of ints."""
     if isinstance(target, list | tuple):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
@@ -89,7 +89,7 @@ class _PathwayAttribution(GradientAttribution):
         return False
 
     def pathway_and_target(
-        self, inputs: Tensor, target: Target = None, pathway: Pathway | None = None
+        self, inputs: Tensor, target: TargetType = None, pathway: Pathway | None = None
     ) -> tuple[Pathway, Tensor]:
         """The fixed pathway for ``inputs`` (``pathway`` if given, else the finder's) and the
         resolved target ``[B]``."""
@@ -125,7 +125,7 @@ class PathwayGradient(_PathwayAttribution):
     @log_usage()
     @torch.enable_grad()
     def attribute(  # type: ignore[override]
-        self, inputs: Tensor, target: Target = None, pathway: Pathway | None = None
+        self, inputs: Tensor, target: TargetType = None, pathway: Pathway | None = None
     ) -> Tensor:
         """Pathway Gradient of ``inputs`` ``[B, *input_shape]``: same shape and dtype.
 
@@ -171,7 +171,7 @@ class PathwayGradCAM(_PathwayAttribution):
     @log_usage()
     @torch.enable_grad()
     def attribute(  # type: ignore[override]
-        self, inputs: Tensor, target: Target = None, pathway: Pathway | None = None
+        self, inputs: Tensor, target: TargetType = None, pathway: Pathway | None = None
     ) -> Tensor:
         """Grad-CAM of ``H_P`` for ``inputs`` ``[B, C, H, W]``: ``[B, 1, H, W]``, >= 0."""
         inputs = _check_tensor_inputs(self.gated, inputs)
@@ -210,13 +210,13 @@ CAPTUM_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "guide
 METHOD_NAMES: tuple[str, ...] = PATHWAY_METHODS + CAPTUM_METHODS
 
 
-def _target_tensor(gated: GatedModel, inputs: Tensor, target: Target) -> Tensor:
+def _target_tensor(gated: GatedModel, inputs: Tensor, target: TargetType) -> Tensor:
     with torch.no_grad():
         return resolve_target(gated.forward(inputs), _as_target(target))
 
 
 def _captum_method(name: str, layer: str | None) -> AttributionMethod:
-    def run(gated: GatedModel, inputs: Tensor, target: Target = None) -> Tensor:
+    def run(gated: GatedModel, inputs: Tensor, target: TargetType = None) -> Tensor:
         gated.check_inputs(inputs)
         cls = _target_tensor(gated, inputs, target)
         x = inputs.detach().clone().requires_grad_(True)
@@ -274,7 +274,7 @@ def make_attribution_method(
     check_sparsity(sparsity)
     options = FinderOptions(sparsity=sparsity, granularity=granularity, seed=seed)
 
-    def run(gated: GatedModel, inputs: Tensor, target: Target = None) -> Tensor:
+    def run(gated: GatedModel, inputs: Tensor, target: TargetType = None) -> Tensor:
         path_finder = build_finder(finder, gated, options)
         if name == "pathway-gradient":
             return PathwayGradient(gated, path_finder).attribute(inputs, target)
@@ -316,7 +316,7 @@ def quantus_explain_func(
     first = next(model.parameters(), None)
     where = torch.device(device) if device is not None else (first.device if first is not None else None)
     x = torch.as_tensor(inputs, dtype=first.dtype if first is not None else torch.float32, device=where)
-    target: Target = None
+    target: TargetType = None
     if targets is not None:
         target = torch.as_tensor(targets, device=where).long().reshape(-1)
     gated = GatedModel.discover(model, x[:1], layers=layers)

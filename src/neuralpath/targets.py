@@ -1,4 +1,4 @@
-"""Target handling shared by every method: which class each sample is explained for."""
+"""Target handling shared by every method: which class each sample is explained for (``TargetType``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from torch import Tensor
 
 from neuralpath.errors import InputError
 
-Target = int | Tensor | None
+TargetType = int | Tensor | None
 """``None`` (the model's prediction), one class for the batch, or a ``[B]`` tensor of classes."""
 
 
-def resolve_target(logits: Tensor, target: Target) -> Tensor:
+def resolve_target(logits: Tensor, target: TargetType) -> Tensor:
     """Turn ``target`` into a ``[B]`` long tensor on ``logits``' device, checking its range.
 
     ``logits``: ``[B, K]``, the unmasked model's output (used when ``target`` is None).

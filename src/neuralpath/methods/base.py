@@ -17,7 +17,7 @@ from torch import Tensor
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.pathway import Granularity, Pathway
-from neuralpath.targets import Target
+from neuralpath.targets import TargetType
 
 
 class PathwayFinder(ABC):
@@ -29,7 +29,7 @@ class PathwayFinder(ABC):
         self.gated = gated
 
     @abstractmethod
-    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+    def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         """Binary pathway ``[B, ...]`` per site for ``inputs`` ``[B, *gated.input_shape]``."""
 
     def forward_equivalents(self) -> float:
@@ -40,7 +40,7 @@ class PathwayFinder(ABC):
 def find_in_chunks(
     finder: PathwayFinder,
     inputs: Tensor,
-    target: Target = None,
+    target: TargetType = None,
     internal_batch_size: int | None = None,
 ) -> Pathway:
     """``finder.find`` on at most ``internal_batch_size`` samples at a time, concatenated.

@@ -23,7 +23,7 @@ from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
 from neuralpath.methods.critical import check_granularity, taylor_scores
 from neuralpath.pathway import Granularity, Pathway, check_sparsity, per_layer_topk
-from neuralpath.targets import Target, resolve_target
+from neuralpath.targets import TargetType, resolve_target
 
 
 def _unit_shape(gated: GatedModel, granularity: Granularity) -> dict[str, tuple[int, ...]]:
@@ -64,7 +64,7 @@ class GreedyTaylor(PathwayFinder):
         kept = 1.0 - self.sparsity
         return [round(total * (1.0 - kept ** (t / self.steps))) for t in range(1, self.steps + 1)]
 
-    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+    def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         self.gated.check_inputs(inputs)
         shapes = _unit_shape(self.gated, self.granularity)
         batch = inputs.shape[0]
@@ -73,7 +73,7 @@ class GreedyTaylor(PathwayFinder):
             n: torch.ones((batch, *shape), dtype=torch.bool, device=inputs.device)
             for n, shape in shapes.items()
         }
-        cls: Target = target
+        cls: TargetType = target
         for drop in self.drop_counts(sum(sizes)):
             if drop == 0:
                 continue
@@ -120,7 +120,7 @@ class RandomPathway(PathwayFinder):
         self.seed = seed
         self.generator = torch.Generator(device=gated.device).manual_seed(seed)
 
-    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+    def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         self.gated.check_inputs(inputs)
         if target is not None:
             with torch.no_grad():
@@ -149,7 +149,7 @@ class ActivePathway(PathwayFinder):
         self.granularity = check_granularity(granularity)
 
     @torch.no_grad()
-    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+    def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         logits, recording = self.gated.record(inputs)
         resolve_target(logits, target)  # validates target like every other finder
         masks = {}

@@ -37,7 +37,7 @@ from neuralpath.pathway import (
     global_percentile,
     per_layer_topk,
 )
-from neuralpath.targets import Target, resolve_target, select_logit
+from neuralpath.targets import TargetType, resolve_target, select_logit
 
 Selection = Literal["global", "per_layer"]
 AlphaSchedule = Literal["uniform", "cumulative"]
@@ -75,7 +75,7 @@ def select_units(
 
 @torch.enable_grad()
 def _gate_gradients(
-    gated: GatedModel, inputs: Tensor, gates: dict[str, Tensor], target: Target
+    gated: GatedModel, inputs: Tensor, gates: dict[str, Tensor], target: TargetType
 ) -> tuple[dict[str, Tensor], Tensor]:
     """One gated forward + backward: ``(d y_c / d gate per site, resolved target [B'])``.
 
@@ -107,7 +107,7 @@ def _gate_gradients(
 def taylor_scores(
     gated: GatedModel,
     inputs: Tensor,
-    target: Target = None,
+    target: TargetType = None,
     masks: Mapping[str, Tensor] | None = None,
     granularity: Granularity = "element",
 ) -> tuple[dict[str, Tensor], Tensor]:
@@ -159,17 +159,17 @@ class CriticalPathwayFinder(PathwayFinder):
             raise InputError(f"chunk_size must be None or >= 1, got {chunk_size!r}")
         self.chunk_size = chunk_size
 
-    def scores(self, inputs: Tensor, target: Target = None) -> dict[str, Tensor]:
+    def scores(self, inputs: Tensor, target: TargetType = None) -> dict[str, Tensor]:
         """Unit scores ``{site: [B, *shape]}`` (element) or ``{site: [B, C]}`` (channel), >= 0."""
         return self.scores_and_target(inputs, target)[0]
 
     @abstractmethod
     def scores_and_target(
-        self, inputs: Tensor, target: Target = None
+        self, inputs: Tensor, target: TargetType = None
     ) -> tuple[dict[str, Tensor], Tensor]:
         """:meth:`scores` together with the resolved target class ``[B]``."""
 
-    def find_with_target(self, inputs: Tensor, target: Target = None) -> tuple[Pathway, Tensor]:
+    def find_with_target(self, inputs: Tensor, target: TargetType = None) -> tuple[Pathway, Tensor]:
         """:meth:`find` together with the resolved target class ``[B]`` (saves a forward)."""
         scores, cls = self.scores_and_target(inputs, target)
         pathway = select_units(
@@ -178,7 +178,7 @@ class CriticalPathwayFinder(PathwayFinder):
         pathway.metadata.update({"method": self.name, "selection": self.selection})
         return pathway, cls
 
-    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+    def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         return self.find_with_target(inputs, target)[0]
 
 
@@ -188,7 +188,7 @@ class NeuronMCT(CriticalPathwayFinder):
     name: ClassVar[str] = "cp-mct"
 
     def scores_and_target(
-        self, inputs: Tensor, target: Target = None
+        self, inputs: Tensor, target: TargetType = None
     ) -> tuple[dict[str, Tensor], Tensor]:
         return taylor_scores(self.gated, inputs, target, granularity=self.granularity)
 
@@ -255,7 +255,7 @@ class NeuronIntGrad(CriticalPathwayFinder):
         return [self.alphas[i : i + per_pass] for i in range(0, len(self.alphas), per_pass)]
 
     def scores_and_target(
-        self, inputs: Tensor, target: Target = None
+        self, inputs: Tensor, target: TargetType = None
     ) -> tuple[dict[str, Tensor], Tensor]:
         gated = self.gated
         gated.check_inputs(inputs)

@@ -59,7 +59,7 @@ from neuralpath.pathway import (
     check_sparsity,
     global_percentile,
 )
-from neuralpath.targets import Target, resolve_target
+from neuralpath.targets import TargetType, resolve_target
 
 InitRule = Literal["ones", "uniform"]
 BinarizeRule = Literal["positive", "percentile"]
@@ -224,7 +224,7 @@ class DGR(PathwayFinder):
         if not isinstance(self.config, DGRConfig):
             raise InputError(f"config must be a DGRConfig, got {type(self.config).__name__}")
 
-    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+    def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         """Binary pathway of ``inputs`` ``[B, *input_shape]`` (see :meth:`optimise`)."""
         return self.optimise(inputs, target).pathway
 
@@ -249,7 +249,7 @@ class DGR(PathwayFinder):
             gates[site.name] = start.to(device).expand(batch, *shape).clone()
         return gates
 
-    def optimise(self, inputs: Tensor, target: Target = None) -> DGRResult:
+    def optimise(self, inputs: Tensor, target: TargetType = None) -> DGRResult:
         """Optimise the gates of every sample of ``inputs`` ``[B, *input_shape]`` at once.
 
         ``target``: the class whose prediction an iterate must keep (None: the model's own

@@ -21,7 +21,7 @@ from torch import Tensor
 from neuralpath.errors import ShapeError
 from neuralpath.gating import GatedModel
 from neuralpath.pathway import Pathway
-from neuralpath.targets import Target, resolve_target, select_logit
+from neuralpath.targets import TargetType, resolve_target, select_logit
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "agreement": True,
@@ -54,7 +54,7 @@ class PathwayOutcome:
 
 @torch.no_grad()
 def pathway_outcome(
-    gated: GatedModel, inputs: Tensor, pathway: Pathway, target: Target = None
+    gated: GatedModel, inputs: Tensor, pathway: Pathway, target: TargetType = None
 ) -> PathwayOutcome:
     """Run ``H`` and ``H_P`` on ``inputs`` ``[B, ...]`` and collect confidences and predictions."""
     logits = gated.forward(inputs)

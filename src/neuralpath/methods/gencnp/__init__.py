@@ -26,7 +26,7 @@ from neuralpath.methods.gencnp.checkpoint import load_generator
 from neuralpath.methods.gencnp.generator import GeneratorConfig, GeneratorOutput, PathwayGenerator
 from neuralpath.methods.gencnp.train import FitConfig, fit_gencnp
 from neuralpath.pathway import Pathway, check_sparsity, global_percentile
-from neuralpath.targets import Target, resolve_target
+from neuralpath.targets import TargetType, resolve_target
 
 __all__ = [
     "FitConfig",
@@ -71,7 +71,7 @@ class GenCNPFinder(PathwayFinder):
         logits, recording = self.gated.record(inputs)
         return logits, self.generator({n: a.detach() for n, a in recording.activations.items()})
 
-    def find(self, inputs: Tensor, target: Target = None) -> Pathway:
+    def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         self.gated.check_inputs(inputs)
         logits, output = self.scores(inputs)
         resolve_target(logits, target)  # range check only (see the class docstring)
