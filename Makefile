@@ -13,6 +13,7 @@ demo: install data
 	$(PY) -m neuralpath.demo
 
 test: install data browser
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
 install: $(STAMP)

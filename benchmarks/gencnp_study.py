@@ -41,8 +41,8 @@ from neuralpath.io import atomic_path, write_json_atomic
 from neuralpath.methods import FinderOptions, build_finder
 from neuralpath.methods.gencnp import FitConfig, GeneratorConfig, fit_gencnp
 from neuralpath.methods.gencnp.checkpoint import read_meta
-from neuralpath.transfer import build_class_pathways, evaluate_transfer
 from neuralpath.runner import open_target, run_finder
+from neuralpath.transfer import build_class_pathways, evaluate_transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))

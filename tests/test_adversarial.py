@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from contract import check_batch_equals_loop, check_leaves_model_unchanged
 from neuralpath.adversarial import Attack, detect_adversarial, fgsm, gate_features, pgd
 from neuralpath.data import denormalize, load_dataset
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.dgr import DGR, DGRConfig
 from neuralpath.models import build_model
+
+from contract import check_batch_equals_loop, check_leaves_model_unchanged
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 

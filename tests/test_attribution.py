@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
+from test_critical import ArgmaxNet
 from torch import Tensor, nn
 
-from contract import check_batch_equals_loop, check_cleans_up_after_raise, check_leaves_model_unchanged
 from neuralpath.attribution import (
     ATTRIBUTION_METHODS,
     METHOD_NAMES,
@@ -24,7 +24,12 @@ from neuralpath.methods import FinderOptions, build_finder
 from neuralpath.methods.baselines import RandomPathway
 from neuralpath.methods.critical import NeuronIntGrad, NeuronMCT
 from neuralpath.pathway import Pathway
-from test_critical import ArgmaxNet
+
+from contract import (
+    check_batch_equals_loop,
+    check_cleans_up_after_raise,
+    check_leaves_model_unchanged,
+)
 from toys import tiny_cnn
 
 torch.set_num_threads(1)

@@ -6,17 +6,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.methods import FinderOptions, build_finder, finder_names
+from neuralpath.methods.baselines import ActivePathway, GreedyTaylor, RandomPathway
+from neuralpath.methods.critical import NeuronMCT
+
 from contract import (
     check_batch_equals_loop,
     check_cleans_up_after_raise,
     check_leaves_model_unchanged,
     hook_count,
 )
-from neuralpath.errors import InputError
-from neuralpath.gating import GatedModel
-from neuralpath.methods import FinderOptions, build_finder, finder_names
-from neuralpath.methods.baselines import ActivePathway, GreedyTaylor, RandomPathway
-from neuralpath.methods.critical import NeuronMCT
 from toys import tiny_cnn
 
 torch.set_num_threads(1)

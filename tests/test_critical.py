@@ -8,11 +8,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from contract import check_batch_equals_loop, check_cleans_up_after_raise, check_leaves_model_unchanged
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods import FinderOptions, build_finder, finder_names
 from neuralpath.methods.critical import NeuronIntGrad, NeuronMCT, alpha_steps, taylor_scores
+
+from contract import (
+    check_batch_equals_loop,
+    check_cleans_up_after_raise,
+    check_leaves_model_unchanged,
+)
 from toys import HandModel, tiny_cnn
 
 torch.set_num_threads(1)

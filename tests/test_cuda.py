@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from contract import check_batch_equals_loop
-from toys import tiny_cnn
 
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.dgr import DGR, DGRConfig
+
+from contract import check_batch_equals_loop
+from toys import tiny_cnn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICE = torch.device("cuda")

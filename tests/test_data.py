@@ -18,7 +18,6 @@ from neuralpath.data import DATASETS, ImageDataset, denormalize, load_dataset, n
 from neuralpath.errors import DataError, InputError
 
 
-
 def write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.astype(np.uint8).tobytes()

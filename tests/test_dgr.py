@@ -8,15 +8,16 @@ import pytest
 import torch
 from torch import Tensor
 
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.methods.base import FinderOptions, build_finder, finder_names
+from neuralpath.methods.dgr import DGR, DGRR, DGRConfig
+
 from contract import (
     check_batch_equals_loop,
     check_cleans_up_after_raise,
     check_leaves_model_unchanged,
 )
-from neuralpath.errors import InputError
-from neuralpath.gating import GatedModel
-from neuralpath.methods.base import FinderOptions, build_finder, finder_names
-from neuralpath.methods.dgr import DGR, DGRR, DGRConfig
 from toys import tiny_cnn
 
 

@@ -18,6 +18,7 @@ from neuralpath.metrics.faithfulness import (
     summarize,
 )
 from neuralpath.pathway import Pathway
+
 from toys import HandModel
 
 

@@ -7,6 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
+from neuralpath.errors import InputError, LayerError, ShapeError
+from neuralpath.gating import GatedModel, channels_last, discover_sites
+
 from contract import (
     assert_unchanged,
     check_batch_equals_loop,
@@ -14,8 +17,6 @@ from contract import (
     check_leaves_model_unchanged,
     snapshot,
 )
-from neuralpath.errors import InputError, LayerError, ShapeError
-from neuralpath.gating import GatedModel, channels_last, discover_sites
 from toys import FunctionalCNN, HandModel, tiny_cnn
 
 TORCHVISION_ARCHS = [

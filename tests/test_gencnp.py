@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from contract import (
-    check_batch_equals_loop,
-    check_cleans_up_after_raise,
-    check_leaves_model_unchanged,
-)
 from torch import nn
 from torch.utils.data import TensorDataset
-from toys import FunctionalCNN, tiny_cnn
 
 from neuralpath.cli import main
 from neuralpath.errors import CheckpointError, DataError, InputError
@@ -28,9 +22,16 @@ from neuralpath.methods.gencnp import (
     fit_gencnp,
     load_generator,
 )
-from neuralpath.transfer import build_class_pathways, evaluate_transfer
 from neuralpath.pathway import ClassPathways
 from neuralpath.train import train_target
+from neuralpath.transfer import build_class_pathways, evaluate_transfer
+
+from contract import (
+    check_batch_equals_loop,
+    check_cleans_up_after_raise,
+    check_leaves_model_unchanged,
+)
+from toys import FunctionalCNN, tiny_cnn
 
 torch.set_num_threads(1)
 SMALL = GeneratorConfig(width=16, rfe_width=8, heads=2, resolution=2, init_logit=2.0)

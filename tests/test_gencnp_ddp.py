@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from toys import tiny_cnn
-
 from neuralpath.data import load_dataset
 from neuralpath.gating import GatedModel
 from neuralpath.methods.gencnp import FitConfig, GeneratorConfig, fit_gencnp, load_generator
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a torchrun worker script, not by pytest
+    sys.path.insert(0, str(HERE))
+
+from toys import tiny_cnn  # noqa: E402
 
 # 80 images, 20 % held out: 64 training images = 4 global batches of 16 per epoch.
 CONFIG = FitConfig(

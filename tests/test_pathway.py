@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from neuralpath.errors import CheckpointError, InputError, ShapeError
 from neuralpath.io import pack_bits, state_digest, unpack_bits
-from toys import tiny_cnn
 from neuralpath.pathway import (
     ClassPathways,
     Pathway,
@@ -19,6 +18,8 @@ from neuralpath.pathway import (
     per_layer_topk,
     threshold_scores,
 )
+
+from toys import tiny_cnn
 
 LAYER_SIZES = st.lists(st.integers(1, 12), min_size=1, max_size=4)
 

@@ -7,15 +7,9 @@ from itertools import pairwise
 
 import pytest
 import torch
-from contract import (
-    check_batch_equals_loop,
-    check_cleans_up_after_raise,
-    check_leaves_model_unchanged,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from toys import tiny_cnn
 
 from neuralpath.errors import InputError, ShapeError
 from neuralpath.metrics.perturbation import (
@@ -31,6 +25,13 @@ from neuralpath.metrics.perturbation import (
     relevance_order,
     top_mask,
 )
+
+from contract import (
+    check_batch_equals_loop,
+    check_cleans_up_after_raise,
+    check_leaves_model_unchanged,
+)
+from toys import tiny_cnn
 
 
 def sigmoid(z: float) -> float:

@@ -9,6 +9,7 @@ import quantus
 import torch
 
 from neuralpath.attribution import quantus_explain_func
+
 from toys import tiny_cnn
 
 

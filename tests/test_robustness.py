@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 import torch
 
-from contract import assert_unchanged, snapshot
 from neuralpath.checkpoint import TargetMeta, load_target, save_target
 from neuralpath.cli import main
 from neuralpath.data import load_dataset
@@ -32,6 +31,8 @@ from neuralpath.methods import FinderOptions, build_finder, finder_names
 from neuralpath.models import build_model
 from neuralpath.pathway import ClassPathways, Pathway, global_percentile
 from neuralpath.runner import open_target
+
+from contract import assert_unchanged, snapshot
 
 MARKER = "pwned.txt"
 

@@ -6,15 +6,9 @@ import math
 
 import pytest
 import torch
-from contract import (
-    check_batch_equals_loop,
-    check_cleans_up_after_raise,
-    check_leaves_model_unchanged,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import rankdata, spearmanr
-from toys import tiny_cnn
 
 from neuralpath.errors import InputError, LayerError, ShapeError
 from neuralpath.metrics.perturbation import method_explainer
@@ -28,6 +22,13 @@ from neuralpath.metrics.sanity import (
     ssim,
     weight_layers,
 )
+
+from contract import (
+    check_batch_equals_loop,
+    check_cleans_up_after_raise,
+    check_leaves_model_unchanged,
+)
+from toys import tiny_cnn
 
 
 def smooth_maps(batch: int = 2, side: int = 16) -> torch.Tensor:

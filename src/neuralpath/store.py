@@ -33,7 +33,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from neuralpath.errors import CheckpointError, InputError, ShapeError
-from neuralpath.io import load_tensors, pack_bits, read_json, save_tensors, unpack_bits, write_json_atomic
+from neuralpath.io import (
+    load_tensors,
+    pack_bits,
+    read_json,
+    save_tensors,
+    unpack_bits,
+    write_json_atomic,
+)
 from neuralpath.methods.base import PathwayFinder, find_in_chunks
 from neuralpath.metrics.faithfulness import average_class_iou
 from neuralpath.pathway import ClassPathways, Pathway

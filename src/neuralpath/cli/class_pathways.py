@@ -62,8 +62,8 @@ def run_class_pathways(args: argparse.Namespace) -> int:
     from neuralpath.errors import InputError
     from neuralpath.io import write_json_atomic
     from neuralpath.methods import FinderOptions, build_finder
-    from neuralpath.transfer import build_class_pathways, evaluate_transfer
     from neuralpath.runner import open_target
+    from neuralpath.transfer import build_class_pathways, evaluate_transfer
 
     if not 0.0 < args.theta <= 1.0:
         raise InputError(f"--theta must be in (0, 1], got {args.theta}")
