@@ -76,13 +76,13 @@ def ensure_target(arch: str, directory: Path, epochs: int, seed: int) -> None:
 
 def run_arch(arch: str, args: argparse.Namespace, metrics: list[str]) -> dict[str, Any]:
     from neuralpath.checkpoint import load_target
-    from neuralpath.cli.evaluate_attribution import (
+    from neuralpath.data import load_dataset
+    from neuralpath.evaluation import (
         EvaluationConfig,
         evaluate_attribution,
         markdown_table,
         plot_results,
     )
-    from neuralpath.data import load_dataset
     from neuralpath.io import read_json, state_digest, write_bytes_atomic, write_json_atomic
     from neuralpath.metrics.roar import subset
 
