@@ -42,6 +42,7 @@ so the measured cost is lower (see ``benchmarks/speed_dgr.py``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -62,6 +63,7 @@ from neuralpath.pathway import (
 from neuralpath.targets import TargetType, resolve_target
 
 InitRule = Literal["ones", "uniform"]
+InitDraw = Literal["per_sample", "shared"]
 BinarizeRule = Literal["positive", "percentile"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 
@@ -70,9 +72,11 @@ MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 class DGRConfig:
     """Options of :class:`DGR`; the defaults are the released DGR code's.
 
-    ``init``: ``"ones"`` (DGR) or ``"uniform"`` (DGR-R: U(0, 1) from a generator seeded with
-    ``seed``; one draw per call, shared by every sample of the batch, so results do not depend on
-    how a data set is split into batches). ``binarize``: ``"positive"`` keeps gates ``> 0``;
+    ``init``: ``"ones"`` (DGR) or ``"uniform"`` (DGR-R: U(0, 1)). ``init_draw`` **[ours]**, for
+    DGR-R: ``"per_sample"`` draws each sample's start from a generator seeded with ``seed`` and a
+    hash of the sample's values, so samples start apart (as in a per-image loop) while results
+    still do not depend on how a data set is split into batches; ``"shared"``: one draw from
+    ``seed`` for every sample (pathways then start alike, which inflates their overlap). ``binarize``: ``"positive"`` keeps gates ``> 0``;
     ``"percentile"`` keeps the gates above the global ``sparsity`` percentile of all layers
     (:func:`~neuralpath.pathway.global_percentile`). ``retries``: how many times a sample none of
     whose iterates kept the prediction is re-optimised with ``γ`` multiplied by ``retry_factor``.
@@ -87,6 +91,7 @@ class DGRConfig:
     iterations: int = 30
     clamp_max: float = 5.0
     init: InitRule = "ones"
+    init_draw: InitDraw = "per_sample"
     granularity: Granularity = "channel"
     binarize: BinarizeRule = "positive"
     sparsity: float = 0.9
@@ -123,6 +128,10 @@ class DGRConfig:
             (
                 self.init in ("ones", "uniform"),
                 f"init must be 'ones' or 'uniform', got {self.init!r}",
+            ),
+            (
+                self.init_draw in ("per_sample", "shared"),
+                f"init_draw must be 'per_sample' or 'shared', got {self.init_draw!r}",
             ),
             (
                 self.granularity in GRANULARITIES,
@@ -233,21 +242,38 @@ class DGR(PathwayFinder):
         ``T − 1`` backwards (≈ 2 forwards each; the last iterate needs no step)."""
         return 1.0 + _attempt_cost(self.config.iterations)
 
-    def initial_gates(
-        self, batch: int, dtype: torch.dtype, device: torch.device
-    ) -> dict[str, Tensor]:
-        """Starting gates ``{site: [batch, C] | [batch, *shape]}``: ones, or one seeded U(0, 1) draw
-        per site (made on the CPU so every device starts alike), repeated over the batch."""
-        generator = torch.Generator().manual_seed(self.config.seed)
-        gates = {}
-        for site in self.gated.sites:
-            shape = (site.units,) if self.config.granularity == "channel" else site.shape
-            if self.config.init == "ones":
-                start = torch.ones(1, *shape, dtype=dtype)
-            else:
-                start = torch.rand(1, *shape, generator=generator, dtype=torch.float64).to(dtype)
-            gates[site.name] = start.to(device).expand(batch, *shape).clone()
-        return gates
+    def initial_gates(self, inputs: Tensor) -> dict[str, Tensor]:
+        """Starting gates ``{site: [B, C] | [B, *shape]}`` for ``inputs`` ``[B, *input_shape]``:
+        ones, or U(0, 1) draws per ``init_draw`` (made on the CPU in float64, so every device and
+        dtype starts alike)."""
+        cfg = self.config
+        batch = inputs.shape[0]
+        shapes = {
+            site.name: (site.units,) if cfg.granularity == "channel" else site.shape
+            for site in self.gated.sites
+        }
+        if cfg.init == "ones":
+            return {
+                name: torch.ones(batch, *shape, dtype=inputs.dtype, device=inputs.device)
+                for name, shape in shapes.items()
+            }
+        if cfg.init_draw == "shared":
+            seeds = [cfg.seed]
+        else:
+            seeds = [_sample_seed(cfg.seed, sample) for sample in inputs]
+        draws = []
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(seed)
+            draws.append(
+                {n: torch.rand(s, generator=generator, dtype=torch.float64) for n, s in shapes.items()}
+            )
+        return {
+            name: torch.stack([draw[name] for draw in draws])
+            .to(inputs.device, inputs.dtype)
+            .expand(batch, *shape)
+            .clone()
+            for name, shape in shapes.items()
+        }
 
     def optimise(self, inputs: Tensor, target: TargetType = None) -> DGRResult:
         """Optimise the gates of every sample of ``inputs`` ``[B, *input_shape]`` at once.
@@ -265,7 +291,7 @@ class DGR(PathwayFinder):
         teacher = logits.softmax(dim=1)
         target = resolve_target(logits, target)
         batch = inputs.shape[0]
-        start = self.initial_gates(batch, inputs.dtype, inputs.device)
+        start = self.initial_gates(inputs)
 
         attempt = self._run(inputs, teacher, target, start, cfg.gamma)
         gamma = torch.full((batch,), cfg.gamma, dtype=torch.float64, device=inputs.device)
@@ -375,10 +401,19 @@ def _scatter(into: _Attempt, part: _Attempt, rows: Tensor) -> None:
     into.kept[:, rows] = part.kept
 
 
+def _sample_seed(seed: int, sample: Tensor) -> int:
+    """A 63-bit seed from ``seed`` and the bytes of ``sample`` (in NCHW order, whatever its
+    layout): equal samples get equal seeds wherever they stand in a batch."""
+    values = sample.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    digest = hashlib.blake2b(values, digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def _describe(cfg: DGRConfig) -> dict[str, object]:
     return {
         "gamma": cfg.gamma, "lr": cfg.lr, "momentum": cfg.momentum, "iterations": cfg.iterations,
         "clamp_max": cfg.clamp_max, "init": cfg.init, "seed": cfg.seed,
+        **({"init_draw": cfg.init_draw} if cfg.init == "uniform" else {}),
     }  # fmt: skip
 
 
