@@ -65,6 +65,12 @@ def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
                         help="fraction of units dropped, for methods with a sparsity knob (0.9)")
     parser.add_argument("--granularity", choices=("channel", "element"), default="channel")
     parser.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method setting, repeatable: dgr/dgr-r: gamma, lr, momentum, "
+                        "iterations, clamp_max, binarize, retries, retry_factor, init_draw, "
+                        "memory_format; cp-intgrad: steps, alpha_schedule, selection, chunk_size, "
+                        "internal_batch_size; cp-mct: selection, chunk_size; greedy: steps. "
+                        "VALUE is read as JSON when it parses (0.01, 100, true), else as text")
     parser.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
     parser.add_argument("--data-root", help="folder holding a user copy of the data set")
     parser.add_argument("--split", choices=("train", "test"), default="test")
@@ -93,8 +99,29 @@ def open_finder(
     target, gated = open_target(args.checkpoint, device)
     dataset = load_dataset(args.data, args.split, args.data_root,
                            image_size=target.meta.input_shape[-1])
-    options = FinderOptions(args.sparsity, args.granularity, args.generator, args.seed)
+    options = FinderOptions(
+        args.sparsity, args.granularity, args.generator, args.seed, parse_settings(args.settings)
+    )
     return target, gated, dataset, build_finder(args.method, gated, options)
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["gamma=0.01", "binarize=positive"]`` -> ``{"gamma": 0.01, "binarize": "positive"}``;
+    values are JSON when they parse, text otherwise."""
+    from neuralpath.errors import InputError
+
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set takes KEY=VALUE, got {pair!r}")
+        if key.strip() in settings:
+            raise InputError(f"--set {key.strip()} given twice")
+        try:
+            settings[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key.strip()] = text
+    return settings
 
 
 def print_json(payload: Any) -> None:

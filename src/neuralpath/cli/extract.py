@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_finder_args, open_finder, print_json
+from neuralpath.cli import add_finder_args, open_finder, parse_settings, print_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,6 +44,7 @@ def run_extract(args: argparse.Namespace) -> int:
         target, _gated, dataset, finder = open_finder(args, device)
         provenance = {"checkpoint": os.path.abspath(args.checkpoint), "data": args.data,
                       "split": args.split, "sparsity": args.sparsity, "seed": args.seed,
+                      "settings": parse_settings(args.settings),
                       "generator": os.path.abspath(args.generator) if args.generator else None}
         started = time.perf_counter()
         out = extract(finder, dataset, args.out, num_classes=target.meta.num_classes,

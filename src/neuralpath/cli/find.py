@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_finder_args, open_finder, print_json
+from neuralpath.cli import add_finder_args, open_finder, parse_settings, print_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +31,8 @@ def run_find(args: argparse.Namespace) -> int:
     summary = run.summary()
     run.pathway.metadata.update(
         checkpoint=str(args.checkpoint), data=args.data, split=args.split,
-        sparsity=args.sparsity, seed=args.seed, summary=summary,
+        sparsity=args.sparsity, seed=args.seed, settings=parse_settings(args.settings),
+        summary=summary,
         labels=run.labels.tolist(), predictions=run.outcome.prediction.tolist(),
     )
     run.pathway.save(args.out)

@@ -8,9 +8,9 @@ for the model's own prediction (see :mod:`neuralpath.targets`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -64,12 +64,25 @@ def find_in_chunks(
 
 @dataclass(frozen=True)
 class FinderOptions:
-    """The options the CLI passes to every finder factory; each finder reads what it needs."""
+    """The options the CLI passes to every finder factory; each finder reads what it needs.
+
+    ``settings``: method-specific settings by name (``neuralpath find --set gamma=0.01``), each
+    factory accepting the ones its method has (:meth:`settings_for`).
+    """
 
     sparsity: float = 0.9
     granularity: Granularity = "channel"
     generator: str | None = None
     seed: int = 0
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def settings_for(self, method: str, allowed: Sequence[str]) -> dict[str, Any]:
+        """``settings`` as keyword arguments, after checking that ``method`` has them all."""
+        unknown = sorted(set(self.settings) - set(allowed))
+        if unknown:
+            settable = ", ".join(allowed) if allowed else "none"
+            raise InputError(f"{method} has no setting {', '.join(unknown)}; settable: {settable}")
+        return dict(self.settings)
 
 
 FinderFactory = Callable[[GatedModel, FinderOptions], PathwayFinder]

@@ -166,11 +166,15 @@ class ActivePathway(PathwayFinder):
 
 @register_finder("greedy")
 def _build_greedy(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    return GreedyTaylor(gated, sparsity=options.sparsity, granularity=options.granularity)
+    settings = options.settings_for("greedy", ("steps",))
+    return GreedyTaylor(
+        gated, sparsity=options.sparsity, granularity=options.granularity, **settings
+    )
 
 
 @register_finder("random")
 def _build_random(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
+    options.settings_for("random", ())
     return RandomPathway(
         gated, sparsity=options.sparsity, granularity=options.granularity, seed=options.seed
     )
@@ -178,4 +182,5 @@ def _build_random(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
 
 @register_finder("active")
 def _build_active(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
+    options.settings_for("active", ())
     return ActivePathway(gated, granularity=options.granularity)

@@ -155,8 +155,8 @@ class CriticalPathwayFinder(PathwayFinder):
         if selection not in SELECTIONS:
             raise InputError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         self.selection: Selection = selection
-        if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
-            raise InputError(f"chunk_size must be None or >= 1, got {chunk_size!r}")
+        if chunk_size is not None and not _positive_int(chunk_size):
+            raise InputError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
         self.chunk_size = chunk_size
 
     def scores(self, inputs: Tensor, target: TargetType = None) -> dict[str, Tensor]:
@@ -196,13 +196,17 @@ class NeuronMCT(CriticalPathwayFinder):
         return 3.0
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def alpha_steps(steps: int, schedule: AlphaSchedule = "uniform") -> list[float]:
     """The ``steps + 1`` scaling factors: ``k / m`` (uniform) or ``Σ_{j<=k} j / m`` (cumulative).
 
     The cumulative schedule (0, 0.1, 0.3, ..., 5.5 for m = 10) is what the released PathwayGrad
     code computes; the uniform grid 0, 1/m, ..., 1 is the method as described.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not _positive_int(steps):
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     if schedule == "uniform":
         return [k / steps for k in range(steps + 1)]
@@ -244,8 +248,10 @@ class NeuronIntGrad(CriticalPathwayFinder):
         )
         self.alphas = alpha_steps(steps, alpha_schedule)
         self.alpha_schedule = alpha_schedule
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise InputError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        if internal_batch_size is not None and not _positive_int(internal_batch_size):
+            raise InputError(
+                f"internal_batch_size must be None or an integer >= 1, got {internal_batch_size!r}"
+            )
         self.internal_batch_size = internal_batch_size
 
     def _step_chunks(self, batch: int) -> list[list[float]]:
@@ -284,9 +290,16 @@ class NeuronIntGrad(CriticalPathwayFinder):
 
 @register_finder("cp-mct")
 def _build_mct(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    return NeuronMCT(gated, sparsity=options.sparsity, granularity=options.granularity)
+    settings = options.settings_for("cp-mct", ("selection", "chunk_size"))
+    return NeuronMCT(gated, sparsity=options.sparsity, granularity=options.granularity, **settings)
 
 
 @register_finder("cp-intgrad")
 def _build_intgrad(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    return NeuronIntGrad(gated, sparsity=options.sparsity, granularity=options.granularity)
+    settings = options.settings_for(
+        "cp-intgrad",
+        ("selection", "chunk_size", "steps", "alpha_schedule", "internal_batch_size"),
+    )
+    return NeuronIntGrad(
+        gated, sparsity=options.sparsity, granularity=options.granularity, **settings
+    )

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -426,22 +426,27 @@ class DGRR(DGR):
         super().__init__(gated, replace(config or DGRConfig(), init="uniform"))
 
 
-def _from_options(options: FinderOptions) -> DGRConfig:
+_SETTABLE = tuple(
+    f.name for f in fields(DGRConfig) if f.name not in ("granularity", "sparsity", "seed", "init")
+)
+"""DGRConfig fields a registry user may set (the others come from :class:`FinderOptions`)."""
+
+
+def _from_options(options: FinderOptions, method: str) -> DGRConfig:
     """Registry defaults: binarised at the CLI's ``--sparsity`` (global percentile), so DGR is
-    compared with the other finders at the same sparsity (Khakzar et al.'s protocol)."""
+    compared with the other finders at the same sparsity (Khakzar et al.'s protocol); the
+    released defaults otherwise, changed by ``options.settings``."""
+    settings = {"binarize": "percentile", **options.settings_for(method, _SETTABLE)}
     return DGRConfig(
-        granularity=options.granularity,
-        binarize="percentile",
-        sparsity=options.sparsity,
-        seed=options.seed,
+        granularity=options.granularity, sparsity=options.sparsity, seed=options.seed, **settings
     )
 
 
 @register_finder("dgr")
 def _build_dgr(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    return DGR(gated, _from_options(options))
+    return DGR(gated, _from_options(options, "dgr"))
 
 
 @register_finder("dgr-r")
 def _build_dgr_r(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    return DGRR(gated, _from_options(options))
+    return DGRR(gated, _from_options(options, "dgr-r"))

@@ -97,6 +97,7 @@ class GenCNPFinder(PathwayFinder):
 
 
 def _factory(gated: GatedModel, options: FinderOptions, sparsity: float | None) -> GenCNPFinder:
+    options.settings_for("gencnp" if sparsity is None else "gencnp-global", ())
     if options.generator is None:
         raise InputError(
             "gencnp needs a trained generator: pass --generator GDIR "
