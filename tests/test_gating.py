@@ -326,7 +326,14 @@ def test_runs_channels_last_probes_once_and_leaves_the_model_unchanged() -> None
     handle.remove()
     before["hooks"] -= 1
     assert_unchanged(view_model, before)
-    assert GatedModel.discover(tiny_cnn(), torch.randn(1, 3, 8, 8)).runs_channels_last() is True
+    x = torch.randn(2, 1, 4, 4)
+    assert gm.fast_layout(x) is x  # the model cannot take channels-last: inputs unchanged
+    convnet = GatedModel.discover(tiny_cnn(), torch.randn(1, 3, 8, 8))
+    assert convnet.runs_channels_last() is True
+    images = torch.randn(2, 3, 8, 8)
+    fast = convnet.fast_layout(images)
+    assert torch.equal(fast, images) and fast.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.is_contiguous()
     assert (
         GatedModel.discover(HandModel(), torch.randn(1, 2), include_fc=True).runs_channels_last()
         is False

@@ -284,7 +284,9 @@ class DGR(PathwayFinder):
         cfg = self.config
         self.gated.check_inputs(inputs)
         inputs = inputs.to(self.gated.device)
-        if self._use_channels_last(inputs):
+        if cfg.memory_format == "auto":
+            inputs = self.gated.fast_layout(inputs)
+        elif cfg.memory_format == "channels_last":
             inputs = channels_last(inputs)
         with torch.no_grad():
             logits = self.gated.forward(inputs)
@@ -330,11 +332,6 @@ class DGR(PathwayFinder):
             kept_history=attempt.kept,
             forward_equivalents=1.0 + _attempt_cost(cfg.iterations) * attempts / batch,
         )
-
-    def _use_channels_last(self, inputs: Tensor) -> bool:
-        if inputs.dim() != 4 or self.config.memory_format == "contiguous":
-            return False
-        return self.config.memory_format == "channels_last" or self.gated.runs_channels_last()
 
     def _run(
         self,

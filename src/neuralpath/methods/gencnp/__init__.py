@@ -73,7 +73,7 @@ class GenCNPFinder(PathwayFinder):
 
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         self.gated.check_inputs(inputs)
-        logits, output = self.scores(inputs)
+        logits, output = self.scores(self.gated.fast_layout(inputs))
         resolve_target(logits, target)  # range check only (see the class docstring)
         if self.sparsity is None:
             masks = {name: m > 0.5 for name, m in output.masks.items()}
