@@ -260,7 +260,7 @@ class DGR(PathwayFinder):
         if cfg.init_draw == "shared":
             seeds = [cfg.seed]
         else:
-            seeds = [_sample_seed(cfg.seed, sample) for sample in inputs]
+            seeds = [_sample_seed(cfg.seed, sample) for sample in inputs.detach().cpu()]
         draws = []
         for seed in seeds:
             generator = torch.Generator().manual_seed(seed)
@@ -399,9 +399,9 @@ def _scatter(into: _Attempt, part: _Attempt, rows: Tensor) -> None:
 
 
 def _sample_seed(seed: int, sample: Tensor) -> int:
-    """A 63-bit seed from ``seed`` and the bytes of ``sample`` (in NCHW order, whatever its
-    layout): equal samples get equal seeds wherever they stand in a batch."""
-    values = sample.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    """A 63-bit seed from ``seed`` and the bytes of the CPU tensor ``sample`` (in NCHW order,
+    whatever its layout): equal samples get equal seeds wherever they stand in a batch."""
+    values = sample.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     digest = hashlib.blake2b(values, digest_size=8, key=str(seed).encode()).digest()
     return int.from_bytes(digest, "little") >> 1
 
