@@ -300,6 +300,24 @@ class _ViewCNN(nn.Module):
         return self.fc(self.relu(self.conv(x)).view(x.shape[0], -1))
 
 
+class _AssertsContiguous(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.is_contiguous(), "this model wants NCHW-contiguous inputs"
+        return self.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+def test_runs_channels_last_is_false_for_any_error_in_the_probe() -> None:
+    gm = GatedModel.discover(_AssertsContiguous(), torch.randn(1, 3, 6, 6))
+    assert gm.runs_channels_last() is False
+    x = torch.randn(2, 3, 6, 6)
+    assert gm.fast_layout(x) is x
+
+
 def test_channels_last_copy_is_nhwc_even_for_one_channel() -> None:
     x = torch.randn(2, 1, 5, 4)
     assert x.contiguous(memory_format=torch.channels_last).stride() == x.stride()  # torch's no-op

@@ -338,8 +338,9 @@ class GatedModel:
         """Whether the model accepts channels-last inputs ``[B, C, H, W]``.
 
         Probed once with a zero batch of 2 and remembered: models that ``view`` activations
-        (``x.view(B, -1)`` after the convs) raise on channels-last tensors, and so does any model
-        whose input is not 4-D.
+        (``x.view(B, -1)`` after the convs) or check contiguity raise on channels-last tensors;
+        any error in the probe means no (a model that fails on every input fails again, with
+        its own error, in the caller's forward). Inputs that are not 4-D mean no.
         """
         if self._runs_channels_last is None:
             ok = len(self.input_shape) == 3
@@ -349,7 +350,7 @@ class GatedModel:
                 try:
                     with torch.no_grad(), self.gate():
                         self.model(channels_last(probe))
-                except RuntimeError:
+                except Exception:  # any failure means: keep the model's layout
                     ok = False
             self._runs_channels_last = ok
         return self._runs_channels_last
