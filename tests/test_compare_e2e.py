@@ -32,8 +32,27 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "--no-progress", "--device", "cpu"]) == 0
     assert main(["compare", "--checkpoint", str(root / "target"), "--data", "synthetic",
                  "--limit", "16", "--j", "2", "--methods", ",".join(METHODS), "--sparsity", "0.8",
+                 "--set", "dgr.iterations=5", "--set", "dgr-r.iterations=5", "--set", "greedy.steps=3",
                  "--out", str(root / "results"), "--no-progress", "--device", "cpu"]) == 0
     return root / "results"
+
+
+def test_method_settings_reach_the_finders(study: Path) -> None:
+    results = json.loads((study / "results.json").read_text())
+    assert results["config"]["settings"] == {
+        "dgr": {"iterations": 5}, "dgr-r": {"iterations": 5}, "greedy": {"steps": 3},
+    }
+    assert results["methods"]["dgr"]["forward_equivalents"] == 3 * 5 - 1  # 3T - 1
+    assert results["methods"]["greedy"]["forward_equivalents"] == 3 * 3
+
+
+def test_compare_rejects_settings_of_other_methods(tmp_path, capsys) -> None:
+    for setting, message in (("gamma=0.1", "METHOD.KEY=VALUE"), ("dgr.gamma=0.1", "not in the study")):
+        code = main(["compare", "--checkpoint", str(tmp_path / "missing"), "--methods", "cp-mct",
+                     "--set", setting, "--out", str(tmp_path / "r")])
+        assert code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_results_json_has_every_field(study: Path) -> None:

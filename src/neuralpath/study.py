@@ -38,7 +38,8 @@ class StudyConfig:
 
     Class pathways come from the first ``transfer_per_class`` training samples of each class,
     counting only correctly predicted ones (``instances="correct"``) or all, grouped by the
-    model's prediction (``"all"``).
+    model's prediction (``"all"``). ``settings``: method -> its settings
+    (:attr:`~neuralpath.methods.FinderOptions.settings`), e.g. ``{"dgr": {"gamma": 0.01}}``.
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -54,8 +55,15 @@ class StudyConfig:
     transfer_per_class: int = 20
     theta: float = 0.5
     instances: InstanceRule = "correct"
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        stray = [m for m in self.settings if m not in self.methods]
+        if stray:
+            raise InputError(
+                f"settings for method(s) not in the study: {', '.join(stray)} "
+                f"(methods: {', '.join(self.methods)})"
+            )
         if not self.methods:
             raise InputError("a study needs at least one method")
         if len(set(self.methods)) != len(self.methods):
@@ -125,7 +133,10 @@ def run_study(
     sparsity = DEFAULT_SPARSITY if config.sparsity is None else config.sparsity
     result = StudyResult(config, target.meta.to_dict(), sparsity)
     for name in order:
-        options = FinderOptions(result.sparsity, config.granularity, config.generator, config.seed)
+        options = FinderOptions(
+            result.sparsity, config.granularity, config.generator, config.seed,
+            config.settings.get(name, {}),
+        )  # fmt: skip
         torch.manual_seed(config.seed)
         finder = build_finder(name, gated, options)
         run = run_finder(finder, evaluation, batch_size=config.batch_size, limit=config.limit,
