@@ -4,7 +4,7 @@ Trains the VGG-11 and AlexNet targets, fits a GEN-CNP generator for each, compar
 on the same test samples and writes one report per target. Each step runs the same CLI command a
 user would and is skipped when its output already exists, so a re-run reuses finished work.
 
-    python -m neuralpath.demo [--runs runs] [--limit 500]      (delete runs/ to start over)
+    python -m neuralpath.demo [--runs runs] [--limit 500] [--seed 0]   (delete runs/ to start over)
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class Step:
     argv: tuple[str, ...]
 
 
-def plan(runs: Path, limit: int, train_limit: int, gencnp_epochs: int) -> list[Step]:
-    """The demo's steps, in order, for both targets."""
+def plan(runs: Path, limit: int, train_limit: int, gencnp_epochs: int, seed: int = 0) -> list[Step]:
+    """The demo's steps, in order, for both targets; every command runs with ``--seed seed``."""
     steps: list[Step] = []
     for arch in ("vgg11", "alexnet"):
         target = runs / f"{arch}-fmnist"
@@ -49,7 +49,7 @@ def plan(runs: Path, limit: int, train_limit: int, gencnp_epochs: int) -> list[S
                   "--data", "fashion-mnist", "--split", "test", "--limit", str(limit),
                   "--out", str(study))),
         ]
-    return steps
+    return [Step(step.title, step.output, (*step.argv, "--seed", str(seed))) for step in steps]
 
 
 def _headline(study: Path) -> str:
@@ -70,10 +70,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-limit", type=int, default=20000,
                         help="training images for GEN-CNP (default 20000)")
     parser.add_argument("--gencnp-epochs", type=int, default=3, help="GEN-CNP epochs (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     started = time.perf_counter()
-    for step in plan(runs, args.limit, args.train_limit, args.gencnp_epochs):
+    for step in plan(runs, args.limit, args.train_limit, args.gencnp_epochs, args.seed):
         if step.output is not None and step.output.exists():
             print(f"== {step.title}: done already ({step.output})", flush=True)
             continue
