@@ -1,0 +1,158 @@
+"""How far the demo's headline numbers move with the seed.
+
+Runs the whole demo study (``python -m neuralpath.demo``: train both targets, fit both GEN-CNP
+generators, compare every method on 500 test images) once per seed, each seed in its own runs
+directory, and reports mean ± sd over the seeds per target, method and metric, plus how many
+seeds agree with each of the GEN-CNP paper's comparisons. The demo skips finished steps, so a
+rerun only computes missing seeds; seed 0 is the demo's own ``runs/`` (``--seed0-runs``).
+
+    .venv/bin/python benchmarks/seed_variation.py --seeds 0 1 2
+
+Writes the ``## Seed variation`` section of ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from neuralpath import demo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import shown, write_section  # noqa: E402
+
+SECTION = "## Seed variation"
+ARCHS = ("vgg11", "alexnet")
+METRICS = (
+    ("agreement", "agreement ↑", 3),
+    ("mic", "mIC % ↑", 2),
+    ("mdc", "mDC % ↓", 2),
+    ("aciou", "acIOU % ↑", 1),
+    ("kept_fraction_mean", "kept", 3),
+)
+CLAIMS = (
+    ("GEN-CNP's acIOU above DGR-R's", lambda m: m["gencnp"]["aciou"] > m["dgr-r"]["aciou"]),
+    ("GEN-CNP's acIOU above DGR's", lambda m: m["gencnp"]["aciou"] > m["dgr"]["aciou"]),
+    ("GEN-CNP's mIC above DGR's", lambda m: m["gencnp"]["mic"] > m["dgr"]["mic"]),
+    ("GEN-CNP's mDC no worse than DGR's", lambda m: m["gencnp"]["mdc"] <= m["dgr"]["mdc"]),
+    ("GEN-CNP's mDC below cp-mct's", lambda m: m["gencnp"]["mdc"] < m["cp-mct"]["mdc"]),
+)
+
+
+def runs_dir(seed: int, args: argparse.Namespace) -> Path:
+    return args.seed0_runs if seed == 0 else args.out / f"seed{seed}"
+
+
+def mean_sd(values: list[float], digits: int) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def reading(per_seed: dict[str, list[dict]], n_seeds: int) -> list[str]:
+    """Plain-language summary: which comparisons are stable across seeds, which metrics are noisy."""
+    verdicts: dict[str, list[str]] = {"held": [], "failed": [], "mixed": []}
+    for claim, holds in CLAIMS:
+        for arch in ARCHS:
+            count = sum(bool(holds(run)) for run in per_seed[arch])
+            kind = "held" if count == n_seeds else "failed" if count == 0 else "mixed"
+            verdicts[kind].append(f"{claim} ({arch})")
+    noisy = []
+    for arch in ARCHS:
+        for method in per_seed[arch][0]:
+            for key, label, _ in METRICS:
+                values = [run[method][key] for run in per_seed[arch]]
+                mean = statistics.mean(values)
+                if abs(mean) >= 1.0 and statistics.stdev(values) > 0.25 * abs(mean):
+                    noisy.append(f"{method} {label.split()[0]} on {arch}")
+    text = [
+        f"Reading: held on every seed: {'; '.join(verdicts['held']) or 'none'}. "
+        f"Failed on every seed: {'; '.join(verdicts['failed']) or 'none'}. "
+        f"Seed-dependent: {'; '.join(verdicts['mixed']) or 'none'}."
+    ]
+    if noisy:
+        text += [
+            "",
+            "Metrics whose sd exceeds a quarter of their mean (compare these across methods only "
+            f"with the spread in mind): {', '.join(noisy)}.",
+        ]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "seeds")
+    parser.add_argument("--seed0-runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) < 2:
+        parser.error("need at least two different seeds")
+
+    for seed in args.seeds:
+        code = demo.run(["--runs", str(runs_dir(seed, args)), "--seed", str(seed)])
+        if code != 0:
+            return code
+
+    per_seed: dict[str, list[dict]] = {arch: [] for arch in ARCHS}
+    accuracy: dict[str, list[float]] = {arch: [] for arch in ARCHS}
+    for seed in args.seeds:
+        base = runs_dir(seed, args)
+        for arch in ARCHS:
+            results = json.loads((base / "demo" / arch / "results.json").read_text())
+            per_seed[arch].append(results["methods"])
+            meta = json.loads((base / f"{arch}-fmnist" / "meta.json").read_text())
+            accuracy[arch].append(100 * meta["test_accuracy"])
+
+    lines = [
+        SECTION,
+        "",
+        f"Command: `.venv/bin/python benchmarks/seed_variation.py --seeds "
+        f"{' '.join(map(str, args.seeds))}` (the whole `make demo` study once per seed, every "
+        f"step with `--seed N`; seed 0 is `{shown(args.seed0_runs)}`, the others "
+        f"`{shown(args.out)}/seed<N>`). Mean ± sd over {len(args.seeds)} seeds; each seed trains "
+        "its own targets and generators, so the spread covers training as well as the methods. "
+        "Each seed costs one demo run (≈ 8 min on this machine).",
+        "",
+    ]
+    for arch in ARCHS:
+        lines += [
+            f"### {arch} (target test accuracy {mean_sd(accuracy[arch], 2)} %)",
+            "",
+            "| method | " + " | ".join(label for _, label, _ in METRICS) + " |",
+            "|---" * (len(METRICS) + 1) + "|",
+        ]
+        for method in per_seed[arch][0]:
+            cells = [
+                mean_sd([run[method][key] for run in per_seed[arch]], digits)
+                for key, _, digits in METRICS
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "### The GEN-CNP paper's comparisons, per seed",
+        "",
+        "| comparison | " + " | ".join(ARCHS) + " |",
+        "|---" * (len(ARCHS) + 1) + "|",
+    ]
+    for claim, holds in CLAIMS:
+        counts = [sum(bool(holds(run)) for run in per_seed[arch]) for arch in ARCHS]
+        lines.append(
+            f"| {claim} | "
+            + " | ".join(f"{c} of {len(args.seeds)} seeds" for c in counts)
+            + " |"
+        )
+    lines += ["", *reading(per_seed, len(args.seeds))]
+    body = "\n".join(lines) + "\n"
+    print(body)
+    if not args.no_write:
+        write_section(args.results, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
