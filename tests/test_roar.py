@@ -102,6 +102,24 @@ def test_roar_runs_resumes_and_separates_maps(tmp_path, data) -> None:
         )
 
 
+def test_maps_made_with_other_settings_are_refused(tmp_path, data) -> None:
+    train, test = data
+    model = build_model(ARCH, **ARCH_ARGS).eval()
+    trainer = Counting(make_trainer(ARCH, ARCH_ARGS, epochs=1, batch_size=32))
+    explainers = {"informative": Counting(informative)}
+    roar = ROAR(tmp_path, percentages=(50,), target="label", trainer=trainer, progress=False,
+                include_unperturbed=False)
+    roar(model, ARCH, ARCH_ARGS, train, test, explainers, {"informative": {"sparsity": 0.9}})
+    calls = explainers["informative"].calls
+    assert trainer.calls == 1
+    again = roar(model, ARCH, ARCH_ARGS, train, test, explainers, {"informative": {"sparsity": 0.9}})
+    assert again.trained == 0 and explainers["informative"].calls == calls  # same settings: cached
+    with pytest.raises(CheckpointError, match="other settings"):  # cached cells would be stale
+        roar(model, ARCH, ARCH_ARGS, train, test, explainers, {"informative": {"sparsity": 0.5}})
+    with pytest.raises(CheckpointError, match="other settings"):
+        roar(model, ARCH, ARCH_ARGS, train, test, explainers)
+
+
 def test_removed_pixels_are_the_top_ranked(tmp_path, data) -> None:
     train, _ = data
     roar = ROAR(tmp_path, percentages=(25,), progress=False)

@@ -82,3 +82,97 @@ def test_find_cli_applies_and_records_settings(tmp_path, capsys) -> None:
     assert pathway.metadata["gamma"] == 0.5 and pathway.metadata["iterations"] == 2
     assert pathway.metadata["binarize"] == "positive"
     capsys.readouterr()
+
+
+def test_attribution_methods_take_finder_settings(gated) -> None:
+    from neuralpath.attribution import PathwayGradient, make_attribution_method
+
+    inputs = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    method = make_attribution_method(
+        "pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5,
+        settings={"iterations": 3, "gamma": 0.5},
+    )  # fmt: skip
+    finder = build_finder(
+        "dgr", gated, FinderOptions(0.5, "channel", settings={"iterations": 3, "gamma": 0.5})
+    )
+    expected = PathwayGradient(gated, finder).attribute(inputs)
+    torch.testing.assert_close(method(gated, inputs), expected)
+    default = make_attribution_method("pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5)
+    assert not torch.allclose(default(gated, inputs), expected)  # the settings did change something
+    with pytest.raises(InputError, match="no setting temperature"):
+        make_attribution_method("pathway-gradient", finder="dgr", settings={"temperature": 2})(gated, inputs)
+    with pytest.raises(InputError, match="no pathway finder"):
+        make_attribution_method("gradient", settings={"gamma": 0.1})
+
+
+def test_evaluation_passes_settings_to_its_finder_only(gated) -> None:
+    from neuralpath.data import ImageDataset
+    from neuralpath.evaluation import EvaluationConfig, evaluate_attribution
+    from neuralpath.metrics.perturbation import LeRF, bind, method_explainer
+
+    generator = torch.Generator().manual_seed(0)
+    data = ImageDataset(
+        torch.randn(4, 3, 8, 8, generator=generator), torch.tensor([0, 1, 2, 0]), "toy", "test",
+        ["a", "b", "c"], (0.0,) * 3, (1.0,) * 3,
+    )  # fmt: skip
+    model = tiny_cnn()
+
+    def lerf(settings: dict) -> list[float]:
+        config = EvaluationConfig(
+            metrics=("lerf",), percentages=(20.0, 60.0), batch_size=4, granularity="channel",
+            sparsity=0.5, progress=False, finder_settings=settings,
+        )  # fmt: skip
+        payload = evaluate_attribution(model, data, ["pathway-gradient:dgr", "gradient"], config)
+        assert payload["config"]["finder_settings"] == settings
+        return payload["results"]["pathway-gradient:dgr"]["lerf"]["curve"]
+
+    settings = {"iterations": 2, "gamma": 0.5}
+    explain = method_explainer(
+        "pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5, settings=settings
+    )
+    direct = LeRF((20.0, 60.0), batch_size=4)(model, data.images, explain=bind(explain, model))
+    assert lerf({"dgr": settings}) == pytest.approx(direct.summary()["curve"], abs=1e-6)
+    with pytest.raises(InputError, match="no method uses: greedy"):
+        lerf({"greedy": {"steps": 2}})
+    with pytest.raises(InputError, match="no setting lr_decay"):
+        lerf({"dgr": {"lr_decay": 0.5}})
+
+
+def test_attribute_and_evaluate_cli_take_settings(tmp_path, capsys) -> None:
+    import json
+
+    from neuralpath.io import read_json
+
+    train_target(
+        "vgg11", "synthetic", epochs=1, width=0.125, limit=32, out_dir=tmp_path / "ckpt",
+        progress=False, device="cpu",
+    )  # fmt: skip
+    common = ["--checkpoint", str(tmp_path / "ckpt"), "--data", "synthetic", "--limit", "3", "--no-progress"]
+    code = main([
+        "attribute", *common, "--method", "pathway-gradient", "--finder", "greedy", "--set", "steps=2",
+        "--no-png", "--out", str(tmp_path / "maps"),
+    ])  # fmt: skip
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["finder_settings"] == {"steps": 2}
+    assert read_json(tmp_path / "maps" / "meta.json")["finder_settings"] == {"steps": 2}
+
+    bad = main([
+        "attribute", *common, "--method", "pathway-gradient", "--finder", "greedy", "--set", "bogus=1",
+        "--no-png", "--out", str(tmp_path / "bad"),
+    ])  # fmt: skip
+    assert bad == 2 and "greedy has no setting bogus" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+    code = main([
+        "evaluate-attribution", *common, "--methods", "pathway-gradient:greedy", "--metrics", "lerf",
+        "--granularity", "channel", "--set", "greedy.steps=2", "--out", str(tmp_path / "eval"),
+    ])  # fmt: skip
+    assert code == 0
+    payload = read_json(tmp_path / "eval" / "results.json")
+    assert payload["config"]["finder_settings"] == {"greedy": {"steps": 2}}
+    capsys.readouterr()
+    bad = main([
+        "evaluate-attribution", *common, "--methods", "gradient", "--metrics", "lerf",
+        "--set", "steps=2", "--out", str(tmp_path / "eval2"),
+    ])  # fmt: skip
+    assert bad == 2 and "METHOD.KEY=VALUE" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,19 +260,24 @@ def make_attribution_method(
     granularity: Granularity = "element",
     seed: int = 0,
     layer: str | None = None,
+    generator: str | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> AttributionMethod:
     """An :data:`AttributionMethod` by name (see :data:`METHOD_NAMES`).
 
-    ``finder``/``sparsity``/``granularity``/``seed`` configure the pathway methods (any registered
-    finder); ``layer`` is the Grad-CAM gate site (default: the last spatial site). Integrated
-    Gradients uses 50 steps from an all-zero baseline, in passes of ``B`` rows.
+    ``finder``/``sparsity``/``granularity``/``seed``/``generator``/``settings`` configure the
+    pathway methods (any registered finder; ``settings`` as in ``neuralpath find --set``);
+    ``layer`` is the Grad-CAM gate site (default: the last spatial site). Integrated Gradients
+    uses 50 steps from an all-zero baseline, in passes of ``B`` rows.
     """
     if name not in METHOD_NAMES:
         raise InputError(f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}")
     if name in CAPTUM_METHODS:
+        if settings or generator:
+            raise InputError(f"{name!r} has no pathway finder to take settings or a generator")
         return _captum_method(name, layer)
     check_sparsity(sparsity)
-    options = FinderOptions(sparsity=sparsity, granularity=granularity, seed=seed)
+    options = FinderOptions(sparsity, granularity, generator, seed, dict(settings or {}))
 
     def run(gated: GatedModel, inputs: Tensor, target: TargetType = None) -> Tensor:
         path_finder = build_finder(finder, gated, options)

@@ -55,6 +55,8 @@ class EvaluationConfig:
     roar_train_limit: int | None = None
     roar_work_dir: str | None = None
     progress: bool = True
+    generator: str | None = None
+    finder_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,6 +93,7 @@ def evaluate_attribution(
     import torch
     from tqdm.auto import tqdm
 
+    from neuralpath.attribution import PATHWAY_METHODS
     from neuralpath.errors import DataError, InputError
     from neuralpath.metrics.localisation import PointingGame, RelevanceMass
     from neuralpath.metrics.perturbation import (
@@ -118,11 +121,26 @@ def evaluate_attribution(
 
     device = model_device(model)
     explainers = {}
+    method_settings: dict[str, dict[str, Any]] = {}
+    finders = set()
     for spec in methods:
         name, options = parse_method(spec)
-        if name in ("pathway-gradient", "pathway-grad-cam"):
-            options = {"sparsity": config.sparsity, "granularity": config.granularity, "seed": config.seed, **options}
+        if name in PATHWAY_METHODS:
+            finder = options.get("finder", "cp-mct")
+            finders.add(finder)
+            options = {
+                "sparsity": config.sparsity, "granularity": config.granularity, "seed": config.seed,
+                "generator": config.generator, "settings": config.finder_settings.get(finder, {}),
+                **options,
+            }
+            method_settings[spec] = options
         explainers[spec] = method_explainer(name, **options)
+    stray = sorted(set(config.finder_settings) - finders)
+    if stray:
+        raise InputError(
+            f"settings for finder(s) no method uses: {', '.join(stray)} (finders in use: "
+            f"{', '.join(sorted(finders)) or 'none'})"
+        )
 
     inputs = test_set.images.to(device)
     labels = test_set.labels.to(device)
@@ -178,6 +196,8 @@ def evaluate_attribution(
             "granularity": config.granularity,
             "seed": config.seed,
             "sanity_samples": min(config.sanity_limit, int(inputs.shape[0])),
+            "generator": config.generator,
+            "finder_settings": config.finder_settings,
             **config.extra,
         },
         "results": results,
@@ -197,7 +217,7 @@ def evaluate_attribution(
         roar_test = test_set if roar_test_set is None else roar_test_set
         payload["roar"] = {"test_samples": len(roar_test), "train_samples": len(train_set)}
         outcome = roar(model, arch, arch_args, train_set, roar_test,
-                       {spec: bind(explainers[spec], model) for spec in methods})
+                       {spec: bind(explainers[spec], model) for spec in methods}, method_settings)
         payload["roar"].update(outcome.summary())
         for spec in methods:
             results[spec]["roar"] = {f"{q:g}": acc for q, acc in outcome.accuracy[spec].items()}

@@ -55,6 +55,26 @@ def add_seed_arg(parser: argparse.ArgumentParser, default: int = 0) -> None:
     )
 
 
+SETTING_KEYS = (
+    "dgr/dgr-r: gamma, lr, momentum, iterations, clamp_max, binarize, retries, retry_factor, "
+    "init_draw, memory_format; cp-intgrad: steps, alpha_schedule, selection, chunk_size, "
+    "internal_batch_size; cp-mct: selection, chunk_size; greedy: steps"
+)
+
+
+def add_settings_arg(parser: argparse.ArgumentParser, per_method: bool = False) -> None:
+    """``--set KEY=VALUE`` (repeatable), or ``--set METHOD.KEY=VALUE`` with ``per_method``."""
+    if per_method:
+        parser.add_argument("--set", dest="settings", action="append", default=[],
+                            metavar="METHOD.KEY=VALUE",
+                            help="a setting of one pathway finder, repeatable, e.g. dgr.gamma=0.01; "
+                            f"keys: {SETTING_KEYS}")
+        return
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a pathway-finder setting, repeatable: {SETTING_KEYS}. VALUE is read "
+                        "as JSON when it parses (0.01, 100, true), else as text")
+
+
 def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
     """The options shared by commands that run one pathway finder over a data split
     (``find``, ``extract``); :func:`open_finder` turns them into a finder and its data."""
@@ -65,12 +85,7 @@ def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
                         help="fraction of units dropped, for methods with a sparsity knob (0.9)")
     parser.add_argument("--granularity", choices=("channel", "element"), default="channel")
     parser.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                        help="a method setting, repeatable: dgr/dgr-r: gamma, lr, momentum, "
-                        "iterations, clamp_max, binarize, retries, retry_factor, init_draw, "
-                        "memory_format; cp-intgrad: steps, alpha_schedule, selection, chunk_size, "
-                        "internal_batch_size; cp-mct: selection, chunk_size; greedy: steps. "
-                        "VALUE is read as JSON when it parses (0.01, 100, true), else as text")
+    add_settings_arg(parser)
     parser.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
     parser.add_argument("--data-root", help="folder holding a user copy of the data set")
     parser.add_argument("--split", choices=("train", "test"), default="test")
@@ -121,6 +136,19 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
             settings[key.strip()] = json.loads(text)
         except json.JSONDecodeError:
             settings[key.strip()] = text
+    return settings
+
+
+def parse_method_settings(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["dgr.gamma=0.01"]`` -> ``{"dgr": {"gamma": 0.01}}`` (values as in :func:`parse_settings`)."""
+    from neuralpath.errors import InputError
+
+    settings: dict[str, dict[str, Any]] = {}
+    for key, value in parse_settings(pairs).items():
+        method, dot, name = key.partition(".")
+        if not dot or not method or not name:
+            raise InputError(f"--set takes METHOD.KEY=VALUE here, got {key!r}")
+        settings.setdefault(method, {})[name] = value
     return settings
 
 

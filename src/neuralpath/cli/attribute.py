@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+from neuralpath.cli import (
+    add_device_arg,
+    add_seed_arg,
+    add_settings_arg,
+    parse_settings,
+    print_json,
+)
 
 METHODS = (
     "pathway-gradient",
@@ -44,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="element",
         help="pathway units: element (default, as in the paper) or channel",
     )
+    parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
+    add_settings_arg(parser)
     parser.add_argument("--layer", help="gate site for Grad-CAM (default: the last conv site)")
     parser.add_argument("--data", required=True, help="fashion-mnist, mnist, cifar10, synthetic or a folder")
     parser.add_argument("--data-root", help="folder holding a user copy of the data set")
@@ -95,6 +103,7 @@ def run_attribute(args: argparse.Namespace) -> int:
             f"{list(target.meta.input_shape)}"
         )
     gated = GatedModel.discover(target.model, target.example_input())
+    finder_settings = parse_settings(args.settings)
     method = make_attribution_method(
         args.method,
         finder=args.finder,
@@ -102,6 +111,8 @@ def run_attribute(args: argparse.Namespace) -> int:
         granularity=args.granularity,
         seed=args.seed,
         layer=args.layer,
+        generator=args.generator,
+        settings=finder_settings,
     )
     run = attribute_dataset(
         gated,
@@ -121,6 +132,8 @@ def run_attribute(args: argparse.Namespace) -> int:
         "finder": args.finder if pathway_method else None,
         "sparsity": args.sparsity if pathway_method else None,
         "granularity": args.granularity if pathway_method else None,
+        "generator": args.generator if pathway_method else None,
+        "finder_settings": finder_settings if pathway_method else None,
         "layers": gated.site_names,
     }
     out = Path(args.out)

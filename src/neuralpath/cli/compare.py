@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_device_arg, add_seed_arg, parse_settings, print_json
+from neuralpath.cli import (
+    add_device_arg,
+    add_seed_arg,
+    add_settings_arg,
+    parse_method_settings,
+    print_json,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,10 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     compare.add_argument("--panels", type=int, default=4, help="samples shown in the report (4)")
     compare.add_argument("--frontier", help="JSON list of GEN-CNP alpha-sweep points to plot "
                          "(default: GDIR/frontier.json when present)")
-    compare.add_argument("--set", dest="settings", action="append", default=[],
-                         metavar="METHOD.KEY=VALUE",
-                         help="a setting of one method, repeatable, e.g. dgr.gamma=0.01 (the keys "
-                         "of `neuralpath find --set`)")
+    add_settings_arg(compare, per_method=True)
     compare.add_argument("--out", required=True, help="results directory to write")
     compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_seed_arg(compare)
@@ -61,14 +64,8 @@ def run_compare(args: argparse.Namespace) -> int:
         methods = tuple(m for m in DEFAULT_METHODS if args.generator or m != "gencnp")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
-    settings: dict[str, dict[str, object]] = {}
-    for key, value in parse_settings(args.settings).items():
-        method, dot, name = key.partition(".")
-        if not dot or not method or not name:
-            raise InputError(f"compare --set takes METHOD.KEY=VALUE, got {key!r}")
-        settings.setdefault(method, {})[name] = value
     config = StudyConfig(
-        settings=settings,
+        settings=parse_method_settings(args.settings),
         methods=methods, sparsity=args.sparsity, granularity=args.granularity,
         generator=args.generator, data=args.data, data_root=args.data_root, split=args.split,
         limit=args.limit, batch_size=args.batch_size, seed=args.seed,

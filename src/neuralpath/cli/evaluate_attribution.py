@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+from neuralpath.cli import (
+    add_device_arg,
+    add_seed_arg,
+    add_settings_arg,
+    parse_method_settings,
+    print_json,
+)
 from neuralpath.evaluation import DEFAULT_METHODS, METRICS
 
 
@@ -38,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="class each map explains (default: the model's prediction)")
     parser.add_argument("--sparsity", type=float, default=0.9, help="pathway sparsity (default 0.9)")
     parser.add_argument("--granularity", choices=("element", "channel"), default="element")
+    parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
+    add_settings_arg(parser, per_method=True)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sanity-limit", type=int, default=50, help="images for the sanity check (default 50)")
     parser.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in pixels")
@@ -108,6 +116,8 @@ def run_evaluate_attribution(args: argparse.Namespace) -> int:
         roar_train_limit=args.roar_train_limit,
         roar_work_dir=args.roar_work_dir or str(out / "roar"),
         progress=not args.no_progress,
+        generator=args.generator,
+        finder_settings=parse_method_settings(args.settings),
         extra={"checkpoint": args.checkpoint, "arch": target.meta.arch},
     )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -24,6 +24,7 @@ A rerun loads what exists and only computes the missing cells.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -243,12 +244,33 @@ class ROAR:
         return self.work_dir / "results" / self.training_key / _slug(method) / f"q{q:g}.json"
 
     # ------------------------------------------------------------------ ranks
-    def _ranks(self, method: str, explain: Explain, model: nn.Module, splits: Mapping[str, ImageDataset]) -> dict[str, Tensor]:
-        path = self.work_dir / "ranks" / f"{_slug(method)}.safetensors"
+    def _ranks_path(self, method: str) -> Path:
+        return self.work_dir / "ranks" / f"{_slug(method)}.safetensors"
+
+    def _check_settings(self, method: str, settings: Mapping[str, Any]) -> None:
+        """Refuse a work dir whose cached maps of ``method`` were made with other ``settings``."""
+        path = self._ranks_path(method)
+        if path.exists():
+            saved = load_tensors(path)[1].get("settings", {})
+            if saved != json.loads(json.dumps(settings)):
+                raise CheckpointError(
+                    f"ROAR work dir {self.work_dir} holds {method!r} maps made with other settings "
+                    f"({saved} there, {dict(settings)} now); use a new work dir or delete {path}"
+                )
+
+    def _ranks(
+        self,
+        method: str,
+        explain: Explain,
+        model: nn.Module,
+        splits: Mapping[str, ImageDataset],
+        settings: Mapping[str, Any],
+    ) -> dict[str, Tensor]:
+        path = self._ranks_path(method)
         if path.exists():
             tensors, meta = load_tensors(path)
             sizes = {name: len(ds) for name, ds in splits.items()}
-            if meta != {"method": method, "sizes": sizes} or set(tensors) != set(splits):
+            if (meta.get("method"), meta.get("sizes")) != (method, sizes) or set(tensors) != set(splits):
                 raise CheckpointError(f"{path} does not belong to this ROAR run; delete it")
             return tensors
         ranks = {}
@@ -265,7 +287,8 @@ class ROAR:
                 order = relevance_order(relevance, most_relevant_first=True)
                 parts.append(order.to(torch.int16 if order.shape[1] < 2**15 else torch.int32).cpu())
             ranks[split] = torch.cat(parts)
-        save_tensors(path, ranks, {"method": method, "sizes": {n: len(d) for n, d in splits.items()}})
+        sizes = {n: len(d) for n, d in splits.items()}
+        save_tensors(path, ranks, {"method": method, "sizes": sizes, "settings": dict(settings)})
         return ranks
 
     def _perturbed(self, dataset: ImageDataset, order: Tensor, q: float) -> ImageDataset:
@@ -284,16 +307,21 @@ class ROAR:
         train_set: ImageDataset,
         test_set: ImageDataset,
         explainers: Mapping[str, Explain],
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> RoarResult:
         """Run (or resume) every missing (method, q) cell; ``model``: the target, used for the maps.
 
         ``arch``/``arch_args``: how the target was built (``build_model``), used for retraining.
-        ``explainers``: method name -> ``explain(inputs, targets)`` on ``model``.
+        ``explainers``: method name -> ``explain(inputs, targets)`` on ``model``. ``settings``:
+        method name -> what its maps depend on beyond the name (JSON-able, e.g. sparsity and
+        finder settings); a work dir whose maps were made with other settings is refused.
         """
         if not explainers:
             raise InputError("need at least one attribution method")
+        settings = settings or {}
         for name in explainers:
             _slug(name)
+            self._check_settings(name, settings.get(name, {}))
         methods = dict(explainers)
         train = subset(train_set, self.train_limit, self.seed)
         test = subset(test_set, self.test_limit, self.seed)
@@ -316,7 +344,8 @@ class ROAR:
                 write_json_atomic(unperturbed_path, {"accuracy": accuracy, "seconds": round(time.perf_counter() - started, 2)})
                 bar.update()
             for method in dict.fromkeys(m for m, _ in todo):
-                ranks = self._ranks(method, methods[method], model, {"train": train, "test": test})
+                splits = {"train": train, "test": test}
+                ranks = self._ranks(method, methods[method], model, splits, settings.get(method, {}))
                 for q in (q for m, q in todo if m == method):
                     started = time.perf_counter()
                     bar.set_postfix(method=method, q=f"{q:g}")
