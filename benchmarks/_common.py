@@ -68,7 +68,9 @@ def load_model(checkpoint: Path) -> tuple[torch.nn.Module, str]:
 def load_batch(count: int) -> tuple[torch.Tensor, str]:
     """``count`` Fashion-MNIST test images (random inputs if the data set is absent)."""
     try:
-        return load_dataset("fashion-mnist", "test", limit=count, seed=0).images, "Fashion-MNIST test images"
+        return load_dataset(
+            "fashion-mnist", "test", limit=count, seed=0
+        ).images, "Fashion-MNIST test images"
     except DataError:
         noise = torch.randn(count, 1, 32, 32, generator=torch.Generator().manual_seed(0))
         return noise, "random inputs"

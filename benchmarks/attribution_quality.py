@@ -90,15 +90,30 @@ def run_arch(arch: str, args: argparse.Namespace, metrics: list[str]) -> dict[st
     ensure_target(arch, checkpoint, args.target_epochs, args.seed)
     target = load_target(checkpoint, "cpu")
     size = target.meta.input_shape[1]
-    full = load_dataset("fashion-mnist", "test", limit=max(args.limit, args.roar_test_limit), seed=args.seed, image_size=size)
+    full = load_dataset(
+        "fashion-mnist",
+        "test",
+        limit=max(args.limit, args.roar_test_limit),
+        seed=args.seed,
+        image_size=size,
+    )
     test_set = subset(full, args.limit, args.seed)
-    train_set = load_dataset("fashion-mnist", "train", limit=args.roar_train_limit, seed=args.seed, image_size=size)
+    train_set = load_dataset(
+        "fashion-mnist", "train", limit=args.roar_train_limit, seed=args.seed, image_size=size
+    )
     out = Path(args.work_dir) / arch
     name = "results" if "roar" not in metrics else "results-roar"
     key = {
-        "methods": list(args.methods), "metrics": metrics, "limit": args.limit, "steps": args.steps,
-        "sanity_limit": args.sanity_limit, "seed": args.seed, "checkpoint": f"{args.runs}/{TARGETS[arch]}",
-        "target_digest": state_digest(target.model),  # a retrained target must not reuse old results
+        "methods": list(args.methods),
+        "metrics": metrics,
+        "limit": args.limit,
+        "steps": args.steps,
+        "sanity_limit": args.sanity_limit,
+        "seed": args.seed,
+        "checkpoint": f"{args.runs}/{TARGETS[arch]}",
+        "target_digest": state_digest(
+            target.model
+        ),  # a retrained target must not reuse old results
     }
     if "roar" in metrics:
         key.update(train=args.roar_train_limit, test=args.roar_test_limit, epochs=args.roar_epochs)
@@ -116,15 +131,28 @@ def run_arch(arch: str, args: argparse.Namespace, metrics: list[str]) -> dict[st
         roar_epochs=args.roar_epochs,
         roar_work_dir=str(out / "roar"),
         progress=not args.no_progress,
-        extra={"checkpoint": f"{args.runs}/{TARGETS[arch]}", "arch": arch, "target_test_accuracy": target.meta.test_accuracy},
+        extra={
+            "checkpoint": f"{args.runs}/{TARGETS[arch]}",
+            "arch": arch,
+            "target_test_accuracy": target.meta.test_accuracy,
+        },
     )
     started = time.perf_counter()
     payload = evaluate_attribution(
-        target.model, test_set, args.methods, config, train_set=train_set, arch=target.meta.arch,
-        arch_args=target.meta.arch_args, roar_test_set=subset(full, args.roar_test_limit, args.seed),
+        target.model,
+        test_set,
+        args.methods,
+        config,
+        train_set=train_set,
+        arch=target.meta.arch,
+        arch_args=target.meta.arch_args,
+        roar_test_set=subset(full, args.roar_test_limit, args.seed),
     )
     payload["wall_time_s"] = round(time.perf_counter() - started, 1)
-    payload["plots"] = [str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in plot_results(payload, out)]
+    payload["plots"] = [
+        str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+        for p in plot_results(payload, out)
+    ]
     payload["benchmark_key"] = key
     write_json_atomic(out / f"{name}.json", payload)
     write_bytes_atomic(out / f"{name}.md", markdown_table(payload).encode())
@@ -172,48 +200,74 @@ def render(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comman
         "",
         "Fashion-MNIST (1×32×32, test split), targets "
         + ", ".join(
-            f"`{payloads[a]['config']['checkpoint']}` ({a}, test accuracy {_f(payloads[a]['config'].get('target_test_accuracy'))})" for a in archs
+            f"`{payloads[a]['config']['checkpoint']}` ({a}, test accuracy {_f(payloads[a]['config'].get('target_test_accuracy'))})"
+            for a in archs
         )
         + ". Pathway Gradient uses element units at 90 % sparsity; maps explain the target's "
         "prediction; removed pixels are set to 0 in normalised space (the data-set mean); pixel "
         "relevance = Σ|attribution| over channels; ties in relevance fall in row-major order. "
         "CPU only, shared machine.",
         "",
-        (f"**Budget**: LeRF/MoRF/deletion/insertion on {first['samples']} test images "
-        f"(q = 1..10 %, deletion/insertion in {args.steps} steps); sanity checks on "
-        f"{first['config']['sanity_samples']} of them (cascading randomisation of every conv/linear "
-        f"layer from the output, seed {args.seed}); ROAR ({', '.join(roar_archs) or 'not run'}) retrains the target architecture from "
-        f"scratch for {args.roar_epochs} epoch(s) on {args.roar_train_limit} random training images "
-        f"and tests on {args.roar_test_limit} test images, one model per (method, q), same seed "
-        "for all. The paper's numbers are CIFAR-10 (ROAR, LeRF; full retraining) and "
-        "ImageNet ResNet-50 (sanity): compare trends, not values."),
+        (
+            f"**Budget**: LeRF/MoRF/deletion/insertion on {first['samples']} test images "
+            f"(q = 1..10 %, deletion/insertion in {args.steps} steps); sanity checks on "
+            f"{first['config']['sanity_samples']} of them (cascading randomisation of every conv/linear "
+            f"layer from the output, seed {args.seed}); ROAR ({', '.join(roar_archs) or 'not run'}) retrains the target architecture from "
+            f"scratch for {args.roar_epochs} epoch(s) on {args.roar_train_limit} random training images "
+            f"and tests on {args.roar_test_limit} test images, one model per (method, q), same seed "
+            "for all. The paper's numbers are CIFAR-10 (ROAR, LeRF; full retraining) and "
+            "ImageNet ResNet-50 (sanity): compare trends, not values."
+        ),
         "",
     ]
     if roar_archs:
         archs_all, archs = archs, roar_archs
         qs = payloads[archs[0]]["roar"]["percentages"]
-        lines += ["### ROAR: test accuracy after removing the top-q % pixels and retraining (lower = better)", ""]
-        header = "| method | " + " | ".join(f"{a} {q:g}%" for a in archs for q in qs) + " | paper CIFAR-10 10/30/50/70/90 |"
+        lines += [
+            "### ROAR: test accuracy after removing the top-q % pixels and retraining (lower = better)",
+            "",
+        ]
+        header = (
+            "| method | "
+            + " | ".join(f"{a} {q:g}%" for a in archs for q in qs)
+            + " | paper CIFAR-10 10/30/50/70/90 |"
+        )
         lines += [header, "|---" * (len(archs) * len(qs) + 2) + "|"]
-        unperturbed = " | ".join(_f(payloads[a]["roar"]["unperturbed_accuracy"]) for a in archs for _ in qs)
+        unperturbed = " | ".join(
+            _f(payloads[a]["roar"]["unperturbed_accuracy"]) for a in archs for _ in qs
+        )
         lines.append(f"| (no removal, retrained) | {unperturbed} | 84.36 |")
         for m, label in ((m, METHODS.get(m, m)) for m in args.methods):
-            row = " | ".join(_f(payloads[a]["results"][m]["roar"][f"{q:g}"]) for a in archs for q in qs)
+            row = " | ".join(
+                _f(payloads[a]["results"][m]["roar"][f"{q:g}"]) for a in archs for q in qs
+            )
             paper = "/".join(f"{v:g}" for v in PAPER_ROAR[m]) if m in PAPER_ROAR else "–"
             lines.append(f"| {label} | {row} | {paper} |")
         lines.append("")
         for a in archs:
-            ours = {m: sum(payloads[a]["results"][m]["roar"].values()) / len(qs) for m in args.methods}
+            ours = {
+                m: sum(payloads[a]["results"][m]["roar"].values()) / len(qs) for m in args.methods
+            }
             paper = {m: sum(v) / len(v) for m, v in PAPER_ROAR.items()}
-            lines.append(f"- ROAR ordering by mean accuracy over q, {a} (lowest first): " + _ordering(ours, paper, True))
+            lines.append(
+                f"- ROAR ordering by mean accuracy over q, {a} (lowest first): "
+                + _ordering(ours, paper, True)
+            )
         lines.append("")
         archs = archs_all
     if "lerf" in first["metrics"]:
-        lines += ["### LeRF: |p − p′| / p after removing the q % least relevant pixels (lower = better)", ""]
+        lines += [
+            "### LeRF: |p − p′| / p after removing the q % least relevant pixels (lower = better)",
+            "",
+        ]
         cols = (1, 5, 10)
-        lines.append("| method | " + " | ".join(f"{a} {q}%" for a in archs for q in cols)
-                     + " | " + " | ".join(f"{a} MoRF 10% ↑ | {a} del. AUC ↓ | {a} ins. AUC ↑" for a in archs)
-                     + " | paper CIFAR-10 1/5/10 % |")
+        lines.append(
+            "| method | "
+            + " | ".join(f"{a} {q}%" for a in archs for q in cols)
+            + " | "
+            + " | ".join(f"{a} MoRF 10% ↑ | {a} del. AUC ↓ | {a} ins. AUC ↑" for a in archs)
+            + " | paper CIFAR-10 1/5/10 % |"
+        )
         lines.append("|---" * (len(archs) * (len(cols) + 3) + 2) + "|")
         for m, label in ((m, METHODS.get(m, m)) for m in args.methods):
             r = {a: payloads[a]["results"][m] for a in archs}
@@ -232,8 +286,13 @@ def render(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comman
         lines.append("")
     if "sanity" in first["metrics"]:
         lines += ["### Sanity check: SSIM to the trained model's map (lower = better)", ""]
-        lines.append("| method | " + " | ".join(f"{a} fc (last layer) | {a} all layers | {a} Spearman(abs) all" for a in archs)
-                     + " | paper ResNet-50 fc / all |")
+        lines.append(
+            "| method | "
+            + " | ".join(
+                f"{a} fc (last layer) | {a} all layers | {a} Spearman(abs) all" for a in archs
+            )
+            + " | paper ResNet-50 fc / all |"
+        )
         lines.append("|---" * (3 * len(archs) + 2) + "|")
         for m, label in ((m, METHODS.get(m, m)) for m in args.methods):
             cells = " | ".join(
@@ -244,52 +303,84 @@ def render(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comman
             lines.append(f"| {label} | {cells} | {paper} |")
         lines.append("")
         for a in archs:
-            ours = {m: payloads[a]["results"][m]["sanity"]["similarity"]["ssim"][-1] for m in args.methods}
+            ours = {
+                m: payloads[a]["results"][m]["sanity"]["similarity"]["ssim"][-1]
+                for m in args.methods
+            }
             paper = {m: v[1] for m, v in PAPER_SANITY.items()}
-            lines.append(f"- SSIM after randomising all layers, {a} (lowest first): " + _ordering(ours, paper, True))
+            lines.append(
+                f"- SSIM after randomising all layers, {a} (lowest first): "
+                + _ordering(ours, paper, True)
+            )
         lines.append("")
     lines += [
-        ("**Caveats.** (1) ROAR retrains on a small random subset for a few epochs, so the retrained "
-        "models are far weaker than the targets (see the unperturbed row) and one seed with "
-        f"{args.roar_test_limit} test images leaves a standard error of about "
-        f"±{100 * math.sqrt(0.25 / args.roar_test_limit):.1f} accuracy points at 50 %: "
-        "differences of a few points, and non-monotone curves, are noise. (2) Fashion-MNIST images "
-        "are zero-padded with black, while removed pixels get the data-set mean (a mid grey): "
-        "removing background pixels adds grey patches, and the removal mask itself traces the "
-        "garment's outline, which a retrained model can learn from (a known ROAR leak); both favour "
-        "maps that put relevance on the object. (3) Sanity numbers average only "
-        f"{first['config']['sanity_samples']} images; SSIM is on signed max-abs maps normalised to "
-        "[-1, 1]. (4) The paper ran CIFAR-10 and ImageNet models; only orderings are comparable."),
+        (
+            "**Caveats.** (1) ROAR retrains on a small random subset for a few epochs, so the retrained "
+            "models are far weaker than the targets (see the unperturbed row) and one seed with "
+            f"{args.roar_test_limit} test images leaves a standard error of about "
+            f"±{100 * math.sqrt(0.25 / args.roar_test_limit):.1f} accuracy points at 50 %: "
+            "differences of a few points, and non-monotone curves, are noise. (2) Fashion-MNIST images "
+            "are zero-padded with black, while removed pixels get the data-set mean (a mid grey): "
+            "removing background pixels adds grey patches, and the removal mask itself traces the "
+            "garment's outline, which a retrained model can learn from (a known ROAR leak); both favour "
+            "maps that put relevance on the object. (3) Sanity numbers average only "
+            f"{first['config']['sanity_samples']} images; SSIM is on signed max-abs maps normalised to "
+            "[-1, 1]. (4) The paper ran CIFAR-10 and ImageNet models; only orderings are comparable."
+        ),
         "",
     ]
-    lines.append("Seconds per image to compute each map (shared CPU, batch "
-                 f"{args.batch_size}): " + "; ".join(
-                     f"{a}: " + ", ".join(f"{METHODS.get(m, m)} {payloads[a]['results'][m].get('seconds_per_image', float('nan')):.4f}"
-                                          for m in args.methods) for a in archs) + ".")
+    lines.append(
+        "Seconds per image to compute each map (shared CPU, batch "
+        f"{args.batch_size}): "
+        + "; ".join(
+            f"{a}: "
+            + ", ".join(
+                f"{METHODS.get(m, m)} {payloads[a]['results'][m].get('seconds_per_image', float('nan')):.4f}"
+                for m in args.methods
+            )
+            for a in archs
+        )
+        + "."
+    )
     lines.append("")
-    lines.append("Per-architecture tables, curves (`perturbation_curves.png`), ROAR (`roar.png`) and "
-                 f"sanity plots (`sanity_ssim.png`) are in `{args.work_dir}/<arch>/`; wall time "
-                 + ", ".join(f"{a} {payloads[a]['wall_time_s']:.0f} s" for a in archs) + ".")
+    lines.append(
+        "Per-architecture tables, curves (`perturbation_curves.png`), ROAR (`roar.png`) and "
+        f"sanity plots (`sanity_ssim.png`) are in `{args.work_dir}/<arch>/`; wall time "
+        + ", ".join(f"{a} {payloads[a]['wall_time_s']:.0f} s" for a in archs)
+        + "."
+    )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", default="vgg11,alexnet")
-    parser.add_argument("--limit", type=int, default=200, help="test images for LeRF/MoRF/deletion/insertion")
+    parser.add_argument(
+        "--limit", type=int, default=200, help="test images for LeRF/MoRF/deletion/insertion"
+    )
     parser.add_argument("--sanity-limit", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--roar-train-limit", type=int, default=1500)
     parser.add_argument("--roar-test-limit", type=int, default=300)
     parser.add_argument("--roar-epochs", type=int, default=2)
-    parser.add_argument("--target-epochs", type=int, default=2, help="epochs when a target must be trained")
+    parser.add_argument(
+        "--target-epochs", type=int, default=2, help="epochs when a target must be trained"
+    )
     parser.add_argument("--batch-size", type=int, default=125)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--roar-archs", default="vgg11,alexnet", help="architectures to run ROAR on")
-    parser.add_argument("--methods", default=",".join(METHODS), help="method specs (default: all seven)")
-    parser.add_argument("--skip", default="", help="comma-separated metrics to leave out (e.g. roar)")
-    parser.add_argument("--runs", default="runs", help="folder holding vgg11-fmnist/ and alexnet-fmnist/")
+    parser.add_argument(
+        "--roar-archs", default="vgg11,alexnet", help="architectures to run ROAR on"
+    )
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="method specs (default: all seven)"
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated metrics to leave out (e.g. roar)"
+    )
+    parser.add_argument(
+        "--runs", default="runs", help="folder holding vgg11-fmnist/ and alexnet-fmnist/"
+    )
     parser.add_argument("--work-dir", default="runs/attribution-quality")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/results.md")
@@ -299,7 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     args.methods = [m for m in args.methods.split(",") if m]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/attribution_quality.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(
+        shlex.quote(a)
+        for a in [
+            ".venv/bin/python",
+            "benchmarks/attribution_quality.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
     base = [m for m in ("lerf", "morf", "deletion", "insertion", "sanity") if m not in args.skip]
     roar_archs = [] if "roar" in args.skip else [a for a in args.roar_archs.split(",") if a]
     payloads: dict[str, dict[str, Any]] = {}

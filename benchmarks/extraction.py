@@ -26,11 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(argv: list[str], processes: int) -> tuple[float, dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "neuralpath"] if processes == 1 else [
-        str(Path(sys.executable).with_name("torchrun")), "--standalone",
-        f"--nproc_per_node={processes}", "-m", "neuralpath"]
+    launcher = (
+        [sys.executable, "-m", "neuralpath"]
+        if processes == 1
+        else [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "neuralpath",
+        ]
+    )
     started = time.perf_counter()
-    result = subprocess.run([*launcher, *argv], env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [*launcher, *argv], env=env, capture_output=True, text=True, check=False
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"extraction failed:\n{result.stderr[-3000:]}")
@@ -49,9 +59,26 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
-            argv = ["extract", "--checkpoint", args.target, "--method", method, "--sparsity", "0.9",
-                    "--data", "fashion-mnist", "--split", "test", "--no-progress", "--device", "cpu",
-                    "--shard-size", "1024", "--batch-size", "128"]
+            argv = [
+                "extract",
+                "--checkpoint",
+                args.target,
+                "--method",
+                method,
+                "--sparsity",
+                "0.9",
+                "--data",
+                "fashion-mnist",
+                "--split",
+                "test",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--shard-size",
+                "1024",
+                "--batch-size",
+                "128",
+            ]
             if args.generator:
                 argv += ["--generator", args.generator]
             if args.limit:
@@ -59,12 +86,23 @@ def main() -> None:
             one_s, one = _run([*argv, "--out", f"{tmp}/{method}-1"], 1)
             two_s, two = _run([*argv, "--out", f"{tmp}/{method}-2"], 2)
             identical = store_digest(f"{tmp}/{method}-1") == store_digest(f"{tmp}/{method}-2")
-            rows.append((method, one["n"], one["bytes_per_sample"], one["n"] / one["seconds"],
-                         one_s, two_s, one["kept_fraction_mean"], identical))
+            rows.append(
+                (
+                    method,
+                    one["n"],
+                    one["bytes_per_sample"],
+                    one["n"] / one["seconds"],
+                    one_s,
+                    two_s,
+                    one["kept_fraction_mean"],
+                    identical,
+                )
+            )
             print(rows[-1], flush=True)
     lines = [
         f"Command: `.venv/bin/python benchmarks/extraction.py --target {args.target}"
-        + (f" --generator {args.generator}" if args.generator else "") + "` (CPU, OMP_NUM_THREADS=1 per "
+        + (f" --generator {args.generator}" if args.generator else "")
+        + "` (CPU, OMP_NUM_THREADS=1 per "
         "process, shards of 1024, batch 128, sparsity 0.9 for cp-mct; the 2-core machine was shared "
         "with other jobs, so throughputs are indicative).",
         "",
@@ -73,11 +111,16 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for method, n, size, rate, one_s, two_s, kept, same in rows:
-        lines.append(f"| {method} | {n} | {size:.1f} | {rate:.0f} | {one_s:.1f} | {two_s:.1f} | "
-                     f"{kept:.3f} | {'yes' if same else 'NO'} |")
-    lines += ["", "Bytes per sample count the whole shard files: the bit-packed pathway "
-              "(units / 8 bytes) plus id, label, prediction and kept fraction (28 bytes) and the "
-              "safetensors header. Wall times include process start-up and model loading."]
+        lines.append(
+            f"| {method} | {n} | {size:.1f} | {rate:.0f} | {one_s:.1f} | {two_s:.1f} | "
+            f"{kept:.3f} | {'yes' if same else 'NO'} |"
+        )
+    lines += [
+        "",
+        "Bytes per sample count the whole shard files: the bit-packed pathway "
+        "(units / 8 bytes) plus id, label, prediction and kept fraction (28 bytes) and the "
+        "safetensors header. Wall times include process start-up and model loading.",
+    ]
     write_section(ROOT / "docs" / "results.md", "## Extraction\n\n" + "\n".join(lines))
 
 

@@ -60,8 +60,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, chunk in (("whole batch", 0), (f"internal_batch_size={args.chunk}", args.chunk)):
             out = f"{tmp}/{chunk}.safetensors"
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(args.batch), str(chunk), out],
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, str(args.batch), str(chunk), out],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[label] = json.loads(proc.stdout)
             results[label]["masks"] = Pathway.load(out)
             print(label, {k: v for k, v in results[label].items() if k != "masks"}, flush=True)
@@ -78,12 +82,19 @@ def main() -> None:
         "|---|---:|---:|---:|",
     ]
     for label, row in results.items():
-        lines.append(f"| {label} | {row['seconds']:.1f} | {row['peak_extra_mib']:.0f} | {row['kept']:.4f} |")
-    lines += ["", f"Masks identical between the two runs: {'yes' if same else 'NO'}. Memory grows "
-              "with the batch in one call (activations and gradients of every image at once) and "
-              "stays at one chunk's worth with `internal_batch_size` (`neuralpath find/extract "
-              "--internal-batch-size`)."]
-    write_section(ROOT / "docs" / "results.md", "## Element pathways in bounded memory\n\n" + "\n".join(lines))
+        lines.append(
+            f"| {label} | {row['seconds']:.1f} | {row['peak_extra_mib']:.0f} | {row['kept']:.4f} |"
+        )
+    lines += [
+        "",
+        f"Masks identical between the two runs: {'yes' if same else 'NO'}. Memory grows "
+        "with the batch in one call (activations and gradients of every image at once) and "
+        "stays at one chunk's worth with `internal_batch_size` (`neuralpath find/extract "
+        "--internal-batch-size`).",
+    ]
+    write_section(
+        ROOT / "docs" / "results.md", "## Element pathways in bounded memory\n\n" + "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,12 @@ SUITES = [
 def main() -> None:
     import test_robustness as table
 
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITES],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     summary = result.stdout.strip().splitlines()[-1]
     passed = int(re.search(r"(\d+) passed", summary).group(1))
     failed = int(m.group(1)) if (m := re.search(r"(\d+) failed", summary)) else 0
@@ -43,7 +47,8 @@ def main() -> None:
         "## Robustness",
         "",
         "Command: `.venv/bin/python benchmarks/robustness.py` (runs "
-        + ", ".join(f"`{s}`" for s in SUITES) + f"). Result: **{passed} passed, {failed} failed**.",
+        + ", ".join(f"`{s}`" for s in SUITES)
+        + f"). Result: **{passed} passed, {failed} failed**.",
         "",
         "| what | count | checked |",
         "|---|---:|---|",

@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for claim, holds in CLAIMS:
         counts = [sum(bool(holds(run)) for run in per_seed[arch]) for arch in ARCHS]
         lines.append(
-            f"| {claim} | "
-            + " | ".join(f"{c} of {len(args.seeds)} seeds" for c in counts)
-            + " |"
+            f"| {claim} | " + " | ".join(f"{c} of {len(args.seeds)} seeds" for c in counts) + " |"
         )
     lines += ["", *reading(per_seed, len(args.seeds))]
     body = "\n".join(lines) + "\n"

@@ -74,7 +74,9 @@ def compare_methods(model: torch.nn.Module, images: torch.Tensor, repeats: int) 
 
     def saliency() -> object:
         with frozen(model):
-            return Saliency(model).attribute(images.clone().requires_grad_(True), target=target, abs=False)
+            return Saliency(model).attribute(
+                images.clone().requires_grad_(True), target=target, abs=False
+            )
 
     def integrated() -> object:
         with frozen(model):
@@ -85,10 +87,16 @@ def compare_methods(model: torch.nn.Module, images: torch.Tensor, repeats: int) 
     def pathway() -> object:
         return pathway_gradient.attribute(images, target)
 
-    methods = {"saliency": saliency, "pathway_gradient": pathway, "integrated_gradients": integrated}
+    methods = {
+        "saliency": saliency,
+        "pathway_gradient": pathway,
+        "integrated_gradients": integrated,
+    }
     for fn in methods.values():  # warm-up
         fn()
-    clocks: dict[str, dict[str, list[float]]] = {c: {n: [] for n in methods} for c in ("wall", "cpu")}
+    clocks: dict[str, dict[str, list[float]]] = {
+        c: {n: [] for n in methods} for c in ("wall", "cpu")
+    }
     for _ in range(repeats):
         for name, fn in methods.items():
             wall, cpu = timed_both(fn)
@@ -99,8 +107,12 @@ def compare_methods(model: torch.nn.Module, images: torch.Tensor, repeats: int) 
         pg, sal, ig = times["pathway_gradient"], times["saliency"], times["integrated_gradients"]
         for name, values in times.items():
             result[f"{name}_{clock}"] = statistics.median(values)
-        result[f"pg_over_saliency_{clock}"] = statistics.median(p / s for p, s in zip(pg, sal, strict=True))
-        result[f"ig_over_pg_{clock}"] = statistics.median(i / p for i, p in zip(ig, pg, strict=True))
+        result[f"pg_over_saliency_{clock}"] = statistics.median(
+            p / s for p, s in zip(pg, sal, strict=True)
+        )
+        result[f"ig_over_pg_{clock}"] = statistics.median(
+            i / p for i, p in zip(ig, pg, strict=True)
+        )
     return result
 
 
@@ -148,7 +160,9 @@ def percentile_vgg16(batch: int, device: torch.device) -> dict[str, float]:
     for label, chunk in (("whole", None), ("chunk1", 1)):
         holder: list[object] = []
         seconds, mib = peak_memory_mib(
-            lambda chunk=chunk: holder.append(global_percentile(scores, 0.9, "element", chunk_size=chunk)),
+            lambda chunk=chunk: holder.append(
+                global_percentile(scores, 0.9, "element", chunk_size=chunk)
+            ),
             device,
         )
         kept = holder[0].kept_fraction()  # type: ignore[attr-defined]
@@ -182,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
+
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed_attribution.py"
     if argv:
         command += " " + " ".join(argv)

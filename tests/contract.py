@@ -58,7 +58,9 @@ def assert_unchanged(model: nn.Module, before: Mapping[str, Any]) -> None:
         assert grad is None or before["grads"][name] is not None, f"{name}.grad was populated"
 
 
-def check_leaves_model_unchanged(model: nn.Module, run: Run, inputs: Tensor, target: Any = None) -> None:
+def check_leaves_model_unchanged(
+    model: nn.Module, run: Run, inputs: Tensor, target: Any = None
+) -> None:
     """Run once in train mode with mixed requires_grad, once in eval mode; nothing may change."""
     for training in (True, False):
         model.train(training)
@@ -77,7 +79,9 @@ class _Boom(RuntimeError):
     pass
 
 
-def check_cleans_up_after_raise(model: nn.Module, layer: nn.Module, run: Run, inputs: Tensor) -> None:
+def check_cleans_up_after_raise(
+    model: nn.Module, layer: nn.Module, run: Run, inputs: Tensor
+) -> None:
     """Make ``layer`` raise during the forward; the method must propagate it and clean up."""
     before = snapshot(model)
 
@@ -120,4 +124,6 @@ def check_batch_equals_loop(
         if value.dtype == torch.bool:
             assert torch.equal(value, looped), f"batch != loop for {name!r}"
         else:
-            torch.testing.assert_close(value, looped, atol=atol, rtol=rtol, msg=f"batch != loop for {name!r}")
+            torch.testing.assert_close(
+                value, looped, atol=atol, rtol=rtol, msg=f"batch != loop for {name!r}"
+            )

@@ -35,7 +35,9 @@ from toys import tiny_cnn
 torch.set_num_threads(1)
 
 
-def _setup(seed: int = 0, batch: int = 4, double: bool = True) -> tuple[nn.Module, GatedModel, Tensor]:
+def _setup(
+    seed: int = 0, batch: int = 4, double: bool = True
+) -> tuple[nn.Module, GatedModel, Tensor]:
     model = tiny_cnn(seed)
     inputs = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed + 10))
     if double:
@@ -55,7 +57,9 @@ def test_full_pathway_equals_plain_gradient_and_captum_saliency() -> None:
         pg = PathwayGradient(gated, finder).attribute(inputs)
         assert pg.shape == inputs.shape and pg.dtype == inputs.dtype
         torch.testing.assert_close(pg, _input_gradient(model, inputs, cls), rtol=1e-12, atol=1e-14)
-        saliency = Saliency(model).attribute(inputs.clone().requires_grad_(True), target=cls, abs=False)
+        saliency = Saliency(model).attribute(
+            inputs.clone().requires_grad_(True), target=cls, abs=False
+        )
         torch.testing.assert_close(pg, saliency, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(
         ATTRIBUTION_METHODS["gradient"](gated, inputs, None), _input_gradient(model, inputs, cls)
@@ -69,9 +73,7 @@ def test_pathway_gradient_equals_literal_masked_gradient() -> None:
     cls = model(inputs).argmax(1)
     modules = dict(model.named_modules())
     handles = [
-        modules[name].register_forward_hook(
-            lambda _m, _i, out, mask=mask: out * mask.to(out.dtype)
-        )
+        modules[name].register_forward_hook(lambda _m, _i, out, mask=mask: out * mask.to(out.dtype))
         for name, mask in pathway.items()
     ]
     try:
@@ -83,7 +85,9 @@ def test_pathway_gradient_equals_literal_masked_gradient() -> None:
     torch.testing.assert_close(pg, expected, rtol=1e-12, atol=1e-14)
     assert not torch.allclose(pg, _input_gradient(model, inputs, cls))
     # a pathway with a whole layer removed passes no gradient at all
-    empty = Pathway({n: torch.zeros_like(m) if n == "features.4" else m for n, m in pathway.items()}, "element")
+    empty = Pathway(
+        {n: torch.zeros_like(m) if n == "features.4" else m for n, m in pathway.items()}, "element"
+    )
     assert bool((PathwayGradient(gated).attribute(inputs, cls, pathway=empty) == 0).all())
 
 
@@ -128,7 +132,9 @@ def test_noise_tunnel_averages_pathway_gradients_of_noisy_copies() -> None:
     expected = pg.attribute(noisy).reshape(2, 3, 3, 8, 8).mean(dim=1)
     assert smooth.shape == inputs.shape
     torch.testing.assert_close(smooth, expected, rtol=1e-10, atol=1e-12)
-    squared = NoiseTunnel(pg).attribute(inputs, nt_type="smoothgrad_sq", nt_samples=2, stdevs=0.1, target=1)
+    squared = NoiseTunnel(pg).attribute(
+        inputs, nt_type="smoothgrad_sq", nt_samples=2, stdevs=0.1, target=1
+    )
     assert squared.shape == inputs.shape and bool((squared >= 0).all())
 
 
@@ -138,7 +144,9 @@ def _methods(gated: GatedModel) -> dict[str, PathwayGradient | PathwayGradCAM]:
         "pg-intgrad-channel": PathwayGradient(
             gated, NeuronIntGrad(gated, sparsity=0.5, granularity="channel", steps=3)
         ),
-        "pg-greedy": PathwayGradient(gated, build_finder("greedy", gated, FinderOptions(sparsity=0.6))),
+        "pg-greedy": PathwayGradient(
+            gated, build_finder("greedy", gated, FinderOptions(sparsity=0.6))
+        ),
         "cam-mct": PathwayGradCAM(gated, NeuronMCT(gated, sparsity=0.7)),
     }
 
@@ -187,7 +195,9 @@ def test_pathway_grad_cam_uses_gated_activations() -> None:
             seen["a"] = masked
         return masked
 
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in pathway]
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in pathway
+    ]
     try:
         model(inputs).gather(1, cls[:, None]).sum().backward()
     finally:
@@ -287,20 +297,61 @@ def test_cli_attribute_writes_maps_meta_and_overlays(tmp_path, capsys) -> None:
     )  # fmt: skip
     save_target(tmp_path / "ck", build_model("vgg11", **args).eval(), meta)
     out = tmp_path / "maps"
-    common = ["--checkpoint", str(tmp_path / "ck"), "--data", "synthetic", "--limit", "3", "--no-progress"]
-    code = main(["attribute", *common, "--method", "pathway-gradient", "--sparsity", "0.8", "--out", str(out)])
+    common = [
+        "--checkpoint",
+        str(tmp_path / "ck"),
+        "--data",
+        "synthetic",
+        "--limit",
+        "3",
+        "--no-progress",
+    ]
+    code = main(
+        [
+            "attribute",
+            *common,
+            "--method",
+            "pathway-gradient",
+            "--sparsity",
+            "0.8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     summary = __import__("json").loads(capsys.readouterr().out)
     assert summary["n"] == 3 and summary["finder"] == "cp-mct" and summary["overlays"] == 3
     tensors, stored = load_tensors(out / "maps.safetensors")
     assert tensors["maps"].shape == (3, 3, 32, 32) and tensors["display"].shape == (3, 32, 32)
     assert stored == read_json(out / "meta.json") and stored["method"] == "pathway-gradient"
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+    ]
     assert (out / "overlays" / "00000.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    code = main(["attribute", *common, "--method", "grad-cam", "--no-png", "--out", str(tmp_path / "c")])
-    assert code == 0 and load_tensors(tmp_path / "c" / "maps.safetensors")[0]["maps"].shape == (3, 1, 32, 32)
+    code = main(
+        ["attribute", *common, "--method", "grad-cam", "--no-png", "--out", str(tmp_path / "c")]
+    )
+    assert code == 0 and load_tensors(tmp_path / "c" / "maps.safetensors")[0]["maps"].shape == (
+        3,
+        1,
+        32,
+        32,
+    )
     capsys.readouterr()
-    bad = main(["attribute", *common, "--method", "pathway-gradient", "--sparsity", "1.2", "--out", str(out)])
+    bad = main(
+        [
+            "attribute",
+            *common,
+            "--method",
+            "pathway-gradient",
+            "--sparsity",
+            "1.2",
+            "--out",
+            str(out),
+        ]
+    )
     assert bad == 2 and "sparsity" in capsys.readouterr().err
 
 

@@ -23,7 +23,9 @@ from toys import tiny_cnn
 torch.set_num_threads(1)
 
 
-def _setup(seed: int = 0, batch: int = 3, double: bool = True) -> tuple[nn.Module, GatedModel, Tensor]:
+def _setup(
+    seed: int = 0, batch: int = 3, double: bool = True
+) -> tuple[nn.Module, GatedModel, Tensor]:
     model = tiny_cnn(seed)
     inputs = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
     if double:
@@ -119,7 +121,9 @@ def test_random_is_seeded_and_matches_sparsity_per_layer(granularity: str) -> No
     a, b = first.find(inputs), first.find(inputs)
     again = build_finder("random", gated, options)
     a2, b2 = again.find(inputs), again.find(inputs)
-    other = build_finder("random", gated, FinderOptions(sparsity=0.7, granularity=granularity, seed=4))
+    other = build_finder(
+        "random", gated, FinderOptions(sparsity=0.7, granularity=granularity, seed=4)
+    )
     c = other.find(inputs)
     for name in a:
         assert torch.equal(a[name], a2[name]) and torch.equal(b[name], b2[name])  # reproducible

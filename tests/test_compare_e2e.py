@@ -14,12 +14,31 @@ from neuralpath.report import SECTIONS
 from neuralpath.study import DEFAULT_METHODS
 
 FIND_KEYS = {
-    "method", "n", "agreement", "accuracy", "mic", "mdc", "aciou",
-    "kept_fraction_mean", "kept_fraction_std", "seconds_per_image", "forward_equivalents",
+    "method",
+    "n",
+    "agreement",
+    "accuracy",
+    "mic",
+    "mdc",
+    "aciou",
+    "kept_fraction_mean",
+    "kept_fraction_std",
+    "seconds_per_image",
+    "forward_equivalents",
 }
 TRANSFER_KEYS = {
-    "n", "agreement", "accuracy", "mic", "mdc", "aciou", "kept_fraction_mean",
-    "kept_fraction_std", "class_instances", "theta", "instance_class_jaccard", "uncovered",
+    "n",
+    "agreement",
+    "accuracy",
+    "mic",
+    "mdc",
+    "aciou",
+    "kept_fraction_mean",
+    "kept_fraction_std",
+    "class_instances",
+    "theta",
+    "instance_class_jaccard",
+    "uncovered",
 }
 METHODS = [m for m in DEFAULT_METHODS if m != "gencnp"]
 
@@ -27,29 +46,92 @@ METHODS = [m for m in DEFAULT_METHODS if m != "gencnp"]
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("study")
-    assert main(["train", "--arch", "vgg11", "--width", "0.125", "--data", "synthetic",
-                 "--epochs", "2", "--limit", "1024", "--out", str(root / "target"),
-                 "--no-progress", "--device", "cpu"]) == 0
-    assert main(["compare", "--checkpoint", str(root / "target"), "--data", "synthetic",
-                 "--limit", "16", "--j", "2", "--methods", ",".join(METHODS), "--sparsity", "0.8",
-                 "--set", "dgr.iterations=5", "--set", "dgr-r.iterations=5", "--set", "greedy.steps=3",
-                 "--out", str(root / "results"), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "vgg11",
+                "--width",
+                "0.125",
+                "--data",
+                "synthetic",
+                "--epochs",
+                "2",
+                "--limit",
+                "1024",
+                "--out",
+                str(root / "target"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "compare",
+                "--checkpoint",
+                str(root / "target"),
+                "--data",
+                "synthetic",
+                "--limit",
+                "16",
+                "--j",
+                "2",
+                "--methods",
+                ",".join(METHODS),
+                "--sparsity",
+                "0.8",
+                "--set",
+                "dgr.iterations=5",
+                "--set",
+                "dgr-r.iterations=5",
+                "--set",
+                "greedy.steps=3",
+                "--out",
+                str(root / "results"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return root / "results"
 
 
 def test_method_settings_reach_the_finders(study: Path) -> None:
     results = json.loads((study / "results.json").read_text())
     assert results["config"]["settings"] == {
-        "dgr": {"iterations": 5}, "dgr-r": {"iterations": 5}, "greedy": {"steps": 3},
+        "dgr": {"iterations": 5},
+        "dgr-r": {"iterations": 5},
+        "greedy": {"steps": 3},
     }
     assert results["methods"]["dgr"]["forward_equivalents"] == 3 * 5 - 1  # 3T - 1
     assert results["methods"]["greedy"]["forward_equivalents"] == 3 * 3
 
 
 def test_compare_rejects_settings_of_other_methods(tmp_path, capsys) -> None:
-    for setting, message in (("gamma=0.1", "METHOD.KEY=VALUE"), ("dgr.gamma=0.1", "not in the study")):
-        code = main(["compare", "--checkpoint", str(tmp_path / "missing"), "--methods", "cp-mct",
-                     "--set", setting, "--out", str(tmp_path / "r")])
+    for setting, message in (
+        ("gamma=0.1", "METHOD.KEY=VALUE"),
+        ("dgr.gamma=0.1", "not in the study"),
+    ):
+        code = main(
+            [
+                "compare",
+                "--checkpoint",
+                str(tmp_path / "missing"),
+                "--methods",
+                "cp-mct",
+                "--set",
+                setting,
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
         assert code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -97,19 +179,35 @@ def test_report_loads_in_headless_chromium_without_errors(study: Path) -> None:
 
     messages: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-        ])
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: messages.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: (
+                    messages.append(f"{m.type}: {m.text}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
             page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
             page.on("requestfailed", lambda r: messages.append(f"requestfailed: {r.url}"))
             page.goto((study / "report.html").as_uri())
             for section_id, _ in SECTIONS:
                 assert page.locator(f"section#{section_id}").is_visible()
-            broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
+            broken = page.evaluate(
+                "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length"
+            )
             assert broken == 0
             page.screenshot(path=str(study / "report.png"), full_page=True)
         finally:
@@ -124,9 +222,20 @@ def test_labels_are_escaped_in_report(tmp_path: Path) -> None:
     assert "<script>" not in table and "&lt;script&gt;" in table
 
 
-def test_compare_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["compare", "--checkpoint", str(tmp_path / "missing"), "--methods", "gencnp",
-                 "--out", str(tmp_path / "r")])
+def test_compare_bad_input_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "compare",
+            "--checkpoint",
+            str(tmp_path / "missing"),
+            "--methods",
+            "gencnp",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 2
     assert "gencnp needs a generator" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

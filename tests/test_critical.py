@@ -77,7 +77,9 @@ def test_mct_hand_model_by_hand() -> None:
     # Keeping one of three units keeps unit 1 (score 4); for class 1 the scores are (1, 1, 0).
     pathway = NeuronMCT(gated, sparsity=0.6).find(x)
     assert pathway["act"].tolist() == [[False, True, False]]
-    torch.testing.assert_close(NeuronMCT(gated).scores(x, target=1)["act"], torch.tensor([[1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(
+        NeuronMCT(gated).scores(x, target=1)["act"], torch.tensor([[1.0, 1.0, 0.0]])
+    )
 
 
 def test_mct_element_scores_equal_literal_autograd() -> None:
@@ -283,7 +285,9 @@ def test_taylor_scores_in_masked_network_and_under_no_grad() -> None:
         torch.testing.assert_close(scores[name], value, rtol=1e-12, atol=1e-14)
 
 
-def _masked_literal(model: nn.Module, inputs: Tensor, cls: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def _masked_literal(
+    model: nn.Module, inputs: Tensor, cls: Tensor, mask: Tensor
+) -> dict[str, Tensor]:
     """|a · ∂y/∂(masked a)| at features.1 (masked by ``mask``) and features.4, via plain hooks."""
     modules = dict(model.named_modules())
     raw: dict[str, Tensor] = {}

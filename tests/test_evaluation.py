@@ -55,6 +55,8 @@ def test_bad_requests_are_clear_errors(dataset) -> None:
     with pytest.raises(InputError, match="lime"):
         evaluate_attribution(model, dataset, ["lime"], EvaluationConfig(metrics=("lerf",)))
     with pytest.raises(DataError, match="masks"):
-        evaluate_attribution(model, dataset, ["gradient"], EvaluationConfig(metrics=("localisation",)))
+        evaluate_attribution(
+            model, dataset, ["gradient"], EvaluationConfig(metrics=("localisation",))
+        )
     with pytest.raises(InputError, match="ROAR"):
         evaluate_attribution(model, dataset, ["gradient"], EvaluationConfig(metrics=("roar",)))

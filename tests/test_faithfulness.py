@@ -32,7 +32,9 @@ def test_mdc_and_mic_hand_values() -> None:
 
 
 def test_aciou_hand_value() -> None:
-    masks = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 0], [1, 1, 1, 1]]).bool()
+    masks = torch.tensor(
+        [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 0], [1, 1, 1, 1]]
+    ).bool()
     classes = torch.tensor([0, 0, 1, 1, 2])  # class 2 has one instance: skipped
     # class 0: J = 1/2; class 1: J = 1/2  -> 50 %
     assert average_class_iou(Pathway({"a": masks}), classes) == pytest.approx(50.0)

@@ -46,18 +46,37 @@ EXTRACT = textwrap.dedent(
 def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     args = {"num_classes": 4, "in_channels": 3, "input_size": 32, "width": 0.125}
-    meta = TargetMeta(arch="vgg11", arch_args=args, data="synthetic", input_shape=(3, 32, 32),
-                      num_classes=4, class_names=list("abcd"), mean=(0.5,) * 3, std=(0.25,) * 3)
-    return save_target(tmp_path_factory.mktemp("t") / "t", build_model("vgg11", **args).eval(), meta)
+    meta = TargetMeta(
+        arch="vgg11",
+        arch_args=args,
+        data="synthetic",
+        input_shape=(3, 32, 32),
+        num_classes=4,
+        class_names=list("abcd"),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
+    return save_target(
+        tmp_path_factory.mktemp("t") / "t", build_model("vgg11", **args).eval(), meta
+    )
 
 
-def _extract(script: Path, target: Path, out: Path, kill_after: int) -> subprocess.CompletedProcess[str]:
+def _extract(
+    script: Path, target: Path, out: Path, kill_after: int
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(script), str(target), str(out), str(kill_after)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), str(target), str(out), str(kill_after)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def test_extraction_killed_twice_then_resumed_equals_uninterrupted(target_dir: Path, tmp_path: Path) -> None:
+def test_extraction_killed_twice_then_resumed_equals_uninterrupted(
+    target_dir: Path, tmp_path: Path
+) -> None:
     script = tmp_path / "extract.py"
     script.write_text(EXTRACT)
     whole = _extract(script, target_dir, tmp_path / "whole", kill_after=-1)
@@ -68,7 +87,9 @@ def test_extraction_killed_twice_then_resumed_equals_uninterrupted(target_dir: P
     assert names == [INDEX, shard_name(0), shard_name(1)]  # no temporary or partial shard left
     second = _extract(script, target_dir, tmp_path / "killed", kill_after=3)
     assert second.returncode == -signal.SIGKILL
-    assert (tmp_path / "killed" / shard_name(3)).exists() and not (tmp_path / "killed" / shard_name(4)).exists()
+    assert (tmp_path / "killed" / shard_name(3)).exists() and not (
+        tmp_path / "killed" / shard_name(4)
+    ).exists()
     resumed = _extract(script, target_dir, tmp_path / "killed", kill_after=-1)
     assert resumed.returncode == 0, resumed.stderr
     assert store_digest(tmp_path / "killed") == store_digest(tmp_path / "whole")
@@ -111,7 +132,9 @@ FIT = textwrap.dedent(
 )
 
 
-def test_gencnp_training_killed_mid_epoch_resumes_to_the_same_generator(target_dir: Path, tmp_path: Path) -> None:
+def test_gencnp_training_killed_mid_epoch_resumes_to_the_same_generator(
+    target_dir: Path, tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
 
     script = tmp_path / "fit.py"
@@ -119,8 +142,13 @@ def test_gencnp_training_killed_mid_epoch_resumes_to_the_same_generator(target_d
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def fit(out: Path, kill_at: int) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(script), str(target_dir), str(out), str(kill_at)],
-                              env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(script), str(target_dir), str(out), str(kill_at)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     straight = fit(tmp_path / "straight", kill_at=-1)
     assert straight.returncode == 0, straight.stderr

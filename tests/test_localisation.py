@@ -60,7 +60,9 @@ def test_relevance_mass_hand() -> None:
     torch.testing.assert_close(mass, torch.tensor([5 / 6, 3 / 7]))
     assert RelevanceMass()(-maps.abs(), masks).tolist() == [0.0, 0.0]  # no positive relevance
     summary = localisation_summary(PointingGame()(maps, masks), mass)
-    assert summary["pointing_game"] == 0.5 and summary["relevance_mass"] == pytest.approx((5 / 6 + 3 / 7) / 2)
+    assert summary["pointing_game"] == 0.5 and summary["relevance_mass"] == pytest.approx(
+        (5 / 6 + 3 / 7) / 2
+    )
 
 
 def test_channel_maps_are_reduced() -> None:
@@ -118,16 +120,46 @@ def test_cli_end_to_end_on_synthetic(tmp_path) -> None:
     from neuralpath.data import SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD
     from neuralpath.models import build_model
 
-    args = {"num_classes": len(SYNTHETIC_CLASSES), "in_channels": 3, "input_size": 16, "width": 0.125}
-    meta = TargetMeta("vgg11", args, "synthetic", (3, 16, 16), len(SYNTHETIC_CLASSES), list(SYNTHETIC_CLASSES),
-                      SYNTHETIC_MEAN, SYNTHETIC_STD)
+    args = {
+        "num_classes": len(SYNTHETIC_CLASSES),
+        "in_channels": 3,
+        "input_size": 16,
+        "width": 0.125,
+    }
+    meta = TargetMeta(
+        "vgg11",
+        args,
+        "synthetic",
+        (3, 16, 16),
+        len(SYNTHETIC_CLASSES),
+        list(SYNTHETIC_CLASSES),
+        SYNTHETIC_MEAN,
+        SYNTHETIC_STD,
+    )
     save_target(tmp_path / "ckpt", build_model("vgg11", **args), meta)
     out = tmp_path / "eval"
-    code = main([
-        "evaluate-attribution", "--checkpoint", str(tmp_path / "ckpt"), "--methods", "gradient,grad-cam",
-        "--metrics", "lerf,insertion,localisation", "--limit", "6", "--steps", "4", "--percentages", "5,10",
-        "--out", str(out), "--no-progress", "--device", "cpu",
-    ])
+    code = main(
+        [
+            "evaluate-attribution",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--methods",
+            "gradient,grad-cam",
+            "--metrics",
+            "lerf,insertion,localisation",
+            "--limit",
+            "6",
+            "--steps",
+            "4",
+            "--percentages",
+            "5,10",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     payload = json.loads((out / "results.json").read_text())
     assert payload["samples"] == 6 and set(payload["results"]) == {"gradient", "grad-cam"}
@@ -137,6 +169,22 @@ def test_cli_end_to_end_on_synthetic(tmp_path) -> None:
     table = (out / "results.md").read_text()
     assert "| gradient |" in table and "pointing" in table
     assert (out / "perturbation_curves.png").stat().st_size > 0
-    bad = main(["evaluate-attribution", "--checkpoint", str(tmp_path / "ckpt"), "--metrics", "lerf",
-                "--methods", "gradient", "--percentages", "0,5", "--limit", "4", "--out", str(out), "--no-progress"])
+    bad = main(
+        [
+            "evaluate-attribution",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--metrics",
+            "lerf",
+            "--methods",
+            "gradient",
+            "--percentages",
+            "0,5",
+            "--limit",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert bad == 2

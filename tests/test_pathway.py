@@ -31,7 +31,9 @@ def binary_pathways(draw: st.DrawFn, batch: int | None = None) -> Pathway:
     seed = draw(st.integers(0, 2**16))
     density = draw(st.floats(0.0, 1.0))
     gen = torch.Generator().manual_seed(seed)
-    return Pathway({f"l{i}": torch.rand(b, c, generator=gen) < density for i, c in enumerate(sizes)})
+    return Pathway(
+        {f"l{i}": torch.rand(b, c, generator=gen) < density for i, c in enumerate(sizes)}
+    )
 
 
 @st.composite
@@ -195,7 +197,9 @@ def test_pack_bits_round_trip(bits: list[bool]) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(binary_pathways(), st.sampled_from(["channel", "element"]))
-def test_save_load_round_trip(tmp_path_factory: pytest.TempPathFactory, p: Pathway, granularity: str) -> None:
+def test_save_load_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, p: Pathway, granularity: str
+) -> None:
     path = tmp_path_factory.mktemp("pw") / "p.safetensors"
     source = Pathway({n: m for n, m in p.items()}, granularity, {"method": "test", "sparsity": 0.5})  # type: ignore[arg-type]
     source.save(path)
@@ -206,7 +210,9 @@ def test_save_load_round_trip(tmp_path_factory: pytest.TempPathFactory, p: Pathw
 
 
 def test_element_and_continuous_round_trip_and_packing(tmp_path) -> None:
-    element = Pathway({"conv": torch.rand(3, 5, 7, 7) > 0.5, "fc": torch.rand(3, 9) > 0.5}, "element")
+    element = Pathway(
+        {"conv": torch.rand(3, 5, 7, 7) > 0.5, "fc": torch.rand(3, 9) > 0.5}, "element"
+    )
     element.save(tmp_path / "e.safetensors")
     bits = 3 * (5 * 49 + 9)
     assert (tmp_path / "e.safetensors").stat().st_size < 1024 + bits // 8 + 16
@@ -227,14 +233,21 @@ def test_corrupt_truncated_and_foreign_files_are_clear_errors(tmp_path) -> None:
     for name in ("trunc.safetensors", "junk.safetensors", "missing.safetensors"):
         with pytest.raises(CheckpointError):
             Pathway.load(tmp_path / name)
-    ClassPathways(Pathway({"a": torch.ones(1, 10)}), torch.ones(1, dtype=torch.long), 0.5).save(tmp_path / "c.st")
+    ClassPathways(Pathway({"a": torch.ones(1, 10)}), torch.ones(1, dtype=torch.long), 0.5).save(
+        tmp_path / "c.st"
+    )
     with pytest.raises(CheckpointError, match="not a neuralpath pathway"):
         Pathway.load(tmp_path / "c.st")
     # A failed save leaves the previous file intact and no temporary files behind.
     with pytest.raises(TypeError):
         Pathway({"a": torch.ones(2, 10, dtype=torch.bool)}, metadata={"x": object()}).save(path)
     assert Pathway.load(path)["a"].all()
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["c.st", "junk.safetensors", "p.safetensors", "trunc.safetensors"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "c.st",
+        "junk.safetensors",
+        "p.safetensors",
+        "trunc.safetensors",
+    ]
 
 
 def test_aggregate_by_class_hand_example(tmp_path) -> None:
@@ -243,13 +256,18 @@ def test_aggregate_by_class_hand_example(tmp_path) -> None:
     classes = aggregate_by_class(Pathway({"a": masks}), labels, num_classes=3, theta=0.5)
     assert classes.counts.tolist() == [3, 1, 0]
     assert torch.allclose(classes.frequency["a"][0], torch.tensor([1.0, 2 / 3, 2 / 3, 0.0]))
-    assert classes.pathway["a"].tolist()[:2] == [[True, True, True, False], [False, False, True, True]]
+    assert classes.pathway["a"].tolist()[:2] == [
+        [True, True, True, False],
+        [False, False, True, True],
+    ]
     first_two = aggregate_by_class(Pathway({"a": masks}), labels, 3, theta=0.75, per_class_limit=2)
     assert first_two.counts.tolist() == [2, 1, 0]
     assert first_two.pathway["a"][0].tolist() == [True, False, False, False]
     transferred = classes.for_labels(torch.tensor([1, 0, 1]))
     assert transferred["a"].tolist() == [
-        [False, False, True, True], [True, True, True, False], [False, False, True, True],
+        [False, False, True, True],
+        [True, True, True, False],
+        [False, False, True, True],
     ]
     with pytest.raises(InputError, match="no class pathway for classes \\[2\\]"):
         classes.for_labels(torch.tensor([2]))

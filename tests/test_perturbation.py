@@ -78,7 +78,11 @@ def test_morf_hand_values() -> None:
 
 
 def test_baseline_value_and_single_q() -> None:
-    result = MoRF([25])(MODEL, X, attributions=RELEVANCE, )
+    result = MoRF([25])(
+        MODEL,
+        X,
+        attributions=RELEVANCE,
+    )
     assert result.area.item() == pytest.approx(result.curve[0, 0].item())
     shifted = MoRF([25], baseline=3.0)(MODEL, X, attributions=RELEVANCE)
     assert shifted.curve[0, 0].item() == pytest.approx(rel_change(2.5 - 1.0 + 3.0), rel=1e-6)
@@ -106,7 +110,9 @@ def test_deletion_and_insertion_auc_hand_values() -> None:
     inserted_sums = [0.0, 1.0, 1.5, 0.5, 2.5]  # insert pixel 0, then 1, 2, 3 into the zero image
     probs = [sigmoid(z) for z in inserted_sums]
     torch.testing.assert_close(insertion.curve[0], torch.tensor(probs), rtol=1e-6, atol=1e-7)
-    assert insertion.area.item() == pytest.approx(0.25 * sum((a + b) / 2 for a, b in pairwise(probs)), rel=1e-6)
+    assert insertion.area.item() == pytest.approx(
+        0.25 * sum((a + b) / 2 for a, b in pairwise(probs)), rel=1e-6
+    )
     assert insertion.higher_is_better and not deletion.higher_is_better
 
 
@@ -190,7 +196,11 @@ def test_ties_equal_explicit_row_major_tiebreak(values, q) -> None:
     n = relevance.numel()
     tiebroken = relevance - torch.arange(n, dtype=torch.float64).view(1, 1, -1) * 1e-6
     for first in (True, False):
-        bonus = tiebroken if first else relevance + torch.arange(n, dtype=torch.float64).view(1, 1, -1) * 1e-6
+        bonus = (
+            tiebroken
+            if first
+            else relevance + torch.arange(n, dtype=torch.float64).view(1, 1, -1) * 1e-6
+        )
         assert torch.equal(relevance_order(relevance, first), relevance_order(bonus, first))
     ranks = order_ranks(relevance_order(relevance))
     small, large = sorted((q, min(100, q + 17)))
@@ -230,7 +240,9 @@ def _tiny_run(metric):
     return model, run
 
 
-@pytest.mark.parametrize("metric", [LeRF([5, 20]), MoRF([5, 20]), Deletion(3), Insertion(3)], ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "metric", [LeRF([5, 20]), MoRF([5, 20]), Deletion(3), Insertion(3)], ids=lambda m: m.name
+)
 def test_contract(metric) -> None:
     model, run = _tiny_run(metric)
     inputs = torch.randn(3, 3, 8, 8)

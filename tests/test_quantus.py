@@ -19,9 +19,15 @@ def test_quantus_metrics_call_pathway_gradient() -> None:
     y = model(x).argmax(1).numpy()
     direct = quantus_explain_func(model, x.numpy(), y, sparsity=0.8)
     assert direct.shape == (4, 3, 8, 8) and direct.dtype == np.float32
-    kwargs = {"model": model, "x_batch": x.numpy(), "y_batch": y, "a_batch": None,
-              "explain_func": quantus_explain_func, "explain_func_kwargs": {"sparsity": 0.8},
-              "device": "cpu"}
+    kwargs = {
+        "model": model,
+        "x_batch": x.numpy(),
+        "y_batch": y,
+        "a_batch": None,
+        "explain_func": quantus_explain_func,
+        "explain_func_kwargs": {"sparsity": 0.8},
+        "device": "cpu",
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sparseness = quantus.Sparseness(disable_warnings=True)(**kwargs)

@@ -16,13 +16,18 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert len(blocks) == 1
     code = blocks[0]
-    assert 'load_target("runs/vgg11-fmnist")' in code and 'load_dataset("fashion-mnist", "test")' in code
+    assert (
+        'load_target("runs/vgg11-fmnist")' in code
+        and 'load_dataset("fashion-mnist", "test")' in code
+    )
     train_target(
         "vgg11", "fashion-mnist", epochs=1, width=0.125, limit=128, out_dir=tmp_path / "runs" / "vgg11-fmnist",
         progress=False, device="cpu",
     )  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    code = code.replace('load_dataset("fashion-mnist", "test")', 'load_dataset("fashion-mnist", "test", limit=64)')
+    code = code.replace(
+        'load_dataset("fashion-mnist", "test")', 'load_dataset("fashion-mnist", "test", limit=64)'
+    )
     namespace: dict[str, object] = {}
     exec(compile(code, str(README), "exec"), namespace)
     result = namespace["result"]

@@ -64,7 +64,9 @@ def test_roar_runs_resumes_and_separates_maps(tmp_path, data) -> None:
     assert result.accuracy["informative"][50.0] < 0.7
     assert result.accuracy["random"][50.0] > 0.9
     assert (tmp_path / "ranks" / "informative.safetensors").exists()
-    cell = json.loads((tmp_path / "results" / roar.training_key / "random" / "q50.json").read_text())
+    cell = json.loads(
+        (tmp_path / "results" / roar.training_key / "random" / "q50.json").read_text()
+    )
     assert cell["accuracy"] == result.accuracy["random"][50.0]
 
     calls = [explainers["informative"].calls, explainers["random"].calls]
@@ -81,7 +83,9 @@ def test_roar_runs_resumes_and_separates_maps(tmp_path, data) -> None:
     assert [explainers["informative"].calls, explainers["random"].calls] == calls
 
     # another retraining recipe reuses the rankings and retrains every cell
-    longer = ROAR(tmp_path, percentages=(50,), epochs=2, target="label", trainer=trainer, progress=False)
+    longer = ROAR(
+        tmp_path, percentages=(50,), epochs=2, target="label", trainer=trainer, progress=False
+    )
     assert longer(model, ARCH, ARCH_ARGS, train, test, explainers).trained == 3
     assert [explainers["informative"].calls, explainers["random"].calls] == calls
 
@@ -107,12 +111,20 @@ def test_maps_made_with_other_settings_are_refused(tmp_path, data) -> None:
     model = build_model(ARCH, **ARCH_ARGS).eval()
     trainer = Counting(make_trainer(ARCH, ARCH_ARGS, epochs=1, batch_size=32))
     explainers = {"informative": Counting(informative)}
-    roar = ROAR(tmp_path, percentages=(50,), target="label", trainer=trainer, progress=False,
-                include_unperturbed=False)
+    roar = ROAR(
+        tmp_path,
+        percentages=(50,),
+        target="label",
+        trainer=trainer,
+        progress=False,
+        include_unperturbed=False,
+    )
     roar(model, ARCH, ARCH_ARGS, train, test, explainers, {"informative": {"sparsity": 0.9}})
     calls = explainers["informative"].calls
     assert trainer.calls == 1
-    again = roar(model, ARCH, ARCH_ARGS, train, test, explainers, {"informative": {"sparsity": 0.9}})
+    again = roar(
+        model, ARCH, ARCH_ARGS, train, test, explainers, {"informative": {"sparsity": 0.9}}
+    )
     assert again.trained == 0 and explainers["informative"].calls == calls  # same settings: cached
     with pytest.raises(CheckpointError, match="other settings"):  # cached cells would be stale
         roar(model, ARCH, ARCH_ARGS, train, test, explainers, {"informative": {"sparsity": 0.5}})

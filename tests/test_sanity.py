@@ -48,10 +48,14 @@ def test_anti_correlated_maps_score_negative() -> None:
     maps = normalised_maps(smooth_maps())
     positive = maps.abs()
     assert torch.all(ssim(positive, 1 - positive) < 0)  # same luminance sign, opposite structure
-    assert torch.all(spearman(positive, 1 - positive) < -0.999)  # float32 rounding of 1 - x may tie values
+    assert torch.all(
+        spearman(positive, 1 - positive) < -0.999
+    )  # float32 rounding of 1 - x may tie values
     torch.testing.assert_close(spearman(maps, -maps), -torch.ones(2, dtype=torch.float64))
     # |map| is identical for a negated map: the abs variant and HOG (on |map|) cannot tell
-    torch.testing.assert_close(spearman(maps.abs(), (-maps).abs()), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(
+        spearman(maps.abs(), (-maps).abs()), torch.ones(2, dtype=torch.float64)
+    )
     torch.testing.assert_close(hog_correlation(maps, -maps), torch.ones(2, dtype=torch.float64))
 
 
@@ -87,7 +91,9 @@ def test_layers_randomised_in_order_from_the_output() -> None:
 
     def recording(m, inputs, targets):
         state = m.state_dict()
-        changed = sorted({k.rsplit(".", 1)[0] for k, v in state.items() if not torch.equal(v, original[k])})
+        changed = sorted(
+            {k.rsplit(".", 1)[0] for k, v in state.items() if not torch.equal(v, original[k])}
+        )
         changed_per_call.append(changed)
         return explain(m, inputs, targets)
 
@@ -113,7 +119,9 @@ def test_seeded_and_model_untouched() -> None:
 
     def run(inputs, target):
         result = metric(model, inputs, target, gradient_explain())
-        return torch.stack([result.scores[m] for m in ("spearman", "spearman_abs", "ssim")], dim=-1).transpose(0, 1)
+        return torch.stack(
+            [result.scores[m] for m in ("spearman", "spearman_abs", "ssim")], dim=-1
+        ).transpose(0, 1)
 
     check_leaves_model_unchanged(model, run, x)
     check_cleans_up_after_raise(model, model.features[2], run, x)
@@ -140,7 +148,12 @@ def test_explicit_layers_and_bad_input() -> None:
         model, x, None, gradient_explain()
     )
     assert result.layers == ["classifier.4", "features.3"]
-    assert weight_layers(model, x[:1]) == ["features.0", "features.2", "classifier.1", "classifier.4"]
+    assert weight_layers(model, x[:1]) == [
+        "features.0",
+        "features.2",
+        "classifier.1",
+        "classifier.4",
+    ]
     with pytest.raises(LayerError):
         CascadingRandomisation(layers=["nope"])(model, x, None, gradient_explain())
     with pytest.raises(InputError):

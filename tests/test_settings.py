@@ -26,13 +26,20 @@ def test_settings_reach_each_method(gated) -> None:
     positive = build_finder("dgr", gated, FinderOptions(settings={"binarize": "positive"}))
     assert positive.config.binarize == "positive"
     dgr_r = build_finder("dgr-r", gated, FinderOptions(seed=3, settings={"init_draw": "shared"}))
-    assert (dgr_r.config.init, dgr_r.config.init_draw, dgr_r.config.seed) == ("uniform", "shared", 3)
+    assert (dgr_r.config.init, dgr_r.config.init_draw, dgr_r.config.seed) == (
+        "uniform",
+        "shared",
+        3,
+    )
     intgrad = build_finder(
         "cp-intgrad", gated, FinderOptions(settings={"steps": 4, "alpha_schedule": "cumulative"})
     )
     assert intgrad.alphas == [0.0, 0.25, 0.75, 1.5, 2.5]
     assert build_finder("greedy", gated, FinderOptions(settings={"steps": 3})).steps == 3
-    assert build_finder("cp-mct", gated, FinderOptions(settings={"selection": "per_layer"})).selection == "per_layer"
+    assert (
+        build_finder("cp-mct", gated, FinderOptions(settings={"selection": "per_layer"})).selection
+        == "per_layer"
+    )
     assert build_finder("random", gated, FinderOptions()).sparsity == 0.9
 
 
@@ -97,10 +104,14 @@ def test_attribution_methods_take_finder_settings(gated) -> None:
     )
     expected = PathwayGradient(gated, finder).attribute(inputs)
     torch.testing.assert_close(method(gated, inputs), expected)
-    default = make_attribution_method("pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5)
+    default = make_attribution_method(
+        "pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5
+    )
     assert not torch.allclose(default(gated, inputs), expected)  # the settings did change something
     with pytest.raises(InputError, match="no setting temperature"):
-        make_attribution_method("pathway-gradient", finder="dgr", settings={"temperature": 2})(gated, inputs)
+        make_attribution_method("pathway-gradient", finder="dgr", settings={"temperature": 2})(
+            gated, inputs
+        )
     with pytest.raises(InputError, match="no pathway finder"):
         make_attribution_method("gradient", settings={"gamma": 0.1})
 
@@ -147,7 +158,15 @@ def test_attribute_and_evaluate_cli_take_settings(tmp_path, capsys) -> None:
         "vgg11", "synthetic", epochs=1, width=0.125, limit=32, out_dir=tmp_path / "ckpt",
         progress=False, device="cpu",
     )  # fmt: skip
-    common = ["--checkpoint", str(tmp_path / "ckpt"), "--data", "synthetic", "--limit", "3", "--no-progress"]
+    common = [
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--data",
+        "synthetic",
+        "--limit",
+        "3",
+        "--no-progress",
+    ]
     code = main([
         "attribute", *common, "--method", "pathway-gradient", "--finder", "greedy", "--set", "steps=2",
         "--no-png", "--out", str(tmp_path / "maps"),

@@ -24,10 +24,16 @@ from neuralpath.store import INDEX, PathwayStore, extract, shard_name, store_dig
 def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = build_model("vgg11", num_classes=4, in_channels=3, input_size=32, width=0.125).eval()
-    meta = TargetMeta(arch="vgg11", arch_args={"num_classes": 4, "in_channels": 3, "input_size": 32,
-                      "width": 0.125}, data="synthetic", input_shape=(3, 32, 32), num_classes=4,
-                      class_names=["circle", "square", "triangle", "cross"],
-                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    meta = TargetMeta(
+        arch="vgg11",
+        arch_args={"num_classes": 4, "in_channels": 3, "input_size": 32, "width": 0.125},
+        data="synthetic",
+        input_shape=(3, 32, 32),
+        num_classes=4,
+        class_names=["circle", "square", "triangle", "cross"],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     return save_target(tmp_path_factory.mktemp("target") / "t", model, meta)
 
 
@@ -43,8 +49,9 @@ def _finder(target_dir: Path, method: str = "cp-mct"):
 
 def test_store_matches_in_memory_pathways(target_dir: Path, data, tmp_path: Path) -> None:
     finder = _finder(target_dir)
-    out = extract(finder, data, tmp_path / "s", num_classes=4, shard_size=16, batch_size=8,
-                  progress=False)
+    out = extract(
+        finder, data, tmp_path / "s", num_classes=4, shard_size=16, batch_size=8, progress=False
+    )
     store = PathwayStore(out)
     run = run_finder(finder, data, batch_size=8, progress=False)
     assert len(store) == 70 and int(store.index["shards"]) == 5
@@ -72,25 +79,44 @@ class _Killed(RuntimeError):
     pass
 
 
-def test_killed_extraction_resumes_without_loss_or_duplication(target_dir: Path, data, tmp_path: Path) -> None:
+def test_killed_extraction_resumes_without_loss_or_duplication(
+    target_dir: Path, data, tmp_path: Path
+) -> None:
     finder = _finder(target_dir)
-    whole = extract(finder, data, tmp_path / "whole", num_classes=4, shard_size=16, batch_size=8,
-                    progress=False)
+    whole = extract(
+        finder, data, tmp_path / "whole", num_classes=4, shard_size=16, batch_size=8, progress=False
+    )
 
     def kill_after_second(k: int) -> None:
         if k == 1:
             raise _Killed
 
     with pytest.raises(_Killed):
-        extract(finder, data, tmp_path / "part", num_classes=4, shard_size=16, batch_size=8,
-                progress=False, on_shard=kill_after_second)
+        extract(
+            finder,
+            data,
+            tmp_path / "part",
+            num_classes=4,
+            shard_size=16,
+            batch_size=8,
+            progress=False,
+            on_shard=kill_after_second,
+        )
     written = sorted(p.name for p in (tmp_path / "part").iterdir())
     assert written == [INDEX, shard_name(0), shard_name(1)]
     with pytest.raises(CheckpointError, match="incomplete"):
         PathwayStore(tmp_path / "part")
     resumed_shards: list[int] = []
-    extract(finder, data, tmp_path / "part", num_classes=4, shard_size=16, batch_size=8,
-            progress=False, on_shard=resumed_shards.append)
+    extract(
+        finder,
+        data,
+        tmp_path / "part",
+        num_classes=4,
+        shard_size=16,
+        batch_size=8,
+        progress=False,
+        on_shard=resumed_shards.append,
+    )
     assert resumed_shards == [2, 3, 4]
     assert store_digest(tmp_path / "part") == store_digest(whole)
     assert torch.equal(PathwayStore(tmp_path / "part").labels, PathwayStore(whole).labels)
@@ -98,8 +124,16 @@ def test_killed_extraction_resumes_without_loss_or_duplication(target_dir: Path,
 
 def test_store_errors(target_dir: Path, data, tmp_path: Path) -> None:
     finder = _finder(target_dir)
-    out = extract(finder, data, tmp_path / "s", num_classes=4, shard_size=32, batch_size=8,
-                  limit=20, progress=False)
+    out = extract(
+        finder,
+        data,
+        tmp_path / "s",
+        num_classes=4,
+        shard_size=32,
+        batch_size=8,
+        limit=20,
+        progress=False,
+    )
     with pytest.raises(CheckpointError, match="another extraction"):
         extract(finder, data, out, num_classes=4, shard_size=16, batch_size=8, progress=False)
     (tmp_path / "other").mkdir()
@@ -121,23 +155,60 @@ def test_store_errors(target_dir: Path, data, tmp_path: Path) -> None:
 
 
 def test_torchrun_two_processes_write_identical_store(target_dir: Path, tmp_path: Path) -> None:
-    common = ["extract", "--checkpoint", str(target_dir), "--method", "cp-mct", "--sparsity", "0.7",
-              "--data", "synthetic", "--limit", "40", "--shard-size", "8", "--batch-size", "8",
-              "--no-progress", "--device", "cpu"]
+    common = [
+        "extract",
+        "--checkpoint",
+        str(target_dir),
+        "--method",
+        "cp-mct",
+        "--sparsity",
+        "0.7",
+        "--data",
+        "synthetic",
+        "--limit",
+        "40",
+        "--shard-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    single = subprocess.run([sys.executable, "-m", "neuralpath", *common, "--out", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "neuralpath", *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr
-    double = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "neuralpath",
-                             *common, "--out", str(tmp_path / "two")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    double = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "neuralpath",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert double.returncode == 0, double.stderr
     assert store_digest(tmp_path / "one") == store_digest(tmp_path / "two")
     one, two = PathwayStore(tmp_path / "one"), PathwayStore(tmp_path / "two")
     assert torch.equal(one.class_pathways().counts, two.class_pathways().counts)
     for name in one.class_pathways().frequency:
-        assert torch.equal(one.class_pathways().frequency[name], two.class_pathways().frequency[name])
+        assert torch.equal(
+            one.class_pathways().frequency[name], two.class_pathways().frequency[name]
+        )
 
 
 def test_find_in_chunks_equals_one_call(target_dir: Path, data) -> None:
@@ -155,16 +226,24 @@ def test_find_in_chunks_equals_one_call(target_dir: Path, data) -> None:
         find_in_chunks(finder, x, None, internal_batch_size=0)
 
 
-
 def test_store_follows_the_finders_own_layout(target_dir: Path, data, tmp_path: Path) -> None:
     # DGR keeps its granularity in its config: the store must take the layout from its pathways.
     from neuralpath.methods.dgr import DGR, DGRConfig
 
     _, gated = open_target(str(target_dir), "cpu")
-    finder = DGR(gated, DGRConfig(granularity="element", iterations=2, binarize="percentile",
-                                  sparsity=0.7))
-    out = extract(finder, data, tmp_path / "s", num_classes=4, shard_size=4, batch_size=4,
-                  limit=6, progress=False)
+    finder = DGR(
+        gated, DGRConfig(granularity="element", iterations=2, binarize="percentile", sparsity=0.7)
+    )
+    out = extract(
+        finder,
+        data,
+        tmp_path / "s",
+        num_classes=4,
+        shard_size=4,
+        batch_size=4,
+        limit=6,
+        progress=False,
+    )
     store = PathwayStore(out)
     assert store.granularity == "element"
     expected = finder.find(torch.stack([data[i][0] for i in range(6)]))

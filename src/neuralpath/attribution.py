@@ -206,7 +206,13 @@ def signed_max_abs(attributions: Tensor) -> Tensor:
 # Registry of attribution methods ------------------------------------------------------------
 
 PATHWAY_METHODS = ("pathway-gradient", "pathway-grad-cam")
-CAPTUM_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "guided-backprop", "grad-cam")
+CAPTUM_METHODS = (
+    "gradient",
+    "input-x-gradient",
+    "integrated-gradients",
+    "guided-backprop",
+    "grad-cam",
+)
 METHOD_NAMES: tuple[str, ...] = PATHWAY_METHODS + CAPTUM_METHODS
 
 
@@ -240,7 +246,9 @@ def _captum_method(name: str, layer: str | None) -> AttributionMethod:
     return run
 
 
-def _captum_grad_cam(gated: GatedModel, inputs: Tensor, target: Tensor, layer: str | None) -> Tensor:
+def _captum_grad_cam(
+    gated: GatedModel, inputs: Tensor, target: Tensor, layer: str | None
+) -> Tensor:
     site = gated.site(default_cam_layer(gated) if layer is None else layer)
     if site.name != site.module_name:
         # Captum hooks a module, not one call of a reused module (ResNet's relu): the same
@@ -271,7 +279,9 @@ def make_attribution_method(
     uses 50 steps from an all-zero baseline, in passes of ``B`` rows.
     """
     if name not in METHOD_NAMES:
-        raise InputError(f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}")
+        raise InputError(
+            f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}"
+        )
     if name in CAPTUM_METHODS:
         if settings or generator:
             raise InputError(f"{name!r} has no pathway finder to take settings or a generator")
@@ -290,7 +300,9 @@ def make_attribution_method(
     return run
 
 
-ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {n: make_attribution_method(n) for n in METHOD_NAMES}
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
+    n: make_attribution_method(n) for n in METHOD_NAMES
+}
 """Every method with its defaults (pathway methods: ``cp-mct``, element units, sparsity 0.9)."""
 
 
@@ -319,8 +331,14 @@ def quantus_explain_func(
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     first = next(model.parameters(), None)
-    where = torch.device(device) if device is not None else (first.device if first is not None else None)
-    x = torch.as_tensor(inputs, dtype=first.dtype if first is not None else torch.float32, device=where)
+    where = (
+        torch.device(device)
+        if device is not None
+        else (first.device if first is not None else None)
+    )
+    x = torch.as_tensor(
+        inputs, dtype=first.dtype if first is not None else torch.float32, device=where
+    )
     target: TargetType = None
     if targets is not None:
         target = torch.as_tensor(targets, device=where).long().reshape(-1)
@@ -351,7 +369,9 @@ class AttributionRun:
         """Display maps ``[N, H, W]`` in [-1, 1] (:func:`signed_max_abs`)."""
         return signed_max_abs(self.maps)
 
-    def save(self, directory: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+    def save(
+        self, directory: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+    ) -> Path:
         """Write ``maps.safetensors`` (maps, display, targets, labels, predictions) and
         ``meta.json`` into ``directory``, atomically; returns the directory."""
         path = Path(directory)
@@ -445,8 +465,10 @@ def save_overlays(
     from matplotlib import pyplot as plt
 
     if pixels.dim() != 4 or display.shape != (pixels.shape[0], *pixels.shape[2:]):
-        raise InputError(f"pixels [N, C, H, W] and display [N, H, W] disagree: "
-                         f"{list(pixels.shape)} vs {list(display.shape)}")
+        raise InputError(
+            f"pixels [N, C, H, W] and display [N, H, W] disagree: "
+            f"{list(pixels.shape)} vs {list(display.shape)}"
+        )
     if len(titles) != pixels.shape[0]:
         raise InputError(f"need one title per image, got {len(titles)} for {pixels.shape[0]}")
     folder = Path(directory)

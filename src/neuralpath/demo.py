@@ -37,24 +37,67 @@ def plan(runs: Path, limit: int, train_limit: int, gencnp_epochs: int, seed: int
         generator = runs / f"gencnp-{arch}-fmnist"
         study = runs / "demo" / arch
         steps += [
-            Step(f"train {arch}", target / "meta.json",
-                 ("train", "--arch", arch, "--data", "fashion-mnist", "--epochs", "3",
-                  "--out", str(target))),
-            Step(f"fit GEN-CNP for {arch}", None,
-                 ("fit-gencnp", "--checkpoint", str(target), "--data", "fashion-mnist",
-                  "--epochs", str(gencnp_epochs), "--limit", str(train_limit),
-                  "--out", str(generator), "--resume")),
-            Step(f"compare all methods on {arch}", study / "report.html",
-                 ("compare", "--checkpoint", str(target), "--generator", str(generator),
-                  "--data", "fashion-mnist", "--split", "test", "--limit", str(limit),
-                  "--out", str(study))),
+            Step(
+                f"train {arch}",
+                target / "meta.json",
+                (
+                    "train",
+                    "--arch",
+                    arch,
+                    "--data",
+                    "fashion-mnist",
+                    "--epochs",
+                    "3",
+                    "--out",
+                    str(target),
+                ),
+            ),
+            Step(
+                f"fit GEN-CNP for {arch}",
+                None,
+                (
+                    "fit-gencnp",
+                    "--checkpoint",
+                    str(target),
+                    "--data",
+                    "fashion-mnist",
+                    "--epochs",
+                    str(gencnp_epochs),
+                    "--limit",
+                    str(train_limit),
+                    "--out",
+                    str(generator),
+                    "--resume",
+                ),
+            ),
+            Step(
+                f"compare all methods on {arch}",
+                study / "report.html",
+                (
+                    "compare",
+                    "--checkpoint",
+                    str(target),
+                    "--generator",
+                    str(generator),
+                    "--data",
+                    "fashion-mnist",
+                    "--split",
+                    "test",
+                    "--limit",
+                    str(limit),
+                    "--out",
+                    str(study),
+                ),
+            ),
         ]
     return [Step(step.title, step.output, (*step.argv, "--seed", str(seed))) for step in steps]
 
 
 def _headline(study: Path) -> str:
     results = json.loads((study / "results.json").read_text())
-    lines = [f"{'method':<12} {'agree':>6} {'acc':>6} {'mIC%':>6} {'mDC%':>6} {'acIOU%':>7} {'kept':>6}"]
+    lines = [
+        f"{'method':<12} {'agree':>6} {'acc':>6} {'mIC%':>6} {'mDC%':>6} {'acIOU%':>7} {'kept':>6}"
+    ]
     for name, row in results["methods"].items():
         lines.append(
             f"{name:<12} {row['agreement']:6.3f} {row['accuracy']:6.3f} {row['mic']:6.2f} "
@@ -64,11 +107,14 @@ def _headline(study: Path) -> str:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m neuralpath.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m neuralpath.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runs", default="runs", help="working directory (default runs/)")
     parser.add_argument("--limit", type=int, default=500, help="test images per study (500)")
-    parser.add_argument("--train-limit", type=int, default=20000,
-                        help="training images for GEN-CNP (default 20000)")
+    parser.add_argument(
+        "--train-limit", type=int, default=20000, help="training images for GEN-CNP (default 20000)"
+    )
     parser.add_argument("--gencnp-epochs", type=int, default=3, help="GEN-CNP epochs (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
     args = parser.parse_args(argv)
@@ -86,7 +132,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"\nDemo finished in {time.perf_counter() - started:.0f} s.")
     for arch in ("vgg11", "alexnet"):
         study = runs / "demo" / arch
-        print(f"\n{arch} on Fashion-MNIST test ({args.limit} images) — report: {study / 'report.html'}")
+        print(
+            f"\n{arch} on Fashion-MNIST test ({args.limit} images) — report: {study / 'report.html'}"
+        )
         print(_headline(study))
     return 0
 

@@ -67,7 +67,9 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
 
     name, _, finder = spec.partition(":")
     if name not in METHOD_NAMES:
-        raise InputError(f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}")
+        raise InputError(
+            f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}"
+        )
     if finder and name not in PATHWAY_METHODS:
         raise InputError(f"{name!r} takes no finder (only {', '.join(PATHWAY_METHODS)} do)")
     return name, ({"finder": finder} if finder else {})
@@ -115,8 +117,12 @@ def evaluate_attribution(
     if not methods:
         raise InputError("need at least one attribution method")
     if "localisation" in config.metrics and test_set.masks is None:
-        raise DataError(f"localisation needs ground-truth masks; {test_set.name!r} has none (use synthetic)")
-    if "roar" in config.metrics and (train_set is None or arch is None or arch_args is None or not config.roar_work_dir):
+        raise DataError(
+            f"localisation needs ground-truth masks; {test_set.name!r} has none (use synthetic)"
+        )
+    if "roar" in config.metrics and (
+        train_set is None or arch is None or arch_args is None or not config.roar_work_dir
+    ):
         raise InputError("ROAR needs the training split, the architecture and a work directory")
 
     device = model_device(model)
@@ -129,8 +135,11 @@ def evaluate_attribution(
             finder = options.get("finder", "cp-mct")
             finders.add(finder)
             options = {
-                "sparsity": config.sparsity, "granularity": config.granularity, "seed": config.seed,
-                "generator": config.generator, "settings": config.finder_settings.get(finder, {}),
+                "sparsity": config.sparsity,
+                "granularity": config.granularity,
+                "seed": config.seed,
+                "generator": config.generator,
+                "settings": config.finder_settings.get(finder, {}),
                 **options,
             }
             method_settings[spec] = options
@@ -148,8 +157,12 @@ def evaluate_attribution(
     perturbation = {
         "lerf": LeRF(config.percentages, reduction=config.reduction, batch_size=config.batch_size),
         "morf": MoRF(config.percentages, reduction=config.reduction, batch_size=config.batch_size),
-        "deletion": Deletion(config.steps, reduction=config.reduction, batch_size=config.batch_size),
-        "insertion": Insertion(config.steps, reduction=config.reduction, batch_size=config.batch_size),
+        "deletion": Deletion(
+            config.steps, reduction=config.reduction, batch_size=config.batch_size
+        ),
+        "insertion": Insertion(
+            config.steps, reduction=config.reduction, batch_size=config.batch_size
+        ),
     }
     wanted = [m for m in perturbation if m in config.metrics]
     results: dict[str, dict[str, Any]] = {spec: {} for spec in methods}
@@ -158,13 +171,19 @@ def evaluate_attribution(
         explain = explainers[spec]
         if needs_maps:
             started = time.perf_counter()
-            maps = torch.cat([
-                explain(model, inputs[i : i + config.batch_size], targets[i : i + config.batch_size])
-                for i in range(0, inputs.shape[0], config.batch_size)
-            ])
+            maps = torch.cat(
+                [
+                    explain(
+                        model, inputs[i : i + config.batch_size], targets[i : i + config.batch_size]
+                    )
+                    for i in range(0, inputs.shape[0], config.batch_size)
+                ]
+            )
             results[spec]["seconds_per_image"] = (time.perf_counter() - started) / inputs.shape[0]
             for metric in wanted:
-                results[spec][metric] = perturbation[metric](model, inputs, targets, attributions=maps).summary()
+                results[spec][metric] = perturbation[metric](
+                    model, inputs, targets, attributions=maps
+                ).summary()
             if "localisation" in config.metrics:
                 masks = test_set.masks.to(device)
                 hits = PointingGame(config.tolerance)(maps, masks)
@@ -178,7 +197,9 @@ def evaluate_attribution(
         if "sanity" in config.metrics:
             count = min(config.sanity_limit, inputs.shape[0])
             sanity = CascadingRandomisation(seed=config.seed)
-            results[spec]["sanity"] = sanity(model, inputs[:count], targets[:count], explain).summary()
+            results[spec]["sanity"] = sanity(
+                model, inputs[:count], targets[:count], explain
+            ).summary()
 
     payload: dict[str, Any] = {
         "data": test_set.name,
@@ -216,8 +237,15 @@ def evaluate_attribution(
         )
         roar_test = test_set if roar_test_set is None else roar_test_set
         payload["roar"] = {"test_samples": len(roar_test), "train_samples": len(train_set)}
-        outcome = roar(model, arch, arch_args, train_set, roar_test,
-                       {spec: bind(explainers[spec], model) for spec in methods}, method_settings)
+        outcome = roar(
+            model,
+            arch,
+            arch_args,
+            train_set,
+            roar_test,
+            {spec: bind(explainers[spec], model) for spec in methods},
+            method_settings,
+        )
         payload["roar"].update(outcome.summary())
         for spec in methods:
             results[spec]["roar"] = {f"{q:g}": acc for q, acc in outcome.accuracy[spec].items()}
@@ -245,7 +273,9 @@ def markdown_table(payload: Mapping[str, Any]) -> str:
     for name, arrow in (("lerf", "↓"), ("morf", "↑")):
         if name in metrics:
             for q in shown:
-                columns.append((f"{name.upper()} {q:g}% {arrow}", lambda r, n=name, q=q: _pick(r[n], q)))
+                columns.append(
+                    (f"{name.upper()} {q:g}% {arrow}", lambda r, n=name, q=q: _pick(r[n], q))
+                )
             columns.append((f"{name.upper()} area {arrow}", lambda r, n=name: r[n]["area"]))
     for name, arrow in (("deletion", "↓"), ("insertion", "↑")):
         if name in metrics:
@@ -260,12 +290,17 @@ def markdown_table(payload: Mapping[str, Any]) -> str:
     if "roar" in metrics:
         for q in payload["roar"]["percentages"]:
             columns.append((f"ROAR {q:g}% ↓", lambda r, q=q: r["roar"][f"{q:g}"]))
-    lines = ["| method | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = [
+        "| method | " + " | ".join(c for c, _ in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     for method, row in results.items():
         lines.append(f"| {method} | " + " | ".join(_fmt(get(row)) for _, get in columns) + " |")
     if "roar" in metrics and payload["roar"].get("unperturbed_accuracy") is not None:
         lines.append("")
-        lines.append(f"ROAR: retrained on unperturbed data: accuracy {payload['roar']['unperturbed_accuracy']:.3f}.")
+        lines.append(
+            f"ROAR: retrained on unperturbed data: accuracy {payload['roar']['unperturbed_accuracy']:.3f}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +328,12 @@ def plot_results(payload: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
         for ax, metric in zip(axes[0], curves, strict=True):
             for method, row in results.items():
-                ax.plot([100 * f for f in row[metric]["fractions"]], row[metric]["curve"], marker=".", label=method)
+                ax.plot(
+                    [100 * f for f in row[metric]["fractions"]],
+                    row[metric]["curve"],
+                    marker=".",
+                    label=method,
+                )
             ax.set_xlabel("% pixels " + ("inserted" if metric == "insertion" else "removed"))
             ax.set_ylabel("|p - p'| / p" if metric in ("lerf", "morf") else "p (target class)")
             ax.set_title(metric.upper() if metric in ("lerf", "morf") else metric)
@@ -305,7 +345,12 @@ def plot_results(payload: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         for method, row in results.items():
             ax.plot(qs, [row["roar"][f"{q:g}"] for q in qs], marker="o", label=method)
         if payload["roar"].get("unperturbed_accuracy") is not None:
-            ax.axhline(payload["roar"]["unperturbed_accuracy"], color="grey", linestyle="--", label="unperturbed")
+            ax.axhline(
+                payload["roar"]["unperturbed_accuracy"],
+                color="grey",
+                linestyle="--",
+                label="unperturbed",
+            )
         ax.set_xlabel("% most relevant pixels removed")
         ax.set_ylabel("test accuracy after retraining")
         ax.set_title("ROAR (lower is better)")
@@ -315,7 +360,12 @@ def plot_results(payload: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for method, row in results.items():
             layers = row["sanity"]["layers"]
-            ax.plot(range(len(layers) + 1), [1.0, *row["sanity"]["similarity"]["ssim"]], marker="o", label=method)
+            ax.plot(
+                range(len(layers) + 1),
+                [1.0, *row["sanity"]["similarity"]["ssim"]],
+                marker="o",
+                label=method,
+            )
         ax.set_xticks(range(len(layers) + 1), ["none", *layers], rotation=60, fontsize=7)
         ax.set_xlabel("randomised down to layer (cascading, from the output)")
         ax.set_ylabel("SSIM to the trained model's map")

@@ -63,7 +63,9 @@ class Pathway(Mapping[str, Tensor]):
             raise ShapeError(f"all masks must share one batch dimension, got {batch_sizes}")
         for name, mask in self._masks.items():
             if mask.dim() < 2:
-                raise ShapeError(f"mask for layer {name!r} must be [B, C, ...], got {list(mask.shape)}")
+                raise ShapeError(
+                    f"mask for layer {name!r} must be [B, C, ...], got {list(mask.shape)}"
+                )
             if granularity == "channel" and mask.dim() != 2:
                 raise ShapeError(
                     f"channel pathway mask for layer {name!r} must be [B, C], got {list(mask.shape)}"
@@ -204,7 +206,8 @@ class Pathway(Mapping[str, Tensor]):
         self.check_compatible(other)
         return {
             n: _jaccard_rows(
-                self[n].reshape(self.batch_size, -1) != 0, other[n].reshape(other.batch_size, -1) != 0
+                self[n].reshape(self.batch_size, -1) != 0,
+                other[n].reshape(other.batch_size, -1) != 0,
             )
             for n in self.layer_names
         }
@@ -296,7 +299,9 @@ def global_percentile(
     total = sum(s[0].numel() for s in scores.values())
     drop = int(round(sparsity * total))
     if drop == 0:
-        return Pathway({n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}, granularity)
+        return Pathway(
+            {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}, granularity
+        )
     if chunk_size is not None and chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     step = chunk_size or batch
@@ -332,7 +337,9 @@ def threshold_scores(
 ) -> Pathway:
     """Keep every unit whose score is ``> threshold``."""
     _check_scores(scores)
-    return Pathway({n: s > threshold for n, s in scores.items()}, granularity, {"rule": "threshold"})
+    return Pathway(
+        {n: s > threshold for n, s in scores.items()}, granularity, {"rule": "threshold"}
+    )
 
 
 # Class aggregation --------------------------------------------------------------------------
@@ -365,7 +372,9 @@ class ClassPathways:
         if labels.dim() != 1:
             raise InputError(f"labels must be 1-D, got shape {list(labels.shape)}")
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise InputError(f"labels must be in [0, {self.num_classes}), got {labels.tolist()[:8]}")
+            raise InputError(
+                f"labels must be in [0, {self.num_classes}), got {labels.tolist()[:8]}"
+            )
         empty = [int(c) for c in labels.unique() if self.counts[c] == 0]
         if empty:
             raise InputError(f"no class pathway for classes {empty}: they had no instances")

@@ -120,18 +120,37 @@ def extract(
     # The layout (granularity, per-layer mask shapes) is whatever the finder produces: probe it.
     probe = finder.find(dataset[0][0].unsqueeze(0).to(finder.gated.device))
     layers = [{"name": name, "shape": list(shape)} for name, shape in probe.layer_shapes.items()]
-    info = ExtractionInfo(finder.name, probe.granularity, layers, num_classes, total,
-                          shard_size, dict(provenance or {}))
+    info = ExtractionInfo(
+        finder.name,
+        probe.granularity,
+        layers,
+        num_classes,
+        total,
+        shard_size,
+        dict(provenance or {}),
+    )
     _check_or_start(out, info, rank)
 
     mine = [k for k in range(info.shards) if k % world == rank]
     todo = [k for k in mine if not (out / shard_name(k)).exists()]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"extract {finder.name}",
-               unit="shard", disable=not progress or rank != 0)
+    bar = tqdm(
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        desc=f"extract {finder.name}",
+        unit="shard",
+        disable=not progress or rank != 0,
+    )
     for k in todo:
         start, stop = k * shard_size, min(total, (k + 1) * shard_size)
-        _write_shard(finder, Subset(dataset, range(start, stop)), start, batch_size,
-                     out / shard_name(k), internal_batch_size, probe.layer_shapes)
+        _write_shard(
+            finder,
+            Subset(dataset, range(start, stop)),
+            start,
+            batch_size,
+            out / shard_name(k),
+            internal_batch_size,
+            probe.layer_shapes,
+        )
         bar.update(1)
         if on_shard is not None:
             on_shard(k)
@@ -151,8 +170,17 @@ def _check_or_start(out: Path, info: ExtractionInfo, rank: int) -> None:
     expected = _index_payload(info, complete=False)
     if (out / INDEX).exists():
         found = read_json(out / INDEX)
-        keys = ("format", "version", "method", "granularity", "layers", "num_classes", "total",
-                "shard_size", "provenance")
+        keys = (
+            "format",
+            "version",
+            "method",
+            "granularity",
+            "layers",
+            "num_classes",
+            "total",
+            "shard_size",
+            "provenance",
+        )
         if any(found.get(key) != expected[key] for key in keys):
             raise CheckpointError(
                 f"{out} holds another extraction ({found.get('method')!r} of "
@@ -167,10 +195,17 @@ def _check_or_start(out: Path, info: ExtractionInfo, rank: int) -> None:
 
 def _index_payload(info: ExtractionInfo, complete: bool) -> dict[str, Any]:
     return {
-        "format": FORMAT, "version": VERSION, "method": info.method,
-        "granularity": info.granularity, "layers": info.layers, "num_classes": info.num_classes,
-        "total": info.total, "shard_size": info.shard_size, "shards": info.shards,
-        "provenance": info.provenance, "complete": complete,
+        "format": FORMAT,
+        "version": VERSION,
+        "method": info.method,
+        "granularity": info.granularity,
+        "layers": info.layers,
+        "num_classes": info.num_classes,
+        "total": info.total,
+        "shard_size": info.shard_size,
+        "shards": info.shards,
+        "provenance": info.provenance,
+        "complete": complete,
     }
 
 
@@ -180,8 +215,13 @@ def _predict(finder: PathwayFinder, images: Tensor) -> Tensor:
 
 
 def _write_shard(
-    finder: PathwayFinder, part: Dataset, start: int, batch_size: int, path: Path,
-    internal_batch_size: int | None, layer_shapes: dict[str, tuple[int, ...]],
+    finder: PathwayFinder,
+    part: Dataset,
+    start: int,
+    batch_size: int,
+    path: Path,
+    internal_batch_size: int | None,
+    layer_shapes: dict[str, tuple[int, ...]],
 ) -> None:
     rows, labels, predictions, kept = [], [], [], []
     device = finder.gated.device
@@ -219,8 +259,9 @@ def _write_class_stats(out: Path, info: ExtractionInfo, mine: Sequence[int], ran
         dist.all_reduce(units)
         dist.all_reduce(instances)
     if rank == 0:
-        save_tensors(out / CLASS_STATS, {"unit_counts": units, "instances": instances},
-                     {"format": FORMAT})
+        save_tensors(
+            out / CLASS_STATS, {"unit_counts": units, "instances": instances}, {"format": FORMAT}
+        )
         payload = _index_payload(info, complete=True)
         payload["bytes_per_sample"] = _bytes_per_sample(out, info)
         write_json_atomic(out / INDEX, payload)
@@ -237,12 +278,16 @@ class PathwayStore:
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
         if not (self.directory / INDEX).is_file():
-            raise CheckpointError(f"{self.directory} is not a neuralpath pathway store (no {INDEX})")
+            raise CheckpointError(
+                f"{self.directory} is not a neuralpath pathway store (no {INDEX})"
+            )
         index = read_json(self.directory / INDEX)
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise CheckpointError(f"{self.directory} is not a neuralpath pathway store")
         if not index.get("complete"):
-            raise CheckpointError(f"{self.directory} is incomplete: re-run the extraction to resume it")
+            raise CheckpointError(
+                f"{self.directory} is incomplete: re-run the extraction to resume it"
+            )
         self.index = index
         self.layers: list[dict[str, Any]] = index["layers"]
         self.granularity: str = index["granularity"]

@@ -27,7 +27,14 @@ from neuralpath.runner import FinderRun, open_target, run_finder
 from neuralpath.transfer import InstanceRule, build_class_pathways, transfer_from_run
 
 DEFAULT_METHODS: tuple[str, ...] = (
-    "gencnp", "dgr", "dgr-r", "cp-mct", "cp-intgrad", "greedy", "random", "active",
+    "gencnp",
+    "dgr",
+    "dgr-r",
+    "cp-mct",
+    "cp-intgrad",
+    "greedy",
+    "random",
+    "active",
 )
 DEFAULT_SPARSITY = 0.9
 
@@ -139,17 +146,33 @@ def run_study(
         )  # fmt: skip
         torch.manual_seed(config.seed)
         finder = build_finder(name, gated, options)
-        run = run_finder(finder, evaluation, batch_size=config.batch_size, limit=config.limit,
-                         progress=progress, method=name)
+        run = run_finder(
+            finder,
+            evaluation,
+            batch_size=config.batch_size,
+            limit=config.limit,
+            progress=progress,
+            method=name,
+        )
         classes = build_class_pathways(
-            finder, train, target.meta.num_classes, j=config.transfer_per_class,
-            theta=config.theta, instances=config.instances, batch_size=config.batch_size,
-            class_names=evaluation.class_names, progress=progress, allow_missing=True,
+            finder,
+            train,
+            target.meta.num_classes,
+            j=config.transfer_per_class,
+            theta=config.theta,
+            instances=config.instances,
+            batch_size=config.batch_size,
+            class_names=evaluation.class_names,
+            progress=progress,
+            allow_missing=True,
         )
         transfer = transfer_from_run(gated, classes, evaluation, run, batch_size=config.batch_size)
         summary = dict(transfer.transfer)
-        summary.update(class_instances=classes.counts.tolist(), theta=classes.theta,
-                       instance_class_jaccard=transfer.instance_class_jaccard)
+        summary.update(
+            class_instances=classes.counts.tolist(),
+            theta=classes.theta,
+            instance_class_jaccard=transfer.instance_class_jaccard,
+        )
         result.methods[name] = MethodResult(run, classes, summary)
         if name == "gencnp" and config.sparsity is None:
             result.sparsity = float(1.0 - run.outcome.kept_fraction.mean())
@@ -165,4 +188,3 @@ def write_results(result: StudyResult, out_dir: str | os.PathLike[str]) -> Path:
     path = Path(out_dir) / "results.json"
     write_json_atomic(path, result.to_json())
     return path
-

@@ -136,8 +136,9 @@ def evaluate_transfer(
 
     Runs ``finder`` on the first ``limit`` samples, then :func:`transfer_from_run`.
     """
-    run = run_finder(finder, dataset, batch_size=batch_size, limit=limit, progress=progress,
-                     method=method)
+    run = run_finder(
+        finder, dataset, batch_size=batch_size, limit=limit, progress=progress, method=method
+    )
     return transfer_from_run(finder.gated, class_pathways, dataset, run, batch_size=batch_size)
 
 

@@ -65,24 +65,42 @@ SETTING_KEYS = (
 def add_settings_arg(parser: argparse.ArgumentParser, per_method: bool = False) -> None:
     """``--set KEY=VALUE`` (repeatable), or ``--set METHOD.KEY=VALUE`` with ``per_method``."""
     if per_method:
-        parser.add_argument("--set", dest="settings", action="append", default=[],
-                            metavar="METHOD.KEY=VALUE",
-                            help="a setting of one pathway finder, repeatable, e.g. dgr.gamma=0.01; "
-                            f"keys: {SETTING_KEYS}")
+        parser.add_argument(
+            "--set",
+            dest="settings",
+            action="append",
+            default=[],
+            metavar="METHOD.KEY=VALUE",
+            help="a setting of one pathway finder, repeatable, e.g. dgr.gamma=0.01; "
+            f"keys: {SETTING_KEYS}",
+        )
         return
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"a pathway-finder setting, repeatable: {SETTING_KEYS}. VALUE is read "
-                        "as JSON when it parses (0.01, 100, true), else as text")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a pathway-finder setting, repeatable: {SETTING_KEYS}. VALUE is read "
+        "as JSON when it parses (0.01, 100, true), else as text",
+    )
 
 
 def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
     """The options shared by commands that run one pathway finder over a data split
     (``find``, ``extract``); :func:`open_finder` turns them into a finder and its data."""
     parser.add_argument("--checkpoint", required=True, help="target checkpoint directory")
-    parser.add_argument("--method", required=True, help="cp-mct, cp-intgrad, greedy, random, "
-                        "active, dgr, dgr-r, gencnp")
-    parser.add_argument("--sparsity", type=float, default=0.9,
-                        help="fraction of units dropped, for methods with a sparsity knob (0.9)")
+    parser.add_argument(
+        "--method",
+        required=True,
+        help="cp-mct, cp-intgrad, greedy, random, active, dgr, dgr-r, gencnp",
+    )
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.9,
+        help="fraction of units dropped, for methods with a sparsity knob (0.9)",
+    )
     parser.add_argument("--granularity", choices=("channel", "element"), default="channel")
     parser.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
     add_settings_arg(parser)
@@ -91,8 +109,11 @@ def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
     parser.add_argument("--split", choices=("train", "test"), default="test")
     parser.add_argument("--limit", type=int, help=limit_help)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--internal-batch-size", type=int,
-                        help="find pathways for at most this many images at a time (bounds memory)")
+    parser.add_argument(
+        "--internal-batch-size",
+        type=int,
+        help="find pathways for at most this many images at a time (bounds memory)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_seed_arg(parser)
     add_device_arg(parser)
@@ -112,8 +133,9 @@ def open_finder(
     check_sparsity(args.sparsity)
     torch.manual_seed(args.seed)
     target, gated = open_target(args.checkpoint, device)
-    dataset = load_dataset(args.data, args.split, args.data_root,
-                           image_size=target.meta.input_shape[-1])
+    dataset = load_dataset(
+        args.data, args.split, args.data_root, image_size=target.meta.input_shape[-1]
+    )
     options = FinderOptions(
         args.sparsity, args.granularity, args.generator, args.seed, parse_settings(args.settings)
     )

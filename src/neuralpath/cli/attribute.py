@@ -53,11 +53,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
     add_settings_arg(parser)
     parser.add_argument("--layer", help="gate site for Grad-CAM (default: the last conv site)")
-    parser.add_argument("--data", required=True, help="fashion-mnist, mnist, cifar10, synthetic or a folder")
+    parser.add_argument(
+        "--data", required=True, help="fashion-mnist, mnist, cifar10, synthetic or a folder"
+    )
     parser.add_argument("--data-root", help="folder holding a user copy of the data set")
     parser.add_argument("--split", choices=("train", "test"), default="test", help="(default test)")
     parser.add_argument(
-        "--limit", type=int, default=16, help="explain this many images, a seeded random subset (default 16)"
+        "--limit",
+        type=int,
+        default=16,
+        help="explain this many images, a seeded random subset (default 16)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument(

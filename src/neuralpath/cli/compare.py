@@ -23,25 +23,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     compare.add_argument("--checkpoint", required=True, help="target checkpoint directory")
     compare.add_argument("--generator", help="GEN-CNP generator directory (needed for gencnp)")
-    compare.add_argument("--methods", help="comma-separated methods (default: all; gencnp only "
-                         "with --generator)")
-    compare.add_argument("--sparsity", type=float, help="fraction of units dropped by methods with "
-                         "a sparsity knob (default: GEN-CNP's mean when it runs, else 0.9)")
+    compare.add_argument(
+        "--methods", help="comma-separated methods (default: all; gencnp only with --generator)"
+    )
+    compare.add_argument(
+        "--sparsity",
+        type=float,
+        help="fraction of units dropped by methods with "
+        "a sparsity knob (default: GEN-CNP's mean when it runs, else 0.9)",
+    )
     compare.add_argument("--granularity", choices=("channel", "element"), default="channel")
     compare.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
     compare.add_argument("--data-root", help="folder holding a user copy of the data set")
     compare.add_argument("--split", choices=("train", "test"), default="test")
     compare.add_argument("--limit", type=int, default=500, help="evaluation samples (default 500)")
     compare.add_argument("--batch-size", type=int, default=64)
-    compare.add_argument("--j", type=int, default=20, dest="per_class",
-                         help="training samples per class for class pathways (default 20)")
-    compare.add_argument("--instances", choices=("correct", "all"), default="correct",
-                         help="class pathways from correctly predicted samples only (default) or "
-                         "from all, grouped by prediction")
+    compare.add_argument(
+        "--j",
+        type=int,
+        default=20,
+        dest="per_class",
+        help="training samples per class for class pathways (default 20)",
+    )
+    compare.add_argument(
+        "--instances",
+        choices=("correct", "all"),
+        default="correct",
+        help="class pathways from correctly predicted samples only (default) or "
+        "from all, grouped by prediction",
+    )
     compare.add_argument("--theta", type=float, default=0.5, help="class pathway threshold (0.5)")
     compare.add_argument("--panels", type=int, default=4, help="samples shown in the report (4)")
-    compare.add_argument("--frontier", help="JSON list of GEN-CNP alpha-sweep points to plot "
-                         "(default: GDIR/frontier.json when present)")
+    compare.add_argument(
+        "--frontier",
+        help="JSON list of GEN-CNP alpha-sweep points to plot "
+        "(default: GDIR/frontier.json when present)",
+    )
     add_settings_arg(compare, per_method=True)
     compare.add_argument("--out", required=True, help="results directory to write")
     compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -66,25 +83,46 @@ def run_compare(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     config = StudyConfig(
         settings=parse_method_settings(args.settings),
-        methods=methods, sparsity=args.sparsity, granularity=args.granularity,
-        generator=args.generator, data=args.data, data_root=args.data_root, split=args.split,
-        limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-        transfer_per_class=args.per_class, theta=args.theta, instances=args.instances,
+        methods=methods,
+        sparsity=args.sparsity,
+        granularity=args.granularity,
+        generator=args.generator,
+        data=args.data,
+        data_root=args.data_root,
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        transfer_per_class=args.per_class,
+        theta=args.theta,
+        instances=args.instances,
     )
     frontier_file = args.frontier or (
         str(Path(args.generator) / "frontier.json")
-        if args.generator and (Path(args.generator) / "frontier.json").is_file() else None
+        if args.generator and (Path(args.generator) / "frontier.json").is_file()
+        else None
     )
     frontier = read_json(frontier_file) if frontier_file else None
     out = Path(args.out)
     result, gated, evaluation = run_study(
-        args.checkpoint, config, device=args.device, progress=not args.no_progress,
+        args.checkpoint,
+        config,
+        device=args.device,
+        progress=not args.no_progress,
         pathway_dir=out / "pathways",
     )
     results_path = write_results(result, out)
-    md_path, html_path = build_report(result, gated, evaluation, out, panel_samples=args.panels,
-                                      frontier=frontier)
+    md_path, html_path = build_report(
+        result, gated, evaluation, out, panel_samples=args.panels, frontier=frontier
+    )
     summary = result.to_json()
-    print_json({"results": str(results_path), "tables": str(md_path), "report": str(html_path),
-                "methods": summary["methods"], "transfer": summary["transfer"]})
+    print_json(
+        {
+            "results": str(results_path),
+            "tables": str(md_path),
+            "report": str(html_path),
+            "methods": summary["methods"],
+            "transfer": summary["transfer"],
+        }
+    )
     return 0

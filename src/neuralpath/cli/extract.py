@@ -42,22 +42,41 @@ def run_extract(args: argparse.Namespace) -> int:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
         target, _gated, dataset, finder = open_finder(args, device)
-        provenance = {"checkpoint": os.path.abspath(args.checkpoint), "data": args.data,
-                      "split": args.split, "sparsity": args.sparsity, "seed": args.seed,
-                      "settings": parse_settings(args.settings),
-                      "generator": os.path.abspath(args.generator) if args.generator else None}
+        provenance = {
+            "checkpoint": os.path.abspath(args.checkpoint),
+            "data": args.data,
+            "split": args.split,
+            "sparsity": args.sparsity,
+            "seed": args.seed,
+            "settings": parse_settings(args.settings),
+            "generator": os.path.abspath(args.generator) if args.generator else None,
+        }
         started = time.perf_counter()
-        out = extract(finder, dataset, args.out, num_classes=target.meta.num_classes,
-                      shard_size=args.shard_size, batch_size=args.batch_size, limit=args.limit,
-                      provenance=provenance, progress=not args.no_progress,
-                      internal_batch_size=args.internal_batch_size)
+        out = extract(
+            finder,
+            dataset,
+            args.out,
+            num_classes=target.meta.num_classes,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            provenance=provenance,
+            progress=not args.no_progress,
+            internal_batch_size=args.internal_batch_size,
+        )
         seconds = time.perf_counter() - started
         if not distributed or dist.get_rank() == 0:
             store = PathwayStore(out)
-            print_json({"store": str(out), "method": store.method, "n": len(store),
-                        "bytes_per_sample": store.index["bytes_per_sample"],
-                        "kept_fraction_mean": float(store.kept_fraction.mean()),
-                        "seconds": seconds})
+            print_json(
+                {
+                    "store": str(out),
+                    "method": store.method,
+                    "n": len(store),
+                    "bytes_per_sample": store.index["bytes_per_sample"],
+                    "kept_fraction_mean": float(store.kept_fraction.mean()),
+                    "seconds": seconds,
+                }
+            )
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()

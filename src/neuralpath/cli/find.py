@@ -25,15 +25,26 @@ def run_find(args: argparse.Namespace) -> int:
     from neuralpath.runner import run_finder
 
     _target, _gated, dataset, finder = open_finder(args, args.device)
-    run = run_finder(finder, dataset, batch_size=args.batch_size, limit=args.limit,
-                     progress=not args.no_progress, method=args.method,
-                     internal_batch_size=args.internal_batch_size)
+    run = run_finder(
+        finder,
+        dataset,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        progress=not args.no_progress,
+        method=args.method,
+        internal_batch_size=args.internal_batch_size,
+    )
     summary = run.summary()
     run.pathway.metadata.update(
-        checkpoint=str(args.checkpoint), data=args.data, split=args.split,
-        sparsity=args.sparsity, seed=args.seed, settings=parse_settings(args.settings),
+        checkpoint=str(args.checkpoint),
+        data=args.data,
+        split=args.split,
+        sparsity=args.sparsity,
+        seed=args.seed,
+        settings=parse_settings(args.settings),
         summary=summary,
-        labels=run.labels.tolist(), predictions=run.outcome.prediction.tolist(),
+        labels=run.labels.tolist(),
+        predictions=run.outcome.prediction.tolist(),
     )
     run.pathway.save(args.out)
     print_json(summary)

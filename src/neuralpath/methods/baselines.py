@@ -28,9 +28,7 @@ from neuralpath.targets import TargetType, resolve_target
 
 def _unit_shape(gated: GatedModel, granularity: Granularity) -> dict[str, tuple[int, ...]]:
     """Per-sample mask shape of each site at ``granularity``."""
-    return {
-        s.name: s.shape if granularity == "element" else (s.units,) for s in gated.sites
-    }
+    return {s.name: s.shape if granularity == "element" else (s.units,) for s in gated.sites}
 
 
 class GreedyTaylor(PathwayFinder):

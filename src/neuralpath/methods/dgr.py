@@ -265,7 +265,10 @@ class DGR(PathwayFinder):
         for seed in seeds:
             generator = torch.Generator().manual_seed(seed)
             draws.append(
-                {n: torch.rand(s, generator=generator, dtype=torch.float64) for n, s in shapes.items()}
+                {
+                    n: torch.rand(s, generator=generator, dtype=torch.float64)
+                    for n, s in shapes.items()
+                }
             )
         return {
             name: torch.stack([draw[name] for draw in draws])

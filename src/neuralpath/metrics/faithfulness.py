@@ -100,7 +100,9 @@ def average_class_iou(pathway: Pathway, classes: Tensor) -> float:
     return float(100.0 * torch.stack(per_class).mean()) if per_class else float("nan")
 
 
-def summarize(outcome: PathwayOutcome, pathway: Pathway | None, labels: Tensor | None) -> dict[str, float]:
+def summarize(
+    outcome: PathwayOutcome, pathway: Pathway | None, labels: Tensor | None
+) -> dict[str, float]:
     """The faithfulness keys every finder reports (``find``/``compare`` JSON contract).
 
     acIOU groups the pathways by the explained class (``outcome.target``).
@@ -114,7 +116,9 @@ def summarize(outcome: PathwayOutcome, pathway: Pathway | None, labels: Tensor |
         "mic": mean_increase_in_confidence(p, p_path),
         "ic_fraction": float((p_path > p).float().mean()),
         "mdc": mean_decrease_in_confidence(p, p_path),
-        "aciou": average_class_iou(pathway, outcome.target) if pathway is not None else float("nan"),
+        "aciou": average_class_iou(pathway, outcome.target)
+        if pathway is not None
+        else float("nan"),
         "kept_fraction_mean": float(outcome.kept_fraction.mean()),
         "kept_fraction_std": float(outcome.kept_fraction.std(unbiased=False)),
     }

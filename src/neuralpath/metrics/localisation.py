@@ -26,7 +26,9 @@ from neuralpath.metrics.perturbation import REDUCTIONS, pixel_relevance
 
 def _checked(attributions: Tensor, masks: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
     if not isinstance(masks, Tensor) or masks.dim() != 3:
-        raise ShapeError(f"masks must be [B, H, W], got {getattr(masks, 'shape', type(masks).__name__)}")
+        raise ShapeError(
+            f"masks must be [B, H, W], got {getattr(masks, 'shape', type(masks).__name__)}"
+        )
     if masks.shape[0] == 0:
         raise InputError("empty batch: masks has no samples")
     relevance = pixel_relevance(attributions, reduction)
@@ -65,7 +67,9 @@ class PointingGame:
         if not tolerance >= 0:
             raise InputError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
         if reduction not in REDUCTIONS:
-            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+            raise InputError(
+                f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+            )
         self.tolerance = float(tolerance)
         self.reduction = reduction
 
@@ -86,7 +90,9 @@ class RelevanceMass:
 
     def __init__(self, *, reduction: str = "sum"):
         if reduction not in REDUCTIONS:
-            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+            raise InputError(
+                f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+            )
         self.reduction = reduction
 
     def __call__(self, attributions: Tensor, masks: Tensor) -> Tensor:

@@ -49,9 +49,15 @@ def pixel_relevance(attributions: Tensor, reduction: str = "sum-abs") -> Tensor:
     A ``[B, H, W]`` map is returned as is for ``"sum"``/``"signed-max-abs"``, abs otherwise.
     """
     if reduction not in REDUCTIONS:
-        raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+        raise InputError(
+            f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+        )
     if not isinstance(attributions, Tensor) or attributions.dim() not in (3, 4):
-        shape = list(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
+        shape = (
+            list(attributions.shape)
+            if isinstance(attributions, Tensor)
+            else type(attributions).__name__
+        )
         raise ShapeError(f"attributions must be [B, C, H, W] or [B, H, W], got {shape}")
     a = attributions.detach().float()
     if a.dim() == 3:
@@ -112,11 +118,15 @@ def baseline_like(baseline: Baseline, inputs: Tensor) -> Tensor:
     elif value.dim() == 3:
         value = value.unsqueeze(0)
     if value.dim() != 4:
-        raise ShapeError(f"baseline of shape {list(baseline.shape)} does not fit inputs {list(inputs.shape)}")
+        raise ShapeError(
+            f"baseline of shape {list(baseline.shape)} does not fit inputs {list(inputs.shape)}"
+        )
     try:
         return value.expand_as(inputs)
     except RuntimeError as exc:
-        raise ShapeError(f"baseline of shape {list(baseline.shape)} does not fit inputs {list(inputs.shape)}") from exc
+        raise ShapeError(
+            f"baseline of shape {list(baseline.shape)} does not fit inputs {list(inputs.shape)}"
+        ) from exc
 
 
 def check_batch(inputs: Tensor) -> None:
@@ -131,8 +141,16 @@ def check_batch(inputs: Tensor) -> None:
 def check_map_shape(attributions: Tensor, inputs: Tensor) -> None:
     """Raise :class:`ShapeError` unless ``attributions`` is ``[B, C|1, H, W]``/``[B, H, W]`` of ``inputs``."""
     b, c, h, w = inputs.shape
-    if not isinstance(attributions, Tensor) or tuple(attributions.shape) not in ((b, c, h, w), (b, 1, h, w), (b, h, w)):
-        shape = list(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
+    if not isinstance(attributions, Tensor) or tuple(attributions.shape) not in (
+        (b, c, h, w),
+        (b, 1, h, w),
+        (b, h, w),
+    ):
+        shape = (
+            list(attributions.shape)
+            if isinstance(attributions, Tensor)
+            else type(attributions).__name__
+        )
         raise ShapeError(f"attributions of shape {shape} do not match inputs {[b, c, h, w]}")
 
 
@@ -140,7 +158,10 @@ def check_map_shape(attributions: Tensor, inputs: Tensor) -> None:
 def predict_proba(model: nn.Module, inputs: Tensor, batch_size: int = 256) -> Tensor:
     """Softmax probabilities ``[B, K]`` of ``model`` (eval mode, restored after) in batches."""
     with frozen(model):
-        parts = [model(inputs[i : i + batch_size]).softmax(dim=1) for i in range(0, inputs.shape[0], batch_size)]
+        parts = [
+            model(inputs[i : i + batch_size]).softmax(dim=1)
+            for i in range(0, inputs.shape[0], batch_size)
+        ]
     return torch.cat(parts)
 
 
@@ -149,7 +170,9 @@ def model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def resolve_targets(model: nn.Module, inputs: Tensor, targets: Any, batch_size: int = 256) -> Tensor:
+def resolve_targets(
+    model: nn.Module, inputs: Tensor, targets: Any, batch_size: int = 256
+) -> Tensor:
     """``targets`` as a ``[B]`` long tensor; None means the model's prediction on ``inputs``."""
     probs = predict_proba(model, inputs, batch_size)
     return resolve_target(probs, targets)
@@ -221,9 +244,13 @@ class _PixelCurve(ABC):
     higher_is_better = False
     most_relevant_first = True
 
-    def __init__(self, *, reduction: str = "sum-abs", baseline: Baseline = 0.0, batch_size: int = 256):
+    def __init__(
+        self, *, reduction: str = "sum-abs", baseline: Baseline = 0.0, batch_size: int = 256
+    ):
         if reduction not in REDUCTIONS:
-            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+            raise InputError(
+                f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+            )
         _check_positive_int("batch_size", batch_size)
         self.reduction = reduction
         self.baseline = baseline
@@ -248,7 +275,9 @@ class _PixelCurve(ABC):
         probs = predict_proba(model, inputs, self.batch_size)
         target = resolve_target(probs, targets)
         relevance = relevance_for(inputs, target, attributions, explain, self.reduction)
-        ranks = order_ranks(relevance_order(relevance, most_relevant_first=self.most_relevant_first))
+        ranks = order_ranks(
+            relevance_order(relevance, most_relevant_first=self.most_relevant_first)
+        )
         fractions, values, area = self._curve(model, inputs, target, probs, ranks)
         return CurveResult(self.name, fractions, values, area, self.higher_is_better)
 
@@ -348,7 +377,9 @@ class _ProgressiveCurve(_PixelCurve):
             x = self._removed(inputs, ranks, count, keep=self.insert)
             curve.append(self._target_probability(model, x, target))
         values = torch.stack(curve, dim=1)
-        fractions = torch.arange(self.steps + 1, dtype=values.dtype, device=values.device) / self.steps
+        fractions = (
+            torch.arange(self.steps + 1, dtype=values.dtype, device=values.device) / self.steps
+        )
         return fractions, values, torch.trapezoid(values, fractions, dim=1)
 
 
@@ -368,7 +399,9 @@ class Insertion(_ProgressiveCurve):
     insert = True
 
 
-def method_explainer(method: str, *, layers: Sequence[str] | None = None, **options: Any) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+def method_explainer(
+    method: str, *, layers: Sequence[str] | None = None, **options: Any
+) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
     """``explain(model, inputs, targets)`` for a method of :data:`neuralpath.attribution.METHOD_NAMES`.
 
     ``options`` go to :func:`neuralpath.attribution.make_attribution_method` (``finder``,

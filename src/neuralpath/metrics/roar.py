@@ -120,9 +120,15 @@ def subset(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
         return dataset
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InputError(f"limit must be a positive integer, got {limit!r}")
-    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    index = (
+        torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
+        .sort()
+        .values
+    )
     masks = None if dataset.masks is None else dataset.masks[index]
-    return dataclasses.replace(dataset, images=dataset.images[index], labels=dataset.labels[index], masks=masks)
+    return dataclasses.replace(
+        dataset, images=dataset.images[index], labels=dataset.labels[index], masks=masks
+    )
 
 
 @dataclass
@@ -142,7 +148,9 @@ class RoarResult:
             "higher_is_better": self.higher_is_better,
             "percentages": list(self.percentages),
             "unperturbed_accuracy": self.unperturbed,
-            "accuracy": {m: {f"{q:g}": acc for q, acc in row.items()} for m, row in self.accuracy.items()},
+            "accuracy": {
+                m: {f"{q:g}": acc for q, acc in row.items()} for m, row in self.accuracy.items()
+            },
             "models_trained_this_run": self.trained,
             "config": self.config,
         }
@@ -183,12 +191,20 @@ class ROAR:
         if target not in ("prediction", "label"):
             raise InputError(f"target must be 'prediction' or 'label', got {target!r}")
         if reduction not in REDUCTIONS:
-            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
-        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("explain_batch_size", explain_batch_size)):
+            raise InputError(
+                f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+            )
+        for key, value in (
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("explain_batch_size", explain_batch_size),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{key} must be a positive integer, got {value!r}")
         if isinstance(baseline, Tensor) and baseline.numel() != 1:
-            raise InputError("ROAR takes a scalar baseline (or a [C] tensor); per-image baselines do not apply")
+            raise InputError(
+                "ROAR takes a scalar baseline (or a [C] tensor); per-image baselines do not apply"
+            )
         self.work_dir = Path(work_dir)
         self.percentages = check_percentages(percentages)
         self.epochs = epochs
@@ -207,7 +223,12 @@ class ROAR:
 
     # ------------------------------------------------------------------ cache layout
     def _config(
-        self, model: nn.Module, arch: str, arch_args: Mapping[str, Any], train: ImageDataset, test: ImageDataset
+        self,
+        model: nn.Module,
+        arch: str,
+        arch_args: Mapping[str, Any],
+        train: ImageDataset,
+        test: ImageDataset,
     ) -> dict[str, Any]:
         """What the cached pixel rankings depend on, the target's weights included."""
         return {
@@ -225,7 +246,9 @@ class ROAR:
         """Folder name of the results of one retraining recipe (epochs, batch, lr, seed, baseline)."""
         base = self.baseline.tolist() if isinstance(self.baseline, Tensor) else float(self.baseline)
         custom = "-custom" if self.trainer is not None else ""
-        return f"e{self.epochs}-bs{self.batch_size}-lr{self.lr:g}-seed{self.seed}-baseline{base}{custom}".replace(" ", "")
+        return f"e{self.epochs}-bs{self.batch_size}-lr{self.lr:g}-seed{self.seed}-baseline{base}{custom}".replace(
+            " ", ""
+        )
 
     def _check_config(self, config: dict[str, Any]) -> None:
         path = self.work_dir / "config.json"
@@ -270,14 +293,18 @@ class ROAR:
         if path.exists():
             tensors, meta = load_tensors(path)
             sizes = {name: len(ds) for name, ds in splits.items()}
-            if (meta.get("method"), meta.get("sizes")) != (method, sizes) or set(tensors) != set(splits):
+            if (meta.get("method"), meta.get("sizes")) != (method, sizes) or set(tensors) != set(
+                splits
+            ):
                 raise CheckpointError(f"{path} does not belong to this ROAR run; delete it")
             return tensors
         ranks = {}
         for split, dataset in splits.items():
             parts = []
             starts = range(0, len(dataset), self.explain_batch_size)
-            for start in tqdm(starts, desc=f"{method}: {split} maps", disable=not self.progress, leave=False):
+            for start in tqdm(
+                starts, desc=f"{method}: {split} maps", disable=not self.progress, leave=False
+            ):
                 x = dataset.images[start : start + self.explain_batch_size].to(model_device(model))
                 if self.target == "label":
                     t = dataset.labels[start : start + self.explain_batch_size].to(x.device)
@@ -328,38 +355,60 @@ class ROAR:
         config = self._config(model, arch, arch_args, train, test)
         self._check_config(config)
         trainer = self.trainer or make_trainer(
-            arch, arch_args, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, device=model_device(model)
+            arch,
+            arch_args,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            device=model_device(model),
         )
         trained = 0
         cells: list[tuple[str, float]] = [(m, q) for m in methods for q in self.percentages]
         todo = [(m, q) for m, q in cells if not self._cell_path(m, q).exists()]
         unperturbed_path = self.work_dir / "results" / self.training_key / f"{UNPERTURBED}.json"
-        bar = tqdm(total=len(todo) + int(self.include_unperturbed and not unperturbed_path.exists()),
-                   desc="ROAR retraining", disable=not self.progress)
+        bar = tqdm(
+            total=len(todo) + int(self.include_unperturbed and not unperturbed_path.exists()),
+            desc="ROAR retraining",
+            disable=not self.progress,
+        )
         with bar:
             if self.include_unperturbed and not unperturbed_path.exists():
                 started = time.perf_counter()
                 accuracy = trainer(train, test, self.seed)
                 trained += 1
-                write_json_atomic(unperturbed_path, {"accuracy": accuracy, "seconds": round(time.perf_counter() - started, 2)})
+                write_json_atomic(
+                    unperturbed_path,
+                    {"accuracy": accuracy, "seconds": round(time.perf_counter() - started, 2)},
+                )
                 bar.update()
             for method in dict.fromkeys(m for m, _ in todo):
                 splits = {"train": train, "test": test}
-                ranks = self._ranks(method, methods[method], model, splits, settings.get(method, {}))
+                ranks = self._ranks(
+                    method, methods[method], model, splits, settings.get(method, {})
+                )
                 for q in (q for m, q in todo if m == method):
                     started = time.perf_counter()
                     bar.set_postfix(method=method, q=f"{q:g}")
                     accuracy = trainer(
-                        self._perturbed(train, ranks["train"], q), self._perturbed(test, ranks["test"], q), self.seed
+                        self._perturbed(train, ranks["train"], q),
+                        self._perturbed(test, ranks["test"], q),
+                        self.seed,
                     )
                     trained += 1
                     write_json_atomic(
                         self._cell_path(method, q),
-                        {"method": method, "percentage": q, "accuracy": accuracy,
-                         "seconds": round(time.perf_counter() - started, 2)},
+                        {
+                            "method": method,
+                            "percentage": q,
+                            "accuracy": accuracy,
+                            "seconds": round(time.perf_counter() - started, 2),
+                        },
                     )
                     bar.update()
-        accuracy_table = {m: {q: read_json(self._cell_path(m, q))["accuracy"] for q in self.percentages} for m in methods}
+        accuracy_table = {
+            m: {q: read_json(self._cell_path(m, q))["accuracy"] for q in self.percentages}
+            for m in methods
+        }
         unperturbed = read_json(unperturbed_path)["accuracy"] if unperturbed_path.exists() else None
         config["training"] = self.training_key
         return RoarResult(accuracy_table, unperturbed, self.percentages, trained, config=config)

@@ -65,7 +65,9 @@ def average_ranks(values: Tensor) -> Tensor:
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     group = starts.long().cumsum(dim=1) - 1
     positions = torch.arange(1, n + 1, device=values.device, dtype=torch.float64).expand(batch, n)
-    sums = torch.zeros(batch, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, positions)
+    sums = torch.zeros(batch, n, dtype=torch.float64, device=values.device).scatter_add_(
+        1, group, positions
+    )
     counts = torch.zeros_like(sums).scatter_add_(1, group, torch.ones_like(positions))
     ranked = (sums / counts.clamp(min=1)).gather(1, group)
     return torch.empty_like(ranked).scatter_(1, index, ranked)
@@ -94,7 +96,10 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
     if window < 3:
         raise InputError(f"maps of {a.shape[1]}x{a.shape[2]} pixels are too small for SSIM")
     xs, ys = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
-    values = [structural_similarity(x, y, data_range=2.0, win_size=window) for x, y in zip(xs, ys, strict=True)]
+    values = [
+        structural_similarity(x, y, data_range=2.0, win_size=window)
+        for x, y in zip(xs, ys, strict=True)
+    ]
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -113,7 +118,13 @@ def hog_correlation(a: Tensor, b: Tensor) -> Tensor:
     def features(maps: Tensor) -> Tensor:
         arrays = maps.detach().abs().double().cpu().numpy()
         rows = [
-            hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
+            hog(
+                m,
+                orientations=9,
+                pixels_per_cell=(cell, cell),
+                cells_per_block=(2, 2),
+                feature_vector=True,
+            )
             for m in arrays
         ]
         return torch.from_numpy(np.stack(rows))
@@ -121,7 +132,9 @@ def hog_correlation(a: Tensor, b: Tensor) -> Tensor:
     return pearson(features(a), features(b))
 
 
-def similarities(reference: Tensor, maps: Tensor, measures: Sequence[str] = MEASURES) -> dict[str, Tensor]:
+def similarities(
+    reference: Tensor, maps: Tensor, measures: Sequence[str] = MEASURES
+) -> dict[str, Tensor]:
     """Each similarity measure of normalised maps ``[B, H, W]`` against ``reference``: ``{name: [B]}``."""
     out: dict[str, Tensor] = {}
     for measure in measures:
@@ -134,7 +147,9 @@ def similarities(reference: Tensor, maps: Tensor, measures: Sequence[str] = MEAS
         elif measure == "hog":
             out[measure] = hog_correlation(reference, maps)
         else:
-            raise InputError(f"unknown similarity {measure!r}; expected one of {', '.join(MEASURES)}")
+            raise InputError(
+                f"unknown similarity {measure!r}; expected one of {', '.join(MEASURES)}"
+            )
     return out
 
 
@@ -217,9 +232,13 @@ class CascadingRandomisation:
     ):
         unknown = [m for m in measures if m not in MEASURES]
         if unknown or not measures:
-            raise InputError(f"unknown similarity measures {unknown}; expected some of {', '.join(MEASURES)}")
+            raise InputError(
+                f"unknown similarity measures {unknown}; expected some of {', '.join(MEASURES)}"
+            )
         if reduction not in REDUCTIONS:
-            raise InputError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+            raise InputError(
+                f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+            )
         self.layers = None if layers is None else list(layers)
         self.seed = seed
         self.measures = tuple(measures)
@@ -257,6 +276,8 @@ class CascadingRandomisation:
             randomise_(modules[name], self.seed + step)
             maps = explain(work, inputs, targets)
             check_map_shape(maps, inputs)
-            for measure, value in similarities(reference, normalised_maps(maps, self.reduction), self.measures).items():
+            for measure, value in similarities(
+                reference, normalised_maps(maps, self.reduction), self.measures
+            ).items():
                 scores[measure].append(value)
         return SanityResult(layers, {m: torch.stack(v) for m, v in scores.items()})

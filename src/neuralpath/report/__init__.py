@@ -102,11 +102,16 @@ def build_report(
     for i in range(count):
         label = class_names[int(first.labels[i])]
         predicted = class_names[int(first.outcome.prediction[i])]
-        panels.append(_img(
-            figures.sample_panel(shown[i], {m: (v[0][i], v[1][i]) for m, v in maps.items()},
-                                 f"sample {i}: label {label}, predicted {predicted}"),
-            f"explanations of sample {i}",
-        ))
+        panels.append(
+            _img(
+                figures.sample_panel(
+                    shown[i],
+                    {m: (v[0][i], v[1][i]) for m, v in maps.items()},
+                    f"sample {i}: label {label}, predicted {predicted}",
+                ),
+                f"explanations of sample {i}",
+            )
+        )
 
     kept_per_layer = {
         m: [float(v.mean()) for v in r.run.pathway.binarize().kept_fraction_per_layer().values()]
@@ -118,11 +123,19 @@ def build_report(
             continue
         freq = outcome.classes.frequency
         flat = torch.cat([freq[n].reshape(freq.batch_size, -1) for n in layers], dim=1)
-        class_figures.append(_img(
-            figures.class_pathways(flat.cpu(), list(freq.units.values()), layers, class_names,
-                                   method, outcome.classes.theta),
-            f"class pathways of {method}",
-        ))
+        class_figures.append(
+            _img(
+                figures.class_pathways(
+                    flat.cpu(),
+                    list(freq.units.values()),
+                    layers,
+                    class_names,
+                    method,
+                    outcome.classes.theta,
+                ),
+                f"class pathways of {method}",
+            )
+        )
 
     sections = {
         "metrics": html_table(payload["methods"])
@@ -139,16 +152,20 @@ def build_report(
         "class-pathways": "".join(class_figures),
         "overlap": _img(figures.overlap(_overlap_matrix(result), methods), "pathway overlap"),
         "sparsity": _img(
-            figures.sparsity_distribution({m: r.run.outcome.kept_fraction for m, r in result.methods.items()}),
+            figures.sparsity_distribution(
+                {m: r.run.outcome.kept_fraction for m, r in result.methods.items()}
+            ),
             "kept fraction distributions",
         ),
-        "frontier": _img(figures.frontier(frontier), "GEN-CNP trade-off frontier") if frontier
+        "frontier": _img(figures.frontier(frontier), "GEN-CNP trade-off frontier")
+        if frontier
         else '<p class="note">No α sweep was given for this study (see <code>neuralpath '
         "fit-gencnp</code> and <code>benchmarks/gencnp_study.py</code>).</p>",
     }
     nav = "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in SECTIONS)
     body = "".join(
-        f'<section id="{sid}"><h2>{html.escape(t)}</h2>{sections[sid]}</section>' for sid, t in SECTIONS
+        f'<section id="{sid}"><h2>{html.escape(t)}</h2>{sections[sid]}</section>'
+        for sid, t in SECTIONS
     )
     target = result.target
     header = (

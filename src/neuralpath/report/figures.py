@@ -29,9 +29,7 @@ def _image(ax: plt.Axes, picture: Tensor) -> None:
     ax.set_axis_off()
 
 
-def sample_panel(
-    image: Tensor, maps: Mapping[str, tuple[Tensor, Tensor]], title: str
-) -> bytes:
+def sample_panel(image: Tensor, maps: Mapping[str, tuple[Tensor, Tensor]], title: str) -> bytes:
     """One sample: its image, then per method its Pathway Gradient (signed, top row) and
     Grad-CAM of the pathway model (bottom row). ``image`` ``[C, H, W]`` in [0, 1]; maps ``[H, W]``.
     """
@@ -46,8 +44,15 @@ def sample_panel(
         _image(axes[1, col], image)
         axes[1, col].imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axes[0, col].set_axis_off()
-    axes[1, 0].text(0.5, 0.5, "top row:\nPathway Gradient\n(signed max-abs)\n\nbottom row:\nGrad-CAM on H_P",
-                    transform=axes[1, 0].transAxes, ha="center", va="center", fontsize=7)
+    axes[1, 0].text(
+        0.5,
+        0.5,
+        "top row:\nPathway Gradient\n(signed max-abs)\n\nbottom row:\nGrad-CAM on H_P",
+        transform=axes[1, 0].transAxes,
+        ha="center",
+        va="center",
+        fontsize=7,
+    )
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
@@ -66,14 +71,19 @@ def layer_profile(kept_per_layer: Mapping[str, Sequence[float]], layers: Sequenc
 
 
 def class_pathways(
-    frequency: Tensor, layer_sizes: Sequence[int], layers: Sequence[str], class_names: Sequence[str],
-    method: str, theta: float,
+    frequency: Tensor,
+    layer_sizes: Sequence[int],
+    layers: Sequence[str],
+    class_names: Sequence[str],
+    method: str,
+    theta: float,
 ) -> bytes:
     """Class x unit picture: firing frequency of every unit (all layers side by side) per class;
     units at or above ``theta`` form the class pathway."""
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(class_names) + 1.2))
-    shown = ax.imshow(frequency.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                      interpolation="nearest")
+    shown = ax.imshow(
+        frequency.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+    )
     edge = 0
     for size in layer_sizes[:-1]:
         edge += size
@@ -81,7 +91,9 @@ def class_pathways(
     ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
     starts = [sum(layer_sizes[:i]) + layer_sizes[i] / 2 for i in range(len(layers))]
     ax.set_xticks(starts, layers, rotation=45, ha="right", fontsize=6)
-    ax.set_title(f"{method}: firing frequency per class (class pathway = frequency ≥ {theta})", fontsize=9)
+    ax.set_title(
+        f"{method}: firing frequency per class (class pathway = frequency ≥ {theta})", fontsize=9
+    )
     fig.colorbar(shown, ax=ax, fraction=0.02)
     return _png(fig)
 
@@ -95,8 +107,15 @@ def overlap(matrix: Tensor, methods: Sequence[str]) -> bytes:
     for i in range(len(methods)):
         for j in range(len(methods)):
             value = float(matrix[i, j])
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if value > 0.6 else "white")
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if value > 0.6 else "white",
+            )
     fig.colorbar(shown, ax=ax, fraction=0.04)
     return _png(fig)
 
