@@ -43,6 +43,21 @@ def test_settings_reach_each_method(gated) -> None:
     assert build_finder("random", gated, FinderOptions()).sparsity == 0.9
 
 
+def test_finder_sparsity_is_what_it_drops_by_construction(gated) -> None:
+    from neuralpath.methods.gencnp import GenCNPFinder
+    from neuralpath.methods.gencnp.generator import PathwayGenerator
+
+    options = FinderOptions(sparsity=0.7)
+    for method in ("cp-mct", "cp-intgrad", "greedy", "random", "dgr", "dgr-r"):
+        assert build_finder(method, gated, options).sparsity == 0.7, method
+    positive = FinderOptions(sparsity=0.7, settings={"binarize": "positive"})
+    assert build_finder("dgr", gated, positive).sparsity is None  # gates > 0: per sample
+    assert build_finder("active", gated, options).sparsity is None
+    generator = PathwayGenerator(gated.sites)
+    assert GenCNPFinder(gated, generator).sparsity is None  # DAQ masks: per sample
+    assert GenCNPFinder(gated, generator, 0.7).sparsity == 0.7  # gencnp-global
+
+
 @pytest.mark.parametrize(
     ("method", "settings", "message"),
     [
@@ -88,6 +103,7 @@ def test_find_cli_applies_and_records_settings(tmp_path, capsys) -> None:
     assert pathway.metadata["settings"] == {"iterations": 2, "gamma": 0.5, "binarize": "positive"}
     assert pathway.metadata["gamma"] == 0.5 and pathway.metadata["iterations"] == 2
     assert pathway.metadata["binarize"] == "positive"
+    assert pathway.metadata["sparsity"] is None  # gates > 0 drop a per-sample fraction
     capsys.readouterr()
 
 
@@ -135,6 +151,9 @@ def test_evaluation_passes_settings_to_its_finder_only(gated) -> None:
         )  # fmt: skip
         payload = evaluate_attribution(model, data, ["pathway-gradient:dgr", "gradient"], config)
         assert payload["config"]["finder_settings"] == settings
+        results = payload["results"]
+        assert results["pathway-gradient:dgr"]["finder_sparsity"] == 0.5
+        assert "finder_sparsity" not in results["gradient"]
         return payload["results"]["pathway-gradient:dgr"]["lerf"]["curve"]
 
     settings = {"iterations": 2, "gamma": 0.5}
@@ -173,7 +192,14 @@ def test_attribute_and_evaluate_cli_take_settings(tmp_path, capsys) -> None:
     ])  # fmt: skip
     assert code == 0
     assert json.loads(capsys.readouterr().out)["finder_settings"] == {"steps": 2}
-    assert read_json(tmp_path / "maps" / "meta.json")["finder_settings"] == {"steps": 2}
+    meta = read_json(tmp_path / "maps" / "meta.json")
+    assert (meta["finder_settings"], meta["sparsity"]) == ({"steps": 2}, 0.9)
+    code = main([
+        "attribute", *common, "--method", "pathway-gradient", "--finder", "active", "--no-png",
+        "--out", str(tmp_path / "active"),
+    ])  # fmt: skip
+    assert code == 0 and read_json(tmp_path / "active" / "meta.json")["sparsity"] is None
+    capsys.readouterr()
 
     bad = main([
         "attribute", *common, "--method", "pathway-gradient", "--finder", "greedy", "--set", "bogus=1",

@@ -97,6 +97,8 @@ def evaluate_attribution(
 
     from neuralpath.attribution import PATHWAY_METHODS
     from neuralpath.errors import DataError, InputError
+    from neuralpath.gating import GatedModel
+    from neuralpath.methods import FinderOptions, build_finder
     from neuralpath.metrics.localisation import PointingGame, RelevanceMass
     from neuralpath.metrics.perturbation import (
         Deletion,
@@ -128,12 +130,12 @@ def evaluate_attribution(
     device = model_device(model)
     explainers = {}
     method_settings: dict[str, dict[str, Any]] = {}
-    finders = set()
+    finder_of: dict[str, str] = {}
     for spec in methods:
         name, options = parse_method(spec)
         if name in PATHWAY_METHODS:
             finder = options.get("finder", "cp-mct")
-            finders.add(finder)
+            finder_of[spec] = finder
             options = {
                 "sparsity": config.sparsity,
                 "granularity": config.granularity,
@@ -144,6 +146,7 @@ def evaluate_attribution(
             }
             method_settings[spec] = options
         explainers[spec] = method_explainer(name, **options)
+    finders = set(finder_of.values())
     stray = sorted(set(config.finder_settings) - finders)
     if stray:
         raise InputError(
@@ -166,6 +169,22 @@ def evaluate_attribution(
     }
     wanted = [m for m in perturbation if m in config.metrics]
     results: dict[str, dict[str, Any]] = {spec: {} for spec in methods}
+    if finder_of:  # builds each finder once up front: bad settings fail before any work
+        gated = GatedModel.discover(model, inputs[:1])
+        for spec, finder in finder_of.items():
+            options = method_settings[spec]
+            built = build_finder(
+                finder,
+                gated,
+                FinderOptions(
+                    options["sparsity"],
+                    options["granularity"],
+                    options["generator"],
+                    options["seed"],
+                    options["settings"],
+                ),
+            )
+            results[spec]["finder_sparsity"] = built.sparsity
     needs_maps = bool(wanted) or "localisation" in config.metrics
     for spec in tqdm(methods, desc="methods", disable=not config.progress):
         explain = explainers[spec]

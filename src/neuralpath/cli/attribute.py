@@ -89,6 +89,7 @@ def run_attribute(args: argparse.Namespace) -> int:
     from neuralpath.data import load_dataset
     from neuralpath.errors import InputError
     from neuralpath.gating import GatedModel
+    from neuralpath.methods import FinderOptions, build_finder
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
@@ -119,6 +120,13 @@ def run_attribute(args: argparse.Namespace) -> int:
         generator=args.generator,
         settings=finder_settings,
     )
+    pathway_method = args.method.startswith("pathway-")
+    finder_sparsity = None
+    if pathway_method:  # the fraction the finder drops by construction (None: per sample)
+        options = FinderOptions(
+            args.sparsity, args.granularity, args.generator, args.seed, finder_settings
+        )
+        finder_sparsity = build_finder(args.finder, gated, options).sparsity
     run = attribute_dataset(
         gated,
         method,
@@ -127,7 +135,6 @@ def run_attribute(args: argparse.Namespace) -> int:
         explain=args.explain,
         progress=not args.no_progress,
     )
-    pathway_method = args.method.startswith("pathway-")
     settings = {
         "checkpoint": str(args.checkpoint),
         "data": args.data,
@@ -135,7 +142,7 @@ def run_attribute(args: argparse.Namespace) -> int:
         "explain": args.explain,
         "seed": args.seed,
         "finder": args.finder if pathway_method else None,
-        "sparsity": args.sparsity if pathway_method else None,
+        "sparsity": finder_sparsity,
         "granularity": args.granularity if pathway_method else None,
         "generator": args.generator if pathway_method else None,
         "finder_settings": finder_settings if pathway_method else None,

@@ -46,7 +46,7 @@ def run_extract(args: argparse.Namespace) -> int:
             "checkpoint": os.path.abspath(args.checkpoint),
             "data": args.data,
             "split": args.split,
-            "sparsity": args.sparsity,
+            "sparsity": finder.sparsity,
             "seed": args.seed,
             "settings": parse_settings(args.settings),
             "generator": os.path.abspath(args.generator) if args.generator else None,

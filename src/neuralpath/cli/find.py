@@ -39,7 +39,7 @@ def run_find(args: argparse.Namespace) -> int:
         checkpoint=str(args.checkpoint),
         data=args.data,
         split=args.split,
-        sparsity=args.sparsity,
+        sparsity=finder.sparsity,
         seed=args.seed,
         settings=parse_settings(args.settings),
         summary=summary,

@@ -24,6 +24,8 @@ class PathwayFinder(ABC):
     """Finds a pathway per input sample. Never changes the model (all gating is scoped)."""
 
     name: ClassVar[str]
+    sparsity: float | None = None
+    """Fraction of units every pathway drops by construction; None when it varies per sample."""
 
     def __init__(self, gated: GatedModel):
         self.gated = gated

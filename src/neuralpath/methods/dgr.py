@@ -232,6 +232,7 @@ class DGR(PathwayFinder):
         self.config = config if config is not None else DGRConfig()
         if not isinstance(self.config, DGRConfig):
             raise InputError(f"config must be a DGRConfig, got {type(self.config).__name__}")
+        self.sparsity = self.config.sparsity if self.config.binarize == "percentile" else None
 
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         """Binary pathway of ``inputs`` ``[B, *input_shape]`` (see :meth:`optimise`)."""
