@@ -222,8 +222,56 @@ def test_checkpoint_for_another_target_is_refused(trained) -> None:
     with pytest.raises(CheckpointError, match=r"features\.4.*units 6 vs 7"):
         load_generator(out, gm)
     retrained = GatedModel.discover(tiny_cnn(seed=5), torch.zeros(1, 3, 8, 8))
-    with pytest.raises(CheckpointError, match="different weights"):
+    with pytest.raises(CheckpointError, match="different weights.*verify_weights=False"):
         build_finder("gencnp", retrained, FinderOptions(generator=str(out)))
+    # a deliberately changed copy (sanity checks): only the layers are checked
+    relaxed = FinderOptions(generator=str(out), verify_weights=False)
+    assert build_finder("gencnp", retrained, relaxed).find(torch.randn(2, 3, 8, 8)).batch_size == 2
+    with pytest.raises(CheckpointError, match=r"features\.4.*units 6 vs 7"):
+        build_finder("gencnp", gm, relaxed)
+
+
+def test_saliency_evaluation_with_generator(trained, target, data) -> None:
+    """evaluate-attribution's default metrics (sanity included) on GEN-CNP pathway maps."""
+    from neuralpath.attribution import quantus_explain_func
+    from neuralpath.data import ImageDataset
+    from neuralpath.evaluation import EvaluationConfig, evaluate_attribution
+
+    _, out = trained
+    images, labels = data[1].tensors
+    test_set = ImageDataset(
+        images[:6], labels[:6], "colours", "test", ["r", "g", "b"], (0.0,) * 3, (1.0,) * 3
+    )
+    config = EvaluationConfig(
+        percentages=(20.0, 60.0), steps=4, batch_size=6, granularity="channel", progress=False,
+        generator=str(out),
+    )  # fmt: skip
+    specs = ["pathway-gradient:gencnp", "pathway-gradient:gencnp-global"]
+    payload = evaluate_attribution(target, test_set, specs, config)
+    results = payload["results"]
+    assert results[specs[0]]["finder_sparsity"] is None
+    assert results[specs[1]]["finder_sparsity"] == 0.9
+    for spec in specs:
+        assert len(results[spec]["sanity"]["similarity"]["ssim"]) == 4  # every layer randomised
+        assert results[spec]["lerf"]["curve"][0] >= 0.0
+    retrained = tiny_cnn(seed=5)
+    with pytest.raises(CheckpointError, match="different weights"):
+        evaluate_attribution(retrained, test_set, specs[:1], config)  # checked before any work
+
+    maps = quantus_explain_func(
+        target, images[:3].numpy(), labels[:3].numpy(), finder="gencnp", granularity="channel",
+        generator=str(out),
+    )  # fmt: skip
+    assert maps.shape == (3, 3, 8, 8)
+    with pytest.raises(CheckpointError, match="different weights"):
+        quantus_explain_func(
+            retrained, images[:3], None, finder="gencnp", granularity="channel", generator=str(out)
+        )
+    relaxed = quantus_explain_func(
+        retrained, images[:3], None, finder="gencnp", granularity="channel", generator=str(out),
+        verify_weights=False,
+    )  # fmt: skip
+    assert relaxed.shape == (3, 3, 8, 8)
 
 
 def test_factory_needs_generator(gated, trained) -> None:

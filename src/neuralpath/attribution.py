@@ -270,11 +270,13 @@ def make_attribution_method(
     layer: str | None = None,
     generator: str | None = None,
     settings: Mapping[str, Any] | None = None,
+    verify_weights: bool = True,
 ) -> AttributionMethod:
     """An :data:`AttributionMethod` by name (see :data:`METHOD_NAMES`).
 
-    ``finder``/``sparsity``/``granularity``/``seed``/``generator``/``settings`` configure the
-    pathway methods (any registered finder; ``settings`` as in ``neuralpath find --set``);
+    ``finder``/``sparsity``/``granularity``/``seed``/``generator``/``settings``/``verify_weights``
+    configure the pathway methods (any registered finder, see :class:`FinderOptions`; ``settings``
+    as in ``neuralpath find --set``);
     ``layer`` is the Grad-CAM gate site (default: the last spatial site). Integrated Gradients
     uses 50 steps from an all-zero baseline, in passes of ``B`` rows.
     """
@@ -287,7 +289,9 @@ def make_attribution_method(
             raise InputError(f"{name!r} has no pathway finder to take settings or a generator")
         return _captum_method(name, layer)
     check_sparsity(sparsity)
-    options = FinderOptions(sparsity, granularity, generator, seed, dict(settings or {}))
+    options = FinderOptions(
+        sparsity, granularity, generator, seed, dict(settings or {}), verify_weights
+    )
 
     def run(gated: GatedModel, inputs: Tensor, target: TargetType = None) -> Tensor:
         path_finder = build_finder(finder, gated, options)
@@ -317,13 +321,17 @@ def quantus_explain_func(
     granularity: Granularity = "element",
     layers: Sequence[str] | None = None,
     seed: int = 0,
+    generator: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    verify_weights: bool = True,
     device: str | torch.device | None = None,
     **unused: Any,
 ) -> np.ndarray:
     """Quantus ``explain_func``: maps of ``inputs`` ``[B, C, H, W]`` as a float32 numpy array.
 
     Gate sites are discovered on ``model`` (``layers`` as in :meth:`GatedModel.discover`); the
-    other keywords select the method (:func:`make_attribution_method`). Output ``[B, C, H, W]``
+    other keywords select the method (:func:`make_attribution_method`; Quantus' randomisation
+    tests with ``finder="gencnp"`` need ``verify_weights=False``). Output ``[B, C, H, W]``
     (``[B, 1, H, W]`` for Grad-CAM). Unknown keywords raise :class:`InputError`.
     """
     if unused:
@@ -344,7 +352,14 @@ def quantus_explain_func(
         target = torch.as_tensor(targets, device=where).long().reshape(-1)
     gated = GatedModel.discover(model, x[:1], layers=layers)
     explain = make_attribution_method(
-        method, finder=finder, sparsity=sparsity, granularity=granularity, seed=seed
+        method,
+        finder=finder,
+        sparsity=sparsity,
+        granularity=granularity,
+        seed=seed,
+        generator=generator,
+        settings=settings,
+        verify_weights=verify_weights,
     )
     return explain(gated, x, target).detach().cpu().float().numpy()
 

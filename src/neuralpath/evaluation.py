@@ -216,6 +216,9 @@ def evaluate_attribution(
         if "sanity" in config.metrics:
             count = min(config.sanity_limit, inputs.shape[0])
             sanity = CascadingRandomisation(seed=config.seed)
+            if spec in finder_of:  # explains randomised copies: a generator was verified above
+                name, _ = parse_method(spec)
+                explain = method_explainer(name, **method_settings[spec], verify_weights=False)
             results[spec]["sanity"] = sanity(
                 model, inputs[:count], targets[:count], explain
             ).summary()

@@ -69,7 +69,9 @@ class FinderOptions:
     """The options the CLI passes to every finder factory; each finder reads what it needs.
 
     ``settings``: method-specific settings by name (``neuralpath find --set gamma=0.01``), each
-    factory accepting the ones its method has (:meth:`settings_for`).
+    factory accepting the ones its method has (:meth:`settings_for`). ``verify_weights``: finders
+    built from a trained artefact (``gencnp``) require it to be for these very weights; False
+    only checks the layers, for deliberately changed copies (a sanity check's randomised model).
     """
 
     sparsity: float = 0.9
@@ -77,6 +79,7 @@ class FinderOptions:
     generator: str | None = None
     seed: int = 0
     settings: Mapping[str, Any] = field(default_factory=dict)
+    verify_weights: bool = True
 
     def settings_for(self, method: str, allowed: Sequence[str]) -> dict[str, Any]:
         """``settings`` as keyword arguments, after checking that ``method`` has them all."""

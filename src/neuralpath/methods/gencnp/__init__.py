@@ -105,7 +105,7 @@ def _factory(gated: GatedModel, options: FinderOptions, sparsity: float | None) 
         )
     if options.granularity != "channel":
         raise InputError("gencnp predicts channel pathways; use --granularity channel")
-    loaded = load_generator(options.generator, gated)
+    loaded = load_generator(options.generator, gated, same_weights=options.verify_weights)
     return GenCNPFinder(gated, loaded.generator, sparsity)
 
 

@@ -90,7 +90,8 @@ def check_identity(
     if same_weights and stored.get("weights_sha256") != weights_fingerprint(gated.model):
         raise CheckpointError(
             f"{source}: the generator was trained for another target: same layers, different "
-            f"weights (fingerprint {str(stored.get('weights_sha256'))[:12]}... differs)"
+            f"weights (fingerprint {str(stored.get('weights_sha256'))[:12]}... differs; to explain "
+            "a deliberately changed copy, e.g. in a sanity check, pass verify_weights=False)"
         )
 
 
