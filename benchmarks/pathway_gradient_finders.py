@@ -62,6 +62,39 @@ def matched_sparsity(target: Any, generator: Path, images: torch.Tensor) -> floa
     return float(1.0 - finder.find(images).kept_fraction().mean())
 
 
+def zero_maps_after_randomisation(
+    model: torch.nn.Module, images: torch.Tensor, methods: list[str], config: Any
+) -> dict[str, int]:
+    """Per method, how many of ``images`` get an all-zero map from the fully randomised model
+    (every layer of the sanity cascade re-initialised with the sanity check's seeds)."""
+    import copy
+
+    from neuralpath.evaluation import parse_method
+    from neuralpath.metrics.perturbation import method_explainer
+    from neuralpath.metrics.sanity import CascadingRandomisation, randomise_
+
+    with torch.no_grad():
+        targets = model(images).argmax(dim=1)
+    work = copy.deepcopy(model)
+    modules = dict(work.named_modules())
+    for step, name in enumerate(CascadingRandomisation(seed=config.seed).cascade(model, images)):
+        randomise_(modules[name], config.seed + step)
+    counts = {}
+    for spec in methods:
+        name, options = parse_method(spec)
+        if "finder" in options:
+            options.update(
+                sparsity=config.sparsity,
+                granularity=config.granularity,
+                seed=config.seed,
+                generator=config.generator,
+                verify_weights=False,
+            )
+        maps = method_explainer(name, **options)(work, images, targets)
+        counts[spec] = int((maps.flatten(1).abs().amax(dim=1) == 0).sum())
+    return counts
+
+
 def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     from neuralpath.checkpoint import load_target
     from neuralpath.data import load_dataset
@@ -102,6 +135,11 @@ def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     payload = evaluate_attribution(target.model, test_set, methods, config)
     payload["wall_seconds"] = time.perf_counter() - started
+    sanity_images = test_set.images[: args.sanity_limit]
+    for spec, count in zero_maps_after_randomisation(
+        target.model, sanity_images, methods, config
+    ).items():
+        payload["results"][spec]["zero_maps_randomised"] = count
     payload["test_accuracy"] = target.meta.test_accuracy
     out = Path(args.work_dir) / arch
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +170,9 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
         "LeRF ↓ = |p − p′|/p after removing the least relevant pixels; MoRF ↑ the same for the "
         "most relevant; deletion AUC ↓ / insertion AUC ↑ of p over "
         f"{args.steps} steps; SSIM ↓ to the trained model's map after randomising the last "
-        "layer / all layers.",
+        "layer / all layers; zero maps: how many sanity images get an all-zero map from the "
+        "fully randomised model (a pathway that cuts the network passes no gradient; SSIM "
+        "between a map and an all-zero map is not 0, since both are mostly flat background).",
     ]
     for arch, payload in payloads.items():
         results = payload["results"]
@@ -144,8 +184,8 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
             f"{100 * payload['config']['sparsity']:.1f} %)",
             "",
             "| method | sparsity | LeRF 1% ↓ | LeRF 5% ↓ | LeRF 10% ↓ | MoRF 10% ↑ | del. AUC ↓ "
-            "| ins. AUC ↑ | SSIM last ↓ | SSIM all ↓ | s / image |",
-            "|---" * 11 + "|",
+            "| ins. AUC ↑ | SSIM last ↓ | SSIM all ↓ | zero maps, all random | s / image |",
+            "|---" * 12 + "|",
         ]
         for method, row in results.items():
             finder_sparsity = row.get("finder_sparsity", "n/a")
@@ -165,6 +205,7 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
                 _fmt(row["insertion"]["area"]),
                 _fmt(ssim[0]),
                 _fmt(ssim[-1]),
+                f"{row['zero_maps_randomised']} / {args.sanity_limit}",
                 _fmt(row["seconds_per_image"], 4),
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -180,6 +221,7 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
 def reading(payloads: dict[str, dict[str, Any]]) -> list[str]:
     """Generated, so it always matches the tables: where each finder ranks on LeRF and sanity."""
     out = ["**Reading** (generated from the tables above):"]
+    active_matches = True
     for arch, payload in payloads.items():
         results = payload["results"]
         pathway = {m: r for m, r in results.items() if m.startswith("pathway-gradient:")}
@@ -187,11 +229,29 @@ def reading(payloads: dict[str, dict[str, Any]]) -> list[str]:
         ssim = sorted(pathway, key=lambda m: pathway[m]["sanity"]["similarity"]["ssim"][-1])
         gradient = results["gradient"]
         beat = [m for m in lerf if _at(pathway[m]["lerf"], 0.1) < _at(gradient["lerf"], 0.1)]
+        same = [
+            _short(m)
+            for m in pathway
+            if all(
+                pathway[m][k]["curve"] == gradient[k]["curve"]
+                for k in ("lerf", "morf", "deletion", "insertion")
+            )
+        ]
+        zero = [_short(m) for m in pathway if pathway[m]["zero_maps_randomised"] > 0]
+        active_matches = active_matches and "active" in same
         out.append(
             f"- {arch}: LeRF at 10 % (best first): {', '.join(_short(m) for m in lerf)}; "
             f"{len(beat)} of {len(lerf)} finders beat plain gradients "
             f"({_at(gradient['lerf'], 0.1):.3f}). SSIM after randomising all layers (lowest "
-            f"first): {', '.join(_short(m) for m in ssim)}."
+            f"first): {', '.join(_short(m) for m in ssim)}. Curves identical to plain "
+            f"gradients: {', '.join(same) or 'none'}. All-zero maps from the fully randomised "
+            f"model: {', '.join(zero) or 'none'}."
+        )
+    if active_matches:
+        out.append(
+            "- `active` keeps exactly the channels with a positive activation; in a ReLU network the "
+            "others pass neither signal nor gradient, so its Pathway Gradient must equal the plain "
+            "gradient: the identical curves above are that check, end to end."
         )
     return out
 

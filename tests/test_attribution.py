@@ -66,6 +66,19 @@ def test_full_pathway_equals_plain_gradient_and_captum_saliency() -> None:
     )
 
 
+@pytest.mark.parametrize("granularity", ["element", "channel"])
+def test_active_pathway_gradient_equals_captum_saliency(granularity) -> None:
+    """Units with ``a <= 0`` after a ReLU pass neither signal nor gradient: dropping exactly them
+    (the ``active`` finder) leaves the input gradient unchanged."""
+    model, gated, inputs = _setup(seed=2)
+    cls = model(inputs).argmax(1)
+    active = build_finder("active", gated, FinderOptions(granularity=granularity))
+    assert active.find(inputs).kept_fraction().max() < 1.0  # some units are dropped
+    pg = PathwayGradient(gated, active).attribute(inputs)
+    saliency = Saliency(model).attribute(inputs.clone().requires_grad_(True), target=cls, abs=False)
+    torch.testing.assert_close(pg, saliency, rtol=1e-12, atol=1e-14)
+
+
 def test_pathway_gradient_equals_literal_masked_gradient() -> None:
     model, gated, inputs = _setup(seed=1)
     finder = NeuronMCT(gated, sparsity=0.8)
