@@ -231,11 +231,19 @@ def test_checkpoint_for_another_target_is_refused(trained) -> None:
         build_finder("gencnp", gm, relaxed)
 
 
-def test_saliency_evaluation_with_generator(trained, target, data) -> None:
-    """evaluate-attribution's default metrics (sanity included) on GEN-CNP pathway maps."""
+def test_saliency_evaluation_with_generator(trained, target, data, monkeypatch) -> None:
+    """evaluate-attribution's default metrics (sanity included) on GEN-CNP pathway maps; the
+    generator's weights are hashed once, not per batch or per randomised copy."""
     from neuralpath.attribution import quantus_explain_func
     from neuralpath.data import ImageDataset
     from neuralpath.evaluation import EvaluationConfig, evaluate_attribution
+    from neuralpath.methods.gencnp import checkpoint
+
+    hashed = []
+    fingerprint = checkpoint.weights_fingerprint
+    monkeypatch.setattr(
+        checkpoint, "weights_fingerprint", lambda model: hashed.append(1) or fingerprint(model)
+    )
 
     _, out = trained
     images, labels = data[1].tensors
@@ -243,11 +251,12 @@ def test_saliency_evaluation_with_generator(trained, target, data) -> None:
         images[:6], labels[:6], "colours", "test", ["r", "g", "b"], (0.0,) * 3, (1.0,) * 3
     )
     config = EvaluationConfig(
-        percentages=(20.0, 60.0), steps=4, batch_size=6, granularity="channel", progress=False,
+        percentages=(20.0, 60.0), steps=4, batch_size=3, granularity="channel", progress=False,
         generator=str(out),
     )  # fmt: skip
     specs = ["pathway-gradient:gencnp", "pathway-gradient:gencnp-global"]
     payload = evaluate_attribution(target, test_set, specs, config)
+    assert len(hashed) == len(specs)  # once per method, up front; then 2 batches, 4 copies each
     results = payload["results"]
     assert results[specs[0]]["finder_sparsity"] is None
     assert results[specs[1]]["finder_sparsity"] == 0.9
@@ -477,6 +486,18 @@ def test_cli_fit_and_class_pathways(target_dir, folder, tmp_path, capsys) -> Non
     assert json.loads((out / "results.json").read_text()) == printed
     assert printed["instance"]["n"] == printed["transfer"]["n"] == 20
     assert ClassPathways.load(out / "class_pathways.safetensors").counts.tolist() == [2, 2, 2]
+
+    maps = tmp_path / "maps"
+    code = main([
+        "attribute", *common, "--method", "pathway-gradient", "--finder", "gencnp",
+        "--generator", str(gdir), "--granularity", "channel", "--limit", "4", "--batch-size", "2",
+        "--no-png", "--no-progress", "--out", str(maps),
+    ])  # fmt: skip
+    assert code == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert (meta["finder"], meta["generator"], meta["sparsity"], meta["n"]) == (
+        "gencnp", str(gdir), None, 4
+    )  # fmt: skip
 
 
 def test_cli_errors(target_dir, folder, tmp_path, capsys) -> None:

@@ -145,7 +145,11 @@ def evaluate_attribution(
                 **options,
             }
             method_settings[spec] = options
-        explainers[spec] = method_explainer(name, **options)
+            # a generator's weights are checked once, below, on `model`, which no metric changes
+            # (the sanity check explains randomised copies of it)
+            explainers[spec] = method_explainer(name, **options, verify_weights=False)
+        else:
+            explainers[spec] = method_explainer(name, **options)
     finders = set(finder_of.values())
     stray = sorted(set(config.finder_settings) - finders)
     if stray:
@@ -169,7 +173,7 @@ def evaluate_attribution(
     }
     wanted = [m for m in perturbation if m in config.metrics]
     results: dict[str, dict[str, Any]] = {spec: {} for spec in methods}
-    if finder_of:  # builds each finder once up front: bad settings fail before any work
+    if finder_of:  # each finder once up front: bad settings or a wrong generator fail early
         gated = GatedModel.discover(model, inputs[:1])
         for spec, finder in finder_of.items():
             options = method_settings[spec]
@@ -216,9 +220,6 @@ def evaluate_attribution(
         if "sanity" in config.metrics:
             count = min(config.sanity_limit, inputs.shape[0])
             sanity = CascadingRandomisation(seed=config.seed)
-            if spec in finder_of:  # explains randomised copies: a generator was verified above
-                name, _ = parse_method(spec)
-                explain = method_explainer(name, **method_settings[spec], verify_weights=False)
             results[spec]["sanity"] = sanity(
                 model, inputs[:count], targets[:count], explain
             ).summary()

@@ -119,10 +119,12 @@ def run_attribute(args: argparse.Namespace) -> int:
         layer=args.layer,
         generator=args.generator,
         settings=finder_settings,
+        verify_weights=False,  # checked once below, not per batch (hashing big weights is slow)
     )
     pathway_method = args.method.startswith("pathway-")
     finder_sparsity = None
-    if pathway_method:  # the fraction the finder drops by construction (None: per sample)
+    if pathway_method:  # once up front: checks settings and the generator's weights, and
+        # gives the fraction the finder drops by construction (None: decided per sample)
         options = FinderOptions(
             args.sparsity, args.granularity, args.generator, args.seed, finder_settings
         )
