@@ -69,6 +69,7 @@ def zero_maps_after_randomisation(
     (every layer of the sanity cascade re-initialised with the sanity check's seeds)."""
     import copy
 
+    from neuralpath.attribution import zero_maps
     from neuralpath.evaluation import parse_method
     from neuralpath.metrics.perturbation import method_explainer
     from neuralpath.metrics.sanity import CascadingRandomisation, randomise_
@@ -91,7 +92,7 @@ def zero_maps_after_randomisation(
                 verify_weights=False,
             )
         maps = method_explainer(name, **options)(work, images, targets)
-        counts[spec] = int((maps.flatten(1).abs().amax(dim=1) == 0).sum())
+        counts[spec] = int(zero_maps(maps).sum())
     return counts
 
 
@@ -170,9 +171,10 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
         "LeRF ↓ = |p − p′|/p after removing the least relevant pixels; MoRF ↑ the same for the "
         "most relevant; deletion AUC ↓ / insertion AUC ↑ of p over "
         f"{args.steps} steps; SSIM ↓ to the trained model's map after randomising the last "
-        "layer / all layers; zero maps: how many sanity images get an all-zero map from the "
-        "fully randomised model (a pathway that cuts the network passes no gradient; SSIM "
-        "between a map and an all-zero map is not 0, since both are mostly flat background).",
+        "layer / all layers; zero maps: how many images get an all-zero map from the trained "
+        "target, and how many sanity images from the fully randomised model (a pathway that "
+        "empties a layer passes no gradient; SSIM between a map and an all-zero map is not 0, "
+        "since both are mostly flat background).",
     ]
     for arch, payload in payloads.items():
         results = payload["results"]
@@ -184,7 +186,7 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
             f"{100 * payload['config']['sparsity']:.1f} %)",
             "",
             "| method | sparsity | LeRF 1% ↓ | LeRF 5% ↓ | LeRF 10% ↓ | MoRF 10% ↑ | del. AUC ↓ "
-            "| ins. AUC ↑ | SSIM last ↓ | SSIM all ↓ | zero maps, all random | s / image |",
+            "| ins. AUC ↑ | SSIM last ↓ | SSIM all ↓ | zero maps: trained, all random | s / image |",
             "|---" * 12 + "|",
         ]
         for method, row in results.items():
@@ -205,7 +207,8 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
                 _fmt(row["insertion"]["area"]),
                 _fmt(ssim[0]),
                 _fmt(ssim[-1]),
-                f"{row['zero_maps_randomised']} / {args.sanity_limit}",
+                f"{row['zero_maps']} / {args.limit}, {row['zero_maps_randomised']} / "
+                f"{args.sanity_limit}",
                 _fmt(row["seconds_per_image"], 4),
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -238,14 +241,19 @@ def reading(payloads: dict[str, dict[str, Any]]) -> list[str]:
             )
         ]
         zero = [_short(m) for m in pathway if pathway[m]["zero_maps_randomised"] > 0]
+        zero_trained = [
+            f"{_short(m)} ({pathway[m]['zero_maps']})" for m in pathway if pathway[m]["zero_maps"]
+        ]
         active_matches = active_matches and "active" in same
         out.append(
             f"- {arch}: LeRF at 10 % (best first): {', '.join(_short(m) for m in lerf)}; "
             f"{len(beat)} of {len(lerf)} finders beat plain gradients "
             f"({_at(gradient['lerf'], 0.1):.3f}). SSIM after randomising all layers (lowest "
             f"first): {', '.join(_short(m) for m in ssim)}. Curves identical to plain "
-            f"gradients: {', '.join(same) or 'none'}. All-zero maps from the fully randomised "
-            f"model: {', '.join(zero) or 'none'}."
+            f"gradients: {', '.join(same) or 'none'}. All-zero maps from the trained target: "
+            f"{', '.join(zero_trained) or 'none'} (their pathways empty a layer; such maps rank "
+            f"pixels by ties only, which weighs on LeRF/MoRF); from the fully randomised model: "
+            f"{', '.join(zero) or 'none'}."
         )
     if active_matches:
         out.append(

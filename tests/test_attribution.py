@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from neuralpath.attribution import (
     make_attribution_method,
     quantus_explain_func,
     signed_max_abs,
+    zero_maps,
 )
 from neuralpath.errors import InputError, LayerError
 from neuralpath.gating import GatedModel
@@ -101,7 +104,19 @@ def test_pathway_gradient_equals_literal_masked_gradient() -> None:
     empty = Pathway(
         {n: torch.zeros_like(m) if n == "features.4" else m for n, m in pathway.items()}, "element"
     )
-    assert bool((PathwayGradient(gated).attribute(inputs, cls, pathway=empty) == 0).all())
+    with pytest.warns(UserWarning, match=r"4 of 4 .* all zero: .*keep no unit of features\.4"):
+        maps = PathwayGradient(gated).attribute(inputs, cls, pathway=empty)
+    assert bool((maps == 0).all()) and zero_maps(maps).tolist() == [True] * 4
+    one_cut = Pathway(
+        {n: torch.cat([m[:1] * 0, m[1:]]) if n == "features.4" else m for n, m in pathway.items()},
+        "element",
+    )
+    with pytest.warns(UserWarning, match=r"^1 of 4 Pathway Gradient maps"):
+        maps = PathwayGradient(gated).attribute(inputs, cls, pathway=one_cut)
+    assert zero_maps(maps).tolist() == [True, False, False, False]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a pathway that passes gradient: no warning
+        PathwayGradient(gated).attribute(inputs, cls, pathway=pathway)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -334,6 +349,7 @@ def test_cli_attribute_writes_maps_meta_and_overlays(tmp_path, capsys) -> None:
     assert code == 0
     summary = __import__("json").loads(capsys.readouterr().out)
     assert summary["n"] == 3 and summary["finder"] == "cp-mct" and summary["overlays"] == 3
+    assert summary["zero_maps"] == 0
     tensors, stored = load_tensors(out / "maps.safetensors")
     assert tensors["maps"].shape == (3, 3, 32, 32) and tensors["display"].shape == (3, 32, 32)
     assert stored == read_json(out / "meta.json") and stored["method"] == "pathway-gradient"
@@ -366,6 +382,17 @@ def test_cli_attribute_writes_maps_meta_and_overlays(tmp_path, capsys) -> None:
         ]
     )
     assert bad == 2 and "sparsity" in capsys.readouterr().err
+
+    code = main([
+        "attribute", *common, "--method", "pathway-gradient", "--granularity", "channel",
+        "--sparsity", "0.99", "--no-png", "--out", str(tmp_path / "cut"),
+    ])  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0 and __import__("json").loads(printed.out)["zero_maps"] == 3
+    assert printed.err.splitlines() == [
+        "neuralpath: warning: 3 of 3 maps are all zero (see --granularity, --sparsity)"
+    ]  # one line for the run, not one Python warning per batch
+    assert read_json(tmp_path / "cut" / "meta.json")["zero_maps"] == 3
 
 
 class ReusedReLU(nn.Module):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from neuralpath.data import ImageDataset
-from neuralpath.errors import DataError, InputError
+from neuralpath.errors import DataError, InputError, ZeroMapsWarning
 from neuralpath.evaluation import EvaluationConfig, evaluate_attribution, markdown_table
 from neuralpath.metrics.perturbation import Deletion, LeRF, bind, method_explainer
 
@@ -40,6 +42,16 @@ def test_payload_equals_the_metrics_called_directly(dataset) -> None:
     assert row["deletion"]["area"] == pytest.approx(deletion["area"], abs=1e-6)
     assert len(row["sanity"]["similarity"]["ssim"]) == len(row["sanity"]["layers"])
     assert payload["results"]["pathway-gradient:cp-mct"]["lerf"]["samples"] == 6
+    assert row["zero_maps"] == 0
+
+    # channels at 99 %: the global threshold empties whole layers, so every map is zero
+    cut = replace(config, metrics=("lerf",), sparsity=0.99, granularity="channel")
+    with pytest.warns(ZeroMapsWarning) as caught:  # one warning for the run, not one per batch
+        zero = evaluate_attribution(model, dataset, ["pathway-gradient:cp-mct"], cut)
+    assert zero["results"]["pathway-gradient:cp-mct"]["zero_maps"] == 6
+    assert [str(w.message) for w in caught] == [
+        "all-zero maps, whose pixel rankings are ties only: pathway-gradient:cp-mct (6 of 6)"
+    ]
 
     table = markdown_table(payload).splitlines()
     assert table[0].startswith("| method | LERF 10% ↓") and "deletion AUC ↓" in table[0]

@@ -251,15 +251,16 @@ def test_saliency_evaluation_with_generator(trained, target, data, monkeypatch) 
         images[:6], labels[:6], "colours", "test", ["r", "g", "b"], (0.0,) * 3, (1.0,) * 3
     )
     config = EvaluationConfig(
-        percentages=(20.0, 60.0), steps=4, batch_size=3, granularity="channel", progress=False,
-        generator=str(out),
+        percentages=(20.0, 60.0), steps=4, batch_size=3, granularity="channel", sparsity=0.1,
+        progress=False, generator=str(out),
     )  # fmt: skip
     specs = ["pathway-gradient:gencnp", "pathway-gradient:gencnp-global"]
     payload = evaluate_attribution(target, test_set, specs, config)
     assert len(hashed) == len(specs)  # once per method, up front; then 2 batches, 4 copies each
     results = payload["results"]
     assert results[specs[0]]["finder_sparsity"] is None
-    assert results[specs[1]]["finder_sparsity"] == 0.9
+    assert results[specs[1]]["finder_sparsity"] == 0.1  # at 0.3 this toy's maps are zero
+    assert results[specs[0]]["zero_maps"] == results[specs[1]]["zero_maps"] == 0
     for spec in specs:
         assert len(results[spec]["sanity"]["similarity"]["ssim"]) == 4  # every layer randomised
         assert results[spec]["lerf"]["curve"][0] >= 0.0

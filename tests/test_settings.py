@@ -108,7 +108,7 @@ def test_find_cli_applies_and_records_settings(tmp_path, capsys) -> None:
 
 
 def test_attribution_methods_take_finder_settings(gated) -> None:
-    from neuralpath.attribution import PathwayGradient, make_attribution_method
+    from neuralpath.attribution import PathwayGradient, make_attribution_method, zero_maps
 
     inputs = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     method = make_attribution_method(
@@ -119,11 +119,13 @@ def test_attribution_methods_take_finder_settings(gated) -> None:
         "dgr", gated, FinderOptions(0.5, "channel", settings={"iterations": 3, "gamma": 0.5})
     )
     expected = PathwayGradient(gated, finder).attribute(inputs)
+    assert not zero_maps(expected).any()
     torch.testing.assert_close(method(gated, inputs), expected)
-    default = make_attribution_method(
-        "pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5
-    )
-    assert not torch.allclose(default(gated, inputs), expected)  # the settings did change something
+    other = make_attribution_method(
+        "pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5,
+        settings={"iterations": 3, "gamma": 0.01},
+    )  # fmt: skip
+    assert not torch.allclose(other(gated, inputs), expected)  # the settings did change something
     with pytest.raises(InputError, match="no setting temperature"):
         make_attribution_method("pathway-gradient", finder="dgr", settings={"temperature": 2})(
             gated, inputs
@@ -153,10 +155,11 @@ def test_evaluation_passes_settings_to_its_finder_only(gated) -> None:
         assert payload["config"]["finder_settings"] == settings
         results = payload["results"]
         assert results["pathway-gradient:dgr"]["finder_sparsity"] == 0.5
+        assert results["pathway-gradient:dgr"]["zero_maps"] == 0
         assert "finder_sparsity" not in results["gradient"]
         return payload["results"]["pathway-gradient:dgr"]["lerf"]["curve"]
 
-    settings = {"iterations": 2, "gamma": 0.5}
+    settings = {"iterations": 3, "gamma": 0.5}  # 2 iterations: a layer emptied, all maps zero
     explain = method_explainer(
         "pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5, settings=settings
     )
@@ -210,11 +213,13 @@ def test_attribute_and_evaluate_cli_take_settings(tmp_path, capsys) -> None:
 
     code = main([
         "evaluate-attribution", *common, "--methods", "pathway-gradient:greedy", "--metrics", "lerf",
-        "--granularity", "channel", "--set", "greedy.steps=2", "--out", str(tmp_path / "eval"),
+        "--granularity", "channel", "--sparsity", "0.5", "--set", "greedy.steps=2",
+        "--out", str(tmp_path / "eval"),
     ])  # fmt: skip
     assert code == 0
     payload = read_json(tmp_path / "eval" / "results.json")
     assert payload["config"]["finder_settings"] == {"greedy": {"steps": 2}}
+    assert payload["results"]["pathway-gradient:greedy"]["zero_maps"] == 0  # 0.9 empties a layer
     capsys.readouterr()
     bad = main([
         "evaluate-attribution", *common, "--methods", "gradient", "--metrics", "lerf",

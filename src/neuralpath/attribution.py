@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from neuralpath.errors import InputError, LayerError
+from neuralpath.errors import InputError, LayerError, ZeroMapsWarning
 from neuralpath.gating import GatedModel, frozen
 from neuralpath.io import atomic_path, save_tensors, write_json_atomic
 from neuralpath.methods.base import FinderOptions, PathwayFinder, build_finder
@@ -142,7 +142,39 @@ class PathwayGradient(_PathwayAttribution):
         (grad,) = torch.autograd.grad(select_logit(logits, cls).sum(), x, allow_unused=True)
         if grad is None:
             raise InputError(_NO_GRADIENT)
+        _warn_about_zero_maps(grad, pathway)
         return grad
+
+
+def zero_maps(attributions: Tensor) -> Tensor:
+    """``[B]`` bool: which maps of ``attributions`` ``[B, ...]`` are zero everywhere."""
+    return attributions.flatten(1).abs().amax(dim=1) == 0
+
+
+def _warn_about_zero_maps(grad: Tensor, pathway: Pathway) -> None:
+    """Warn when some Pathway Gradient maps are all zero, naming the layers their pathways empty
+    (a global threshold over layers of very different score scales can drop whole layers)."""
+    zero = zero_maps(grad)
+    if not zero.any():
+        return
+    emptied = [
+        name
+        for name, kept in pathway.kept_fraction_per_layer().items()
+        if (kept.expand(zero.shape[0]).to(zero.device)[zero] == 0).any()
+    ]
+    if emptied:
+        more = f" (+{len(emptied) - 3} more)" if len(emptied) > 3 else ""
+        cause = (
+            f": their pathways keep no unit of {', '.join(emptied[:3])}{more}, so nothing passes;"
+            " lower the sparsity, use element units or a per-layer selection"
+        )
+    else:
+        cause = " (no gradient reaches the input through their pathways)"
+    warnings.warn(  # stacklevel: past attribute() and its two decorators, to the caller
+        f"{int(zero.sum())} of {zero.shape[0]} Pathway Gradient maps are all zero{cause}",
+        ZeroMapsWarning,
+        stacklevel=5,
+    )
 
 
 def default_cam_layer(gated: GatedModel) -> str:
@@ -399,6 +431,7 @@ class AttributionRun:
             "n": int(self.labels.numel()),
             "seconds": self.seconds,
             "seconds_per_image": self.seconds / max(1, self.labels.numel()),
+            "zero_maps": int(zero_maps(self.maps).sum()),
             **(metadata or {}),
         }
         tensors = {

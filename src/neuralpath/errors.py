@@ -28,3 +28,7 @@ class CheckpointError(NeuralpathError):
 
 class DataError(NeuralpathError):
     """A data set is unknown, missing from disk, or malformed."""
+
+
+class ZeroMapsWarning(UserWarning):
+    """Some attribution maps are zero everywhere (e.g. their pathways empty a whole layer)."""

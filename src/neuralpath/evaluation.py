@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +96,8 @@ def evaluate_attribution(
     import torch
     from tqdm.auto import tqdm
 
-    from neuralpath.attribution import PATHWAY_METHODS
-    from neuralpath.errors import DataError, InputError
+    from neuralpath.attribution import PATHWAY_METHODS, zero_maps
+    from neuralpath.errors import DataError, InputError, ZeroMapsWarning
     from neuralpath.gating import GatedModel
     from neuralpath.methods import FinderOptions, build_finder
     from neuralpath.metrics.localisation import PointingGame, RelevanceMass
@@ -190,39 +191,57 @@ def evaluate_attribution(
             )
             results[spec]["finder_sparsity"] = built.sparsity
     needs_maps = bool(wanted) or "localisation" in config.metrics
-    for spec in tqdm(methods, desc="methods", disable=not config.progress):
-        explain = explainers[spec]
-        if needs_maps:
-            started = time.perf_counter()
-            maps = torch.cat(
-                [
-                    explain(
-                        model, inputs[i : i + config.batch_size], targets[i : i + config.batch_size]
-                    )
-                    for i in range(0, inputs.shape[0], config.batch_size)
+    with warnings.catch_warnings():  # counted per method below, not warned per batch
+        warnings.simplefilter("ignore", ZeroMapsWarning)
+        for spec in tqdm(methods, desc="methods", disable=not config.progress):
+            explain = explainers[spec]
+            if needs_maps:
+                started = time.perf_counter()
+                maps = torch.cat(
+                    [
+                        explain(
+                            model,
+                            inputs[i : i + config.batch_size],
+                            targets[i : i + config.batch_size],
+                        )
+                        for i in range(0, inputs.shape[0], config.batch_size)
+                    ]
+                )
+                results[spec]["seconds_per_image"] = (time.perf_counter() - started) / inputs.shape[
+                    0
                 ]
-            )
-            results[spec]["seconds_per_image"] = (time.perf_counter() - started) / inputs.shape[0]
-            for metric in wanted:
-                results[spec][metric] = perturbation[metric](
-                    model, inputs, targets, attributions=maps
+                results[spec]["zero_maps"] = int(zero_maps(maps).sum())  # no ranking: ties removed
+                for metric in wanted:
+                    results[spec][metric] = perturbation[metric](
+                        model, inputs, targets, attributions=maps
+                    ).summary()
+                if "localisation" in config.metrics:
+                    masks = test_set.masks.to(device)
+                    hits = PointingGame(config.tolerance)(maps, masks)
+                    mass = RelevanceMass()(maps, masks)
+                    results[spec]["localisation"] = {
+                        "pointing_game": hits.mean().item(),
+                        "relevance_mass": mass.mean().item(),
+                        "higher_is_better": True,
+                        "tolerance": config.tolerance,
+                    }
+            if "sanity" in config.metrics:
+                count = min(config.sanity_limit, inputs.shape[0])
+                sanity = CascadingRandomisation(seed=config.seed)
+                results[spec]["sanity"] = sanity(
+                    model, inputs[:count], targets[:count], explain
                 ).summary()
-            if "localisation" in config.metrics:
-                masks = test_set.masks.to(device)
-                hits = PointingGame(config.tolerance)(maps, masks)
-                mass = RelevanceMass()(maps, masks)
-                results[spec]["localisation"] = {
-                    "pointing_game": hits.mean().item(),
-                    "relevance_mass": mass.mean().item(),
-                    "higher_is_better": True,
-                    "tolerance": config.tolerance,
-                }
-        if "sanity" in config.metrics:
-            count = min(config.sanity_limit, inputs.shape[0])
-            sanity = CascadingRandomisation(seed=config.seed)
-            results[spec]["sanity"] = sanity(
-                model, inputs[:count], targets[:count], explain
-            ).summary()
+    zeroed = [
+        f"{spec} ({results[spec]['zero_maps']} of {inputs.shape[0]})"
+        for spec in methods
+        if results[spec].get("zero_maps")
+    ]
+    if zeroed:
+        warnings.warn(
+            f"all-zero maps, whose pixel rankings are ties only: {', '.join(zeroed)}",
+            ZeroMapsWarning,
+            stacklevel=2,
+        )
 
     payload: dict[str, Any] = {
         "data": test_set.name,

@@ -13,11 +13,12 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuralpath import __version__
-from neuralpath.errors import NeuralpathError
+from neuralpath.errors import NeuralpathError, ZeroMapsWarning
 
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
@@ -195,13 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (0 ok, 2 usage or input error)."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        return int(args.handler(args) or 0)
-    except SystemExit as exc:  # argparse: --help, --version, usage errors
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    except KeyboardInterrupt:
-        print("neuralpath: error: interrupted", file=sys.stderr)
-    except (NeuralpathError, OSError) as exc:
-        print(f"neuralpath: error: {exc}", file=sys.stderr)
+    with warnings.catch_warnings():  # restores the warning display on the way out
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            args = parser.parse_args(argv)
+            return int(args.handler(args) or 0)
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        except KeyboardInterrupt:
+            print("neuralpath: error: interrupted", file=sys.stderr)
+        except (NeuralpathError, OSError) as exc:
+            print(f"neuralpath: error: {exc}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _one_line_warnings(show: Any) -> Any:
+    """``warnings.showwarning`` printing our own warnings as ``neuralpath: warning: ...``."""
+
+    def display(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ZeroMapsWarning):
+            print(f"neuralpath: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return display

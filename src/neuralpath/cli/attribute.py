@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Explain images of a data set with Pathway Gradient (Khakzar et al. 2021), "
         "Grad-CAM on the pathway model, or a Captum method. Writes maps.safetensors "
         "(maps [N, C, H, W], display [N, H, W], targets, labels, predictions), meta.json and "
-        "one PNG overlay per image into --out, and prints a JSON summary.",
+        "one PNG overlay per image into --out, and prints a JSON summary (zero_maps counts the "
+        "maps that are zero everywhere, e.g. when a pathway drops a whole layer).",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
     parser.add_argument("--method", required=True, choices=METHODS, help="attribution method")
@@ -48,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--granularity",
         choices=("element", "channel"),
         default="element",
-        help="pathway units: element (default, as in the paper) or channel",
+        help="pathway units: element (default, as in the paper) or channel (at high sparsity one "
+        "global threshold over channels can empty whole layers: all-zero maps, counted as "
+        "zero_maps)",
     )
     parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
     add_settings_arg(parser)
@@ -80,14 +83,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_attribute(args: argparse.Namespace) -> int:
+    import warnings
     from pathlib import Path
 
     import torch
 
-    from neuralpath.attribution import attribute_dataset, make_attribution_method, save_overlays
+    from neuralpath.attribution import (
+        attribute_dataset,
+        make_attribution_method,
+        save_overlays,
+        zero_maps,
+    )
     from neuralpath.checkpoint import load_target
     from neuralpath.data import load_dataset
-    from neuralpath.errors import InputError
+    from neuralpath.errors import InputError, ZeroMapsWarning
     from neuralpath.gating import GatedModel
     from neuralpath.methods import FinderOptions, build_finder
 
@@ -129,14 +138,23 @@ def run_attribute(args: argparse.Namespace) -> int:
             args.sparsity, args.granularity, args.generator, args.seed, finder_settings
         )
         finder_sparsity = build_finder(args.finder, gated, options).sparsity
-    run = attribute_dataset(
-        gated,
-        method,
-        dataset,
-        batch_size=args.batch_size,
-        explain=args.explain,
-        progress=not args.no_progress,
-    )
+    with warnings.catch_warnings():  # counted once below, not warned per batch
+        warnings.simplefilter("ignore", ZeroMapsWarning)
+        run = attribute_dataset(
+            gated,
+            method,
+            dataset,
+            batch_size=args.batch_size,
+            explain=args.explain,
+            progress=not args.no_progress,
+        )
+    zero = int(zero_maps(run.maps).sum())
+    if zero:
+        warnings.warn(
+            f"{zero} of {run.labels.numel()} maps are all zero (see --granularity, --sparsity)",
+            ZeroMapsWarning,
+            stacklevel=1,
+        )
     settings = {
         "checkpoint": str(args.checkpoint),
         "data": args.data,
@@ -167,6 +185,7 @@ def run_attribute(args: argparse.Namespace) -> int:
             **settings,
             "n": int(run.labels.numel()),
             "seconds_per_image": run.seconds / max(1, run.labels.numel()),
+            "zero_maps": zero,
             "out": str(out),
             "overlays": len(pngs),
         }

@@ -61,7 +61,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--sparsity", type=float, default=0.9, help="pathway sparsity (default 0.9)"
     )
-    parser.add_argument("--granularity", choices=("element", "channel"), default="element")
+    parser.add_argument(
+        "--granularity",
+        choices=("element", "channel"),
+        default="element",
+        help="pathway units (default element); results count all-zero maps as zero_maps",
+    )
     parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
     add_settings_arg(parser, per_method=True)
     parser.add_argument("--batch-size", type=int, default=64)

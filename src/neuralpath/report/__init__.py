@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from neuralpath.attribution import PathwayGradCAM, PathwayGradient, signed_max_abs
 from neuralpath.data import ImageDataset
+from neuralpath.errors import ZeroMapsWarning
 from neuralpath.gating import GatedModel
 from neuralpath.io import write_bytes_atomic
 from neuralpath.report import figures
@@ -60,7 +62,9 @@ def _panel_maps(
     maps = {}
     for method, outcome in result.methods.items():
         pathway = outcome.run.pathway.select(slice(0, count)).to(gated.device)
-        pg = signed_max_abs(gradient.attribute(images, pathway=pathway)).cpu()
+        with warnings.catch_warnings():  # a blank panel is labelled in the figure instead
+            warnings.simplefilter("ignore", ZeroMapsWarning)
+            pg = signed_max_abs(gradient.attribute(images, pathway=pathway)).cpu()
         grad_cam = cam.attribute(images, pathway=pathway)[:, 0].cpu()
         grad_cam = grad_cam / grad_cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         maps[method] = (pg, grad_cam)

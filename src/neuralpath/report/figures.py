@@ -32,6 +32,7 @@ def _image(ax: plt.Axes, picture: Tensor) -> None:
 def sample_panel(image: Tensor, maps: Mapping[str, tuple[Tensor, Tensor]], title: str) -> bytes:
     """One sample: its image, then per method its Pathway Gradient (signed, top row) and
     Grad-CAM of the pathway model (bottom row). ``image`` ``[C, H, W]`` in [0, 1]; maps ``[H, W]``.
+    An all-zero gradient map (a pathway that passes nothing) is labelled as such.
     """
     columns = 1 + len(maps)
     fig, axes = plt.subplots(2, columns, figsize=(1.6 * columns, 3.4), squeeze=False)
@@ -41,6 +42,11 @@ def sample_panel(image: Tensor, maps: Mapping[str, tuple[Tensor, Tensor]], title
     for col, (method, (gradient, cam)) in enumerate(maps.items(), start=1):
         axes[0, col].imshow(gradient.numpy(), cmap="bwr", vmin=-1, vmax=1)
         axes[0, col].set_title(method, fontsize=8)
+        if not bool(gradient.any()):
+            axes[0, col].text(
+                0.5, 0.5, "all zero:\nnothing\npasses", transform=axes[0, col].transAxes,
+                ha="center", va="center", fontsize=7,
+            )  # fmt: skip
         _image(axes[1, col], image)
         axes[1, col].imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axes[0, col].set_axis_off()
