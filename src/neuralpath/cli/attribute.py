@@ -150,10 +150,9 @@ def run_attribute(args: argparse.Namespace) -> int:
         )
     zero = int(zero_maps(run.maps).sum())
     if zero:
+        hint = " (see --granularity, --sparsity)" if pathway_method else ""
         warnings.warn(
-            f"{zero} of {run.labels.numel()} maps are all zero (see --granularity, --sparsity)",
-            ZeroMapsWarning,
-            stacklevel=1,
+            f"{zero} of {run.labels.numel()} maps are all zero{hint}", ZeroMapsWarning, stacklevel=1
         )
     settings = {
         "checkpoint": str(args.checkpoint),
