@@ -62,40 +62,6 @@ def matched_sparsity(target: Any, generator: Path, images: torch.Tensor) -> floa
     return float(1.0 - finder.find(images).kept_fraction().mean())
 
 
-def zero_maps_after_randomisation(
-    model: torch.nn.Module, images: torch.Tensor, methods: list[str], config: Any
-) -> dict[str, int]:
-    """Per method, how many of ``images`` get an all-zero map from the fully randomised model
-    (every layer of the sanity cascade re-initialised with the sanity check's seeds)."""
-    import copy
-
-    from neuralpath.attribution import zero_maps
-    from neuralpath.evaluation import parse_method
-    from neuralpath.metrics.perturbation import method_explainer
-    from neuralpath.metrics.sanity import CascadingRandomisation, randomise_
-
-    with torch.no_grad():
-        targets = model(images).argmax(dim=1)
-    work = copy.deepcopy(model)
-    modules = dict(work.named_modules())
-    for step, name in enumerate(CascadingRandomisation(seed=config.seed).cascade(model, images)):
-        randomise_(modules[name], config.seed + step)
-    counts = {}
-    for spec in methods:
-        name, options = parse_method(spec)
-        if "finder" in options:
-            options.update(
-                sparsity=config.sparsity,
-                granularity=config.granularity,
-                seed=config.seed,
-                generator=config.generator,
-                verify_weights=False,
-            )
-        maps = method_explainer(name, **options)(work, images, targets)
-        counts[spec] = int(zero_maps(maps).sum())
-    return counts
-
-
 def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     from neuralpath.checkpoint import load_target
     from neuralpath.data import load_dataset
@@ -136,11 +102,6 @@ def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     payload = evaluate_attribution(target.model, test_set, methods, config)
     payload["wall_seconds"] = time.perf_counter() - started
-    sanity_images = test_set.images[: args.sanity_limit]
-    for spec, count in zero_maps_after_randomisation(
-        target.model, sanity_images, methods, config
-    ).items():
-        payload["results"][spec]["zero_maps_randomised"] = count
     payload["test_accuracy"] = target.meta.test_accuracy
     out = Path(args.work_dir) / arch
     out.mkdir(parents=True, exist_ok=True)
@@ -207,7 +168,7 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
                 _fmt(row["insertion"]["area"]),
                 _fmt(ssim[0]),
                 _fmt(ssim[-1]),
-                f"{row['zero_maps']} / {args.limit}, {row['zero_maps_randomised']} / "
+                f"{row['zero_maps']} / {args.limit}, {row['sanity']['zero_maps'][-1]} / "
                 f"{args.sanity_limit}",
                 _fmt(row["seconds_per_image"], 4),
             ]
@@ -240,7 +201,7 @@ def reading(payloads: dict[str, dict[str, Any]]) -> list[str]:
                 for k in ("lerf", "morf", "deletion", "insertion")
             )
         ]
-        zero = [_short(m) for m in pathway if pathway[m]["zero_maps_randomised"] > 0]
+        zero = [_short(m) for m in pathway if pathway[m]["sanity"]["zero_maps"][-1] > 0]
         zero_trained = [
             f"{_short(m)} ({pathway[m]['zero_maps']})" for m in pathway if pathway[m]["zero_maps"]
         ]

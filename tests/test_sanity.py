@@ -110,6 +110,14 @@ def test_layers_randomised_in_order_from_the_output() -> None:
     assert all(v.shape == (4, 2) for v in result.scores.values())
     summary = result.summary()
     assert summary["higher_is_better"] is False and len(summary["similarity"]["ssim"]) == 4
+    assert summary["zero_maps"] == [0, 0, 0, 0]
+
+    def blank_first(m, inputs, targets):  # the randomised copies explain sample 0 by zeros
+        maps = explain(m, inputs, targets)
+        return maps if m is model else torch.cat([maps[:1] * 0, maps[1:]])
+
+    blanked = CascadingRandomisation()(model, torch.randn(2, 3, 8, 8), None, blank_first)
+    assert blanked.zero_maps == [1, 1, 1, 1]
 
 
 def test_seeded_and_model_untouched() -> None:

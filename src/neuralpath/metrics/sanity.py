@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from neuralpath.attribution import zero_maps
 from neuralpath.errors import InputError, LayerError
 from neuralpath.gating import frozen
 from neuralpath.metrics.perturbation import (
@@ -195,10 +196,13 @@ def randomise_(module: nn.Module, seed: int) -> None:
 @dataclass
 class SanityResult:
     """``layers[i]``: the layer randomised at step ``i`` (output first; the steps accumulate);
-    ``scores[measure]``: ``[L, B]`` similarity to the trained model's maps after each step."""
+    ``scores[measure]``: ``[L, B]`` similarity to the trained model's maps after each step;
+    ``zero_maps[i]``: how many maps are zero everywhere after step ``i`` (an all-zero map still
+    scores a similarity above 0 against a mostly flat one)."""
 
     layers: list[str]
     scores: dict[str, Tensor]
+    zero_maps: list[int]
     higher_is_better: bool = False
 
     def mean(self) -> dict[str, list[float]]:
@@ -211,6 +215,7 @@ class SanityResult:
             "higher_is_better": self.higher_is_better,
             "layers": list(self.layers),
             "similarity": self.mean(),
+            "zero_maps": list(self.zero_maps),
             "samples": int(next(iter(self.scores.values())).shape[1]) if self.scores else 0,
         }
 
@@ -272,12 +277,14 @@ class CascadingRandomisation:
         work = copy.deepcopy(model)
         modules = dict(work.named_modules())
         scores: dict[str, list[Tensor]] = {m: [] for m in self.measures}
+        zero = []
         for step, name in enumerate(layers):
             randomise_(modules[name], self.seed + step)
             maps = explain(work, inputs, targets)
             check_map_shape(maps, inputs)
+            zero.append(int(zero_maps(maps).sum()))
             for measure, value in similarities(
                 reference, normalised_maps(maps, self.reduction), self.measures
             ).items():
                 scores[measure].append(value)
-        return SanityResult(layers, {m: torch.stack(v) for m, v in scores.items()})
+        return SanityResult(layers, {m: torch.stack(v) for m, v in scores.items()}, zero)
