@@ -416,6 +416,10 @@ class AttributionRun:
         """Display maps ``[N, H, W]`` in [-1, 1] (:func:`signed_max_abs`)."""
         return signed_max_abs(self.maps)
 
+    def zero_map_count(self) -> int:
+        """How many maps are zero everywhere (:func:`zero_maps`)."""
+        return int(zero_maps(self.maps).sum())
+
     def save(
         self, directory: str | os.PathLike[str], metadata: dict[str, Any] | None = None
     ) -> Path:
@@ -431,7 +435,7 @@ class AttributionRun:
             "n": int(self.labels.numel()),
             "seconds": self.seconds,
             "seconds_per_image": self.seconds / max(1, self.labels.numel()),
-            "zero_maps": int(zero_maps(self.maps).sum()),
+            "zero_maps": self.zero_map_count(),
             **(metadata or {}),
         }
         tensors = {

@@ -207,9 +207,8 @@ def evaluate_attribution(
                         for i in range(0, inputs.shape[0], config.batch_size)
                     ]
                 )
-                results[spec]["seconds_per_image"] = (time.perf_counter() - started) / inputs.shape[
-                    0
-                ]
+                elapsed = time.perf_counter() - started
+                results[spec]["seconds_per_image"] = elapsed / inputs.shape[0]
                 results[spec]["zero_maps"] = int(zero_maps(maps).sum())  # no ranking: ties removed
                 for metric in wanted:
                     results[spec][metric] = perturbation[metric](

@@ -88,12 +88,7 @@ def run_attribute(args: argparse.Namespace) -> int:
 
     import torch
 
-    from neuralpath.attribution import (
-        attribute_dataset,
-        make_attribution_method,
-        save_overlays,
-        zero_maps,
-    )
+    from neuralpath.attribution import attribute_dataset, make_attribution_method, save_overlays
     from neuralpath.checkpoint import load_target
     from neuralpath.data import load_dataset
     from neuralpath.errors import InputError, ZeroMapsWarning
@@ -148,7 +143,7 @@ def run_attribute(args: argparse.Namespace) -> int:
             explain=args.explain,
             progress=not args.no_progress,
         )
-    zero = int(zero_maps(run.maps).sum())
+    zero = run.zero_map_count()
     if zero:
         hint = " (see --granularity, --sparsity)" if pathway_method else ""
         warnings.warn(
