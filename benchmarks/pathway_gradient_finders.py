@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Pathway Gradient by finder"
 FINDERS = ("cp-mct", "cp-intgrad", "dgr", "dgr-r", "gencnp", "random", "active")
 ARCHS = ("vgg11", "alexnet")
+PER_SAMPLE = ("gencnp", "active")  # finders without a sparsity knob
+DEFAULT_SPARSITY = 0.9  # the CLI's --sparsity default
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,6 +62,28 @@ def matched_sparsity(target: Any, generator: Path, images: torch.Tensor) -> floa
     gated = GatedModel.discover(target.model, target.example_input())
     finder = build_finder("gencnp", gated, FinderOptions(generator=str(generator)))
     return float(1.0 - finder.find(images).kept_fraction().mean())
+
+
+def zero_maps_at(
+    model: torch.nn.Module, images: torch.Tensor, finders: list[str], sparsity: float, seed: int
+) -> dict[str, int]:
+    """Per finder with a sparsity knob: all-zero channel-pathway PG maps at ``sparsity``."""
+    import warnings
+
+    from neuralpath.attribution import make_attribution_method, zero_maps
+    from neuralpath.errors import ZeroMapsWarning
+    from neuralpath.gating import GatedModel
+
+    gated = GatedModel.discover(model, images[:1])
+    counts = {}
+    for finder in finders:
+        method = make_attribution_method(
+            "pathway-gradient", finder=finder, sparsity=sparsity, granularity="channel", seed=seed
+        )
+        with warnings.catch_warnings():  # counted here instead
+            warnings.simplefilter("ignore", ZeroMapsWarning)
+            counts[finder] = int(zero_maps(method(gated, images)).sum())
+    return counts
 
 
 def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -103,6 +127,10 @@ def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     payload = evaluate_attribution(target.model, test_set, methods, config)
     payload["wall_seconds"] = time.perf_counter() - started
     payload["test_accuracy"] = target.meta.test_accuracy
+    knobs = [f for f in args.finders if f not in PER_SAMPLE]
+    payload["zero_maps_at_default"] = zero_maps_at(
+        target.model, test_set.images, knobs, DEFAULT_SPARSITY, args.seed
+    )
     out = Path(args.work_dir) / arch
     out.mkdir(parents=True, exist_ok=True)
     payload["plots"] = [str(p) for p in plot_results(payload, out)]
@@ -178,7 +206,24 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
             f"Wall time {payload['wall_seconds']:.0f} s; curves and sanity plots in "
             f"`{args.work_dir}/{arch}/`."
         )
-    lines += ["", *reading(payloads)]
+    knobs = list(next(iter(payloads.values()))["zero_maps_at_default"])
+    lines += [
+        "",
+        f"### All-zero maps at the CLI's default sparsity {DEFAULT_SPARSITY} with channel units",
+        "",
+        "One global threshold over all channels (the paper's rule) at 90 % can empty whole "
+        f"layers, and such a pathway passes no gradient. All-zero maps out of {args.limit}, on "
+        "the same images:",
+        "",
+        "| target | " + " | ".join(knobs) + " |",
+        "|---" * (len(knobs) + 1) + "|",
+        *(
+            f"| {arch} | " + " | ".join(str(p["zero_maps_at_default"][f]) for f in knobs) + " |"
+            for arch, p in payloads.items()
+        ),
+        "",
+        *reading(payloads),
+    ]
     return "\n".join(lines) + "\n"
 
 
