@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from neuralpath.errors import InputError, LayerError, ShapeError
+from neuralpath.interventions import Intervention, ZeroAblation
 
 SiteKind = Literal["conv", "fc", "custom"]
 
@@ -293,7 +294,13 @@ class GatedModel:
     ...     logits = model(x)
     """
 
-    def __init__(self, model: nn.Module, sites: Sequence[GateSite], input_shape: Sequence[int]):
+    def __init__(
+        self,
+        model: nn.Module,
+        sites: Sequence[GateSite],
+        input_shape: Sequence[int],
+        intervention: Intervention | None = None,
+    ):
         if not sites:
             raise LayerError("a GatedModel needs at least one gate site")
         names = [site.name for site in sites]
@@ -302,8 +309,17 @@ class GatedModel:
         self.model = model
         self.sites: tuple[GateSite, ...] = tuple(sites)
         self.input_shape: tuple[int, ...] = tuple(input_shape)
+        self.intervention: Intervention = intervention or ZeroAblation()
+        self.intervention.check(self.sites, self.input_shape)
         self._by_name = {site.name: site for site in self.sites}
         self._runs_channels_last: bool | None = None
+
+    def with_intervention(self, intervention: Intervention) -> GatedModel:
+        """The same model and sites with dropped units replaced by ``intervention`` (a new
+        object; this one keeps its own). See :mod:`neuralpath.interventions`."""
+        gated = GatedModel(self.model, self.sites, self.input_shape, intervention)
+        gated._runs_channels_last = self._runs_channels_last
+        return gated
 
     @classmethod
     def discover(
@@ -379,59 +395,32 @@ class GatedModel:
 
         Masks are ``[B, C]`` (channel: broadcast over H×W) or ``[B, *site.shape]`` (element), or
         with a batch dimension of 1 to share one mask across the batch; binary or continuous,
-        differentiable with respect to the masks. Sites without a mask pass through unchanged.
-        Inside the block the model is in eval mode with parameter gradients off; everything is
-        restored on exit. With ``record``, the yielded :class:`Recording` holds each site's
-        (masked) output of the most recent forward; with gradients enabled, each is part of the
-        autograd graph (a leaf when nothing upstream requires gradients).
+        differentiable with respect to the masks. A masked site outputs
+        ``m ⊙ a + (1 − m) ⊙ r`` with ``r`` from :attr:`intervention` (0 by default). Sites
+        without a mask pass through unchanged. Inside the block the model is in eval mode with
+        parameter gradients off; everything is restored on exit. With ``record``, the yielded
+        :class:`Recording` holds each site's (masked) output of the most recent forward; with
+        gradients enabled, each is part of the autograd graph (a leaf when nothing upstream
+        requires gradients).
         """
         masks = dict(masks or {})
         for name in masks:
             self.site(name)
-        recording = Recording()
-        by_module: dict[str, dict[int, GateSite]] = {}
-        for site in self.sites:
-            by_module.setdefault(site.module_name, {})[site.call_index] = site
-        calls: Counter[str] = Counter()
+        hooks = _GateHooks(self, masks, record)
         modules = dict(self.model.named_modules())
         handles = []
-
-        def reset_calls(_module: nn.Module, _inputs: object) -> None:
-            calls.clear()
-
-        def make_hook(module_name: str):
-            call_sites = by_module[module_name]
-
-            def hook(_module: nn.Module, _inputs: object, output: object) -> Tensor | None:
-                index = calls[module_name]
-                calls[module_name] += 1
-                site = call_sites.get(index)
-                if site is None:
-                    return None
-                if not isinstance(output, Tensor):
-                    raise LayerError(f"layer {site.name!r} did not return a tensor")
-                mask = masks.get(site.name)
-                gated = output if mask is None else output * _broadcast_mask(mask, output, site)
-                if record:
-                    if torch.is_grad_enabled() and not gated.requires_grad:
-                        # Nothing upstream needs gradients: make the site a leaf so that
-                        # gradients with respect to it can still be taken.
-                        gated = gated.detach().requires_grad_()
-                    recording.activations[site.name] = gated
-                return gated
-
-            return hook
-
         with frozen(self.model):
             try:
-                handles.append(self.model.register_forward_pre_hook(reset_calls))
-                for module_name in by_module:
+                handles.append(self.model.register_forward_pre_hook(hooks.before_forward))
+                for module_name, call_sites in hooks.by_module.items():
                     if module_name not in modules:
                         raise LayerError(f"module {module_name!r} is not in the model")
                     handles.append(
-                        modules[module_name].register_forward_hook(make_hook(module_name))
+                        modules[module_name].register_forward_hook(
+                            hooks.site_hook(module_name, call_sites)
+                        )
                     )
-                yield recording
+                yield hooks.recording
             finally:
                 for handle in handles:
                     handle.remove()
@@ -450,6 +439,93 @@ class GatedModel:
         with self.gate(masks, record=True) as recording:
             logits = self.model(inputs)
         return logits, recording
+
+
+class _GateHooks:
+    """The state and hooks of one :meth:`GatedModel.gate` block.
+
+    The root's forward pre-hook starts a forward: it resets the per-module call counters and,
+    for an intervention with donors, runs one ungated forward on the donors of these inputs
+    (recomputed only when the inputs change) whose site outputs become the replacements.
+    """
+
+    def __init__(self, gated: GatedModel, masks: dict[str, Tensor], record: bool):
+        self.gated = gated
+        self.masks = masks
+        self.record = record
+        self.recording = Recording()
+        self.by_module: dict[str, dict[int, GateSite]] = {}
+        for site in gated.sites:
+            self.by_module.setdefault(site.module_name, {})[site.call_index] = site
+        self.calls: Counter[str] = Counter()
+        self.in_donor_forward = False
+        self.donor_inputs: tuple[Tensor, int] | None = None
+        self.donor_activations: dict[str, Tensor] = {}
+
+    def before_forward(self, _module: nn.Module, args: tuple[object, ...]) -> None:
+        self.calls.clear()
+        if self.in_donor_forward or not self.masks or not self.gated.intervention.needs_donors:
+            return
+        inputs = args[0] if args else None
+        if not isinstance(inputs, Tensor):
+            raise InputError("resample ablation needs the model's input tensor as first argument")
+        if self.donor_inputs is not None and self.donor_inputs[0] is inputs:
+            if self.donor_inputs[1] == inputs._version:
+                return
+        self.donor_activations = {}
+        self.in_donor_forward = True
+        try:
+            with torch.no_grad():
+                self.gated.model(self.gated.intervention.donors(inputs.detach()))
+        finally:
+            self.in_donor_forward = False
+            self.calls.clear()
+        self.donor_inputs = (inputs, inputs._version)
+
+    def _replacement(self, site: GateSite, output: Tensor) -> Tensor | None:
+        intervention = self.gated.intervention
+        if not intervention.needs_donors:
+            return intervention.replacement(site, output)
+        donor = self.donor_activations.get(site.name)
+        if donor is None or donor.shape[0] != output.shape[0]:
+            raise LayerError(
+                f"{intervention.name} ablation has no donor activation of layer {site.name!r} "
+                "for this batch: run the whole model inside gate(), not a part of it"
+            )
+        return donor
+
+    def _apply(self, site: GateSite, output: Tensor) -> Tensor:
+        mask = self.masks.get(site.name)
+        if mask is None:
+            return output
+        shaped = _broadcast_mask(mask, output, site)
+        replacement = self._replacement(site, output)
+        if replacement is None:
+            return output * shaped
+        return torch.addcmul(output * shaped, replacement, 1 - shaped)
+
+    def site_hook(self, module_name: str, call_sites: dict[int, GateSite]):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> Tensor | None:
+            index = self.calls[module_name]
+            self.calls[module_name] += 1
+            site = call_sites.get(index)
+            if site is None:
+                return None
+            if not isinstance(output, Tensor):
+                raise LayerError(f"layer {site.name!r} did not return a tensor")
+            if self.in_donor_forward:
+                self.donor_activations[site.name] = output.detach()
+                return None
+            gated = self._apply(site, output)
+            if self.record:
+                if torch.is_grad_enabled() and not gated.requires_grad:
+                    # Nothing upstream needs gradients: make the site a leaf so that
+                    # gradients with respect to it can still be taken.
+                    gated = gated.detach().requires_grad_()
+                self.recording.activations[site.name] = gated
+            return gated
+
+        return hook
 
 
 def channels_last(inputs: Tensor) -> Tensor:
