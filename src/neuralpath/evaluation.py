@@ -44,6 +44,7 @@ class EvaluationConfig:
     percentages: Sequence[float] = tuple(float(q) for q in range(1, 11))
     steps: int = 20
     reduction: str = "sum-abs"
+    removal: str = "baseline"
     target: str = "prediction"
     batch_size: int = 64
     sparsity: float = 0.9
@@ -102,6 +103,7 @@ def evaluate_attribution(
     from neuralpath.methods import FinderOptions, build_finder
     from neuralpath.metrics.localisation import PointingGame, RelevanceMass
     from neuralpath.metrics.perturbation import (
+        DEFAULT_NOISE_STD,
         Deletion,
         Insertion,
         LeRF,
@@ -162,15 +164,17 @@ def evaluate_attribution(
     inputs = test_set.images.to(device)
     labels = test_set.labels.to(device)
     targets = resolve_targets(model, inputs, labels if config.target == "label" else None)
+    curve_settings: dict[str, Any] = {
+        "reduction": config.reduction,
+        "batch_size": config.batch_size,
+        "removal": config.removal,
+        "seed": config.seed,
+    }
     perturbation = {
-        "lerf": LeRF(config.percentages, reduction=config.reduction, batch_size=config.batch_size),
-        "morf": MoRF(config.percentages, reduction=config.reduction, batch_size=config.batch_size),
-        "deletion": Deletion(
-            config.steps, reduction=config.reduction, batch_size=config.batch_size
-        ),
-        "insertion": Insertion(
-            config.steps, reduction=config.reduction, batch_size=config.batch_size
-        ),
+        "lerf": LeRF(config.percentages, **curve_settings),
+        "morf": MoRF(config.percentages, **curve_settings),
+        "deletion": Deletion(config.steps, **curve_settings),
+        "insertion": Insertion(config.steps, **curve_settings),
     }
     wanted = [m for m in perturbation if m in config.metrics]
     results: dict[str, dict[str, Any]] = {spec: {} for spec in methods}
@@ -254,6 +258,8 @@ def evaluate_attribution(
             "steps": config.steps,
             "reduction": config.reduction,
             "baseline": "0 in normalised space (the data-set mean)",
+            "removal": config.removal,
+            "noise_std": DEFAULT_NOISE_STD if config.removal == "noisy-linear" else None,
             "sparsity": config.sparsity,
             "granularity": config.granularity,
             "seed": config.seed,
@@ -273,6 +279,7 @@ def evaluate_attribution(
             seed=config.seed,
             target=config.target,
             reduction=config.reduction,
+            removal=config.removal,
             explain_batch_size=config.batch_size,
             progress=config.progress,
         )

@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--reduction", default="sum-abs", help="channel reduction of maps (default sum-abs)"
     )
     parser.add_argument(
+        "--removal",
+        choices=("baseline", "noisy-linear"),
+        default="baseline",
+        help="how LeRF/MoRF, deletion/insertion and ROAR remove pixels: set them to the data-set "
+        "mean, or ROAD's noisy linear imputation from their neighbours (default baseline)",
+    )
+    parser.add_argument(
         "--target",
         choices=("prediction", "label"),
         default="prediction",
@@ -147,6 +154,7 @@ def run_evaluate_attribution(args: argparse.Namespace) -> int:
         percentages=_numbers(args.percentages, "--percentages"),
         steps=args.steps,
         reduction=args.reduction,
+        removal=args.removal,
         target=args.target,
         batch_size=args.batch_size,
         sparsity=args.sparsity,
