@@ -5,7 +5,8 @@
   drops the lowest-scoring ones (one threshold over all layers), removing the same fraction of
   the remaining units per step so that the target sparsity is reached after ``steps`` steps.
 * ``random`` (:class:`RandomPathway`): per layer, a uniformly random set of
-  ``round((1 - sparsity) · N_l)`` units (at least one) per sample, from a seeded generator.
+  ``round((1 - sparsity) · N_l)`` units (at least one) per sample, drawn from the seed and the
+  sample (independent of the batch split).
 * ``active`` (:class:`ActivePathway`): exactly the units with a positive activation (``a > 0``) on
   the unmasked forward; a channel is kept when *any* of its H×W elements is positive. Its sparsity
   is whatever the input gives; the ``sparsity`` option is ignored.
@@ -23,6 +24,7 @@ from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
 from neuralpath.methods.critical import check_granularity, taylor_scores
 from neuralpath.pathway import Granularity, Pathway, check_sparsity, per_layer_topk
+from neuralpath.seeding import sample_seeds
 from neuralpath.targets import TargetType, resolve_target
 
 
@@ -95,11 +97,11 @@ class GreedyTaylor(PathwayFinder):
 class RandomPathway(PathwayFinder):
     """``random``: ``round((1 - sparsity) · N_l)`` random units of each layer (at least one).
 
-    Draws from a ``torch.Generator`` on the model's device seeded with ``seed``: a new finder with
-    the same seed reproduces the same sequence of pathways. Samples are independent draws, so a
-    batch and a one-by-one loop give different (equally distributed) pathways with identical
-    per-layer counts. The pathway does not depend on ``target``; a given ``target`` is still
-    range-checked like every finder's (one forward); with ``target=None`` no forward is run.
+    Each sample's units are drawn from a ``torch.Generator`` seeded with ``seed`` and a hash of
+    the sample's values (:func:`~neuralpath.seeding.sample_seed`): a sample gets the same pathway
+    whichever batch it stands in (batch = loop), different samples independent draws [ours]. The
+    pathway does not depend on ``target``; a given ``target`` is still range-checked like every
+    finder's (one forward); with ``target=None`` no forward is run.
     """
 
     name: ClassVar[str] = "random"
@@ -116,20 +118,20 @@ class RandomPathway(PathwayFinder):
         self.sparsity = check_sparsity(sparsity)
         self.granularity = check_granularity(granularity)
         self.seed = seed
-        self.generator = torch.Generator(device=gated.device).manual_seed(seed)
 
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         self.gated.check_inputs(inputs)
         if target is not None:
             with torch.no_grad():
                 resolve_target(self.gated.forward(inputs), target)
-        batch = inputs.shape[0]
-        device = self.generator.device
-        scores = {
-            n: torch.rand((batch, *shape), generator=self.generator, device=device)
-            for n, shape in _unit_shape(self.gated, self.granularity).items()
-        }
-        pathway = per_layer_topk(scores, self.sparsity, self.granularity).to(inputs.device)
+        shapes = _unit_shape(self.gated, self.granularity)
+        draws: dict[str, list[Tensor]] = {n: [] for n in shapes}
+        for sample_seed in sample_seeds(self.seed, inputs):
+            generator = torch.Generator().manual_seed(sample_seed)
+            for name, shape in shapes.items():
+                draws[name].append(torch.rand(shape, generator=generator))
+        scores = {n: torch.stack(rows).to(inputs.device) for n, rows in draws.items()}
+        pathway = per_layer_topk(scores, self.sparsity, self.granularity)
         pathway.metadata.update({"method": self.name, "seed": self.seed})
         return pathway
 
