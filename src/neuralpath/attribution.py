@@ -142,7 +142,12 @@ class PathwayGradient(_PathwayAttribution):
         (grad,) = torch.autograd.grad(select_logit(logits, cls).sum(), x, allow_unused=True)
         if grad is None:
             raise InputError(_NO_GRADIENT)
-        _warn_about_zero_maps(grad, pathway)
+        _warn_about_zero_maps(
+            grad,
+            pathway,
+            "Pathway Gradient",
+            "no gradient reaches the input through their pathways",
+        )
         return grad
 
 
@@ -151,10 +156,11 @@ def zero_maps(attributions: Tensor) -> Tensor:
     return attributions.flatten(1).abs().amax(dim=1) == 0
 
 
-def _warn_about_zero_maps(grad: Tensor, pathway: Pathway) -> None:
-    """Warn when some Pathway Gradient maps are all zero, naming the layers their pathways empty
-    (a global threshold over layers of very different score scales can drop whole layers)."""
-    zero = zero_maps(grad)
+def _warn_about_zero_maps(maps: Tensor, pathway: Pathway, method: str, otherwise: str) -> None:
+    """Warn when some of ``method``'s ``maps`` are all zero, naming the layers their pathways
+    empty (a global threshold over layers of very different score scales can drop whole layers);
+    ``otherwise``: the cause given when no layer is emptied."""
+    zero = zero_maps(maps)
     if not zero.any():
         return
     emptied = [
@@ -169,9 +175,9 @@ def _warn_about_zero_maps(grad: Tensor, pathway: Pathway) -> None:
             " lower the sparsity, use element units or a per-layer selection"
         )
     else:
-        cause = " (no gradient reaches the input through their pathways)"
+        cause = f" ({otherwise})"
     warnings.warn(  # stacklevel: past attribute() and its two decorators, to the caller
-        f"{int(zero.sum())} of {zero.shape[0]} Pathway Gradient maps are all zero{cause}",
+        f"{int(zero.sum())} of {zero.shape[0]} {method} maps are all zero{cause}",
         ZeroMapsWarning,
         stacklevel=5,
     )
@@ -189,7 +195,8 @@ class PathwayGradCAM(_PathwayAttribution):
     """Grad-CAM of the pathway model: ``relu(Σ_k mean_hw(∂y_c/∂ã_k) · ã_k)``, upsampled.
 
     ``ã`` is the gated (masked) output of gate site ``layer`` (default: the last spatial site)
-    in ``H_P``; the map is bilinearly upsampled to the input's H×W.
+    in ``H_P``; the map is bilinearly upsampled to the input's H×W. All-zero maps raise a
+    :class:`~neuralpath.errors.ZeroMapsWarning` naming the layers their pathways empty.
     """
 
     def __init__(
@@ -221,7 +228,11 @@ class PathwayGradCAM(_PathwayAttribution):
             raise InputError(f"no gradient reaches layer {self.layer!r} from the output")
         weights = grad.mean(dim=(2, 3), keepdim=True)
         cam = (weights * activation.detach()).sum(dim=1, keepdim=True).clamp_min(0)
-        return F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        _warn_about_zero_maps(
+            cam, pathway, "Pathway Grad-CAM", f"Grad-CAM at {self.layer} is nowhere positive"
+        )
+        return cam
 
 
 def signed_max_abs(attributions: Tensor) -> Tensor:
@@ -506,11 +517,46 @@ def attribute_dataset(
     )
 
 
+OVERLAY_PERCENTILE = 99.0
+"""Percentile of a map's non-zero ``|values|`` that :func:`save_overlays` shows at full colour."""
+_OVERLAY_SIDE = 224
+"""Smaller images are drawn enlarged (by a whole factor) to about this many pixels a side."""
+
+
+def overlay(
+    image: np.ndarray, display: np.ndarray, percentile: float = OVERLAY_PERCENTILE
+) -> np.ndarray:
+    """RGB ``[H, W, 3]`` in [0, 1]: the map ``display`` ``[H, W]`` (signed, any scale) over a grey
+    copy of ``image`` ``[H, W, C]`` in [0, 1].
+
+    The map is divided by the ``percentile``-th percentile of its non-zero ``|values|`` and
+    clipped to [-1, 1], so a few extreme pixels do not wash out the rest; red (positive) or blue
+    (negative) is alpha-blended over the image with opacity ``0.9·|value|``. An all-zero map
+    leaves the grey image unchanged.
+    """
+    magnitude = np.abs(display)
+    nonzero = magnitude[magnitude > 0]
+    scale = np.percentile(nonzero, percentile) if nonzero.size else 1.0
+    value = np.clip(display / scale, -1.0, 1.0)[..., None]
+    grey = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
+    colour = np.where(value >= 0, np.array([0.9, 0.05, 0.05]), np.array([0.05, 0.2, 0.9]))
+    alpha = 0.9 * np.abs(value)
+    return (1.0 - alpha) * grey + alpha * colour
+
+
 def save_overlays(
-    pixels: Tensor, display: Tensor, directory: str | os.PathLike[str], titles: Sequence[str]
+    pixels: Tensor,
+    display: Tensor,
+    directory: str | os.PathLike[str],
+    titles: Sequence[str],
+    percentile: float = OVERLAY_PERCENTILE,
 ) -> list[Path]:
-    """One PNG per image: the image (``pixels`` ``[N, C, H, W]`` in [0, 1]) beside the display
-    map ``[N, H, W]`` in [-1, 1] (red positive, blue negative) drawn over a grey copy of it."""
+    """One PNG per image: the image (``pixels`` ``[N, C, H, W]`` in [0, 1]) beside the map
+    ``display`` ``[N, H, W]`` (signed, any scale) drawn over a grey copy of it (:func:`overlay`).
+
+    Small images are enlarged by a whole factor to about 224 pixels a side (nearest
+    neighbour); larger ones are drawn at their own size. Tensors that require grad are fine.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -523,22 +569,32 @@ def save_overlays(
         )
     if len(titles) != pixels.shape[0]:
         raise InputError(f"need one title per image, got {len(titles)} for {pixels.shape[0]}")
+    if not 0 < percentile <= 100:
+        raise InputError(f"percentile must be in (0, 100], got {percentile!r}")
+    images = pixels.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).double().numpy()
+    maps = display.detach().cpu().double().numpy()
+    factor = max(1, round(_OVERLAY_SIDE / max(maps.shape[1:])))
+    height, width = maps.shape[1] * factor, maps.shape[2] * factor  # panel size in pixels
+    dpi, gap = 100, 8
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i, title in enumerate(titles):
-        image = pixels[i].clamp(0, 1).permute(1, 2, 0).float().numpy()
-        grey = image.mean(axis=2)
-        fig, (left, right) = plt.subplots(1, 2, figsize=(4, 2.2))
-        left.imshow(grey if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=1)
-        right.imshow(grey, cmap="gray", vmin=0, vmax=1)
-        right.imshow(display[i].float().numpy(), cmap="bwr", vmin=-1, vmax=1, alpha=0.7)
-        for axis in (left, right):
+        image = images[i] if images.shape[3] == 3 else images[i].mean(2, keepdims=True)
+        pictures = (
+            np.broadcast_to(image, (*image.shape[:2], 3)),
+            overlay(image, maps[i], percentile),
+        )
+        figure = plt.figure(figsize=((2 * width + gap) / dpi, height / dpi), dpi=dpi)
+        for column, picture in enumerate(pictures):
+            left = column * (width + gap) / (2 * width + gap)
+            axis = figure.add_axes((left, 0.0, width / (2 * width + gap), 1.0))
+            axis.imshow(picture, vmin=0, vmax=1, interpolation="nearest")
             axis.set_axis_off()
-        fig.suptitle(title, fontsize=8)
+        figure.suptitle(title, fontsize=8, y=1.0, va="bottom")
         path = folder / f"{i:05d}.png"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
+            figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)
+        plt.close(figure)
         written.append(path)
     return written

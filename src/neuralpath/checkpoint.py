@@ -1,9 +1,11 @@
 """Target-model checkpoints: a directory with ``model.safetensors`` and ``meta.json``.
 
 ``model.safetensors`` holds the state dict; ``meta.json`` says how to rebuild the model
-(:func:`neuralpath.models.build_model` arguments) and what it was trained on. Both files are
-written atomically, the weights first: a directory whose ``meta.json`` exists is complete.
-Weights are read with safetensors only; nothing is ever unpickled.
+(:func:`neuralpath.models.build_model` arguments) and what it was trained on. Only models that
+``build_model`` rebuilds (ours, or a torchvision classifier) can be stored: :func:`save_target`
+rebuilds the architecture from the metadata and checks the weights fit it before writing
+anything. Both files are written atomically, the weights first: a directory whose ``meta.json``
+exists is complete. Weights are read with safetensors only; nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ META_FILE = "meta.json"
 class TargetMeta:
     """What a checkpoint's ``meta.json`` records.
 
-    ``arch_args``: keyword arguments of :func:`~neuralpath.models.build_model`;
+    ``arch_args``: keyword arguments of :func:`~neuralpath.models.build_model`
+    (``num_classes``, ``in_channels`` and ``input_size`` default to ``num_classes`` and
+    ``input_shape``, see :meth:`build_args`);
     ``input_shape``: ``(C, H, W)``; ``mean``/``std``: per-channel input normalisation;
     ``test_accuracy``: fraction in [0, 1]. ``seed``, ``epochs`` and ``test_accuracy`` are
     ``None`` for a model not trained by neuralpath.
@@ -65,6 +69,17 @@ class TargetMeta:
         for failed, message in problems:
             if failed:
                 raise CheckpointError(f"invalid target metadata: {message}")
+
+    def build_args(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~neuralpath.models.build_model` for this model:
+        ``arch_args`` over ``num_classes``, ``in_channels`` (``C``) and ``input_size`` (``H``)."""
+        channels, height, _ = self.input_shape
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": channels,
+            "input_size": height,
+            **self.arch_args,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The ``meta.json`` payload."""
@@ -144,14 +159,21 @@ class Target:
 def save_target(directory: str | os.PathLike[str], model: nn.Module, meta: TargetMeta) -> Path:
     """Write ``model``'s state dict and ``meta`` into ``directory`` (created if needed).
 
-    ``meta.arch``/``meta.arch_args`` must rebuild ``model`` with ``build_model``.
-    Returns the directory.
+    ``meta.arch`` and :meth:`TargetMeta.build_args` must rebuild ``model`` with ``build_model``:
+    checked first (same parameter and buffer names and shapes), so a checkpoint that
+    :func:`load_target` cannot load is never written (:class:`CheckpointError`, nothing
+    written). Returns the directory.
     """
     path = Path(directory)
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"cannot write a checkpoint into {path}: not a directory")
+    state = model.state_dict()
+    context = f"cannot save a checkpoint of this model as {meta.arch!r}"
+    with torch.random.fork_rng(devices=[]):  # its initialisation leaves the caller's RNG alone
+        rebuilt = _rebuild(meta, context)
+    _check_state(rebuilt.state_dict(), state, f"{context}: its weights do not fit the rebuilt one")
     path.mkdir(parents=True, exist_ok=True)
-    save_tensors(path / WEIGHTS_FILE, model.state_dict(), {"format": FORMAT, "version": VERSION})
+    save_tensors(path / WEIGHTS_FILE, state, {"format": FORMAT, "version": VERSION})
     write_json_atomic(path / META_FILE, meta.to_dict())
     return path
 
@@ -159,21 +181,35 @@ def save_target(directory: str | os.PathLike[str], model: nn.Module, meta: Targe
 def load_target(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> Target:
     """Rebuild the model saved in ``directory`` on ``device``, in eval mode.
 
-    Raises :class:`CheckpointError` for a missing directory or file, corrupt or truncated files,
-    or weights that do not fit the architecture (missing/unexpected keys, other shapes).
+    The model gets the floating-point dtype of the saved weights (float32 unless saved
+    otherwise). Raises :class:`CheckpointError` for a missing directory or file, corrupt or
+    truncated files, metadata that rebuilds no model, or weights that do not fit the
+    architecture (missing/unexpected keys, other shapes).
     """
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {path}")
     meta = TargetMeta.from_dict(read_json(path / META_FILE), str(path / META_FILE))
+    model = _rebuild(meta, str(path / META_FILE))
     state, _ = load_tensors(path / WEIGHTS_FILE)
-    try:
-        model = build_model(meta.arch, **meta.arch_args)
-    except (NeuralpathError, TypeError) as exc:
-        raise CheckpointError(f"{path / META_FILE}: cannot rebuild {meta.arch!r}: {exc}") from exc
     _check_state(model.state_dict(), state, f"{path / WEIGHTS_FILE} does not fit {meta.arch!r}")
+    dtypes = {tensor.dtype for tensor in state.values() if tensor.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
     model.load_state_dict(state)
     return Target(model.to(resolve_device(device)).eval(), meta)
+
+
+def _rebuild(meta: TargetMeta, context: str) -> nn.Module:
+    """``build_model(meta.arch, **meta.build_args())``; :class:`CheckpointError` naming why not."""
+    args = meta.build_args()
+    try:
+        return build_model(meta.arch, **args)
+    except NeuralpathError as exc:
+        problem = str(exc)
+    except TypeError as exc:  # arguments build_model does not take
+        problem = f"arch_args {sorted(meta.arch_args)} are not build_model arguments ({exc})"
+    raise CheckpointError(f"{context}: cannot rebuild {meta.arch!r} from {args}: {problem}")
 
 
 def _check_state(expected: dict[str, Tensor], found: dict[str, Tensor], context: str) -> None:

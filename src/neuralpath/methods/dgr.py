@@ -28,16 +28,29 @@ starting gates are a candidate, and ``λ_{T−1}`` is the last one (the step to 
 be evaluated and is not taken). With gates starting at 1 the start is the full model, so some
 iterate always keeps the prediction.
 
+**Saturated teachers.** The distillation term is computed relative to the teacher's class ``ĉ``
+(:func:`distillation_loss`), so its gradient does not vanish by rounding where the teacher's
+softmax is exactly 1.0 in float32 (``1 − 1 = 0`` in the plain form); the value is unchanged.
+Where even that gradient is negligible next to ``γ`` (a logit gap in the hundreds), every gate
+gets the same L1 step and the gates stay tied.
+
+**Binary pathway and kept_prediction.** ``"percentile"`` drops the gates at or below the global
+``sparsity`` percentile, except that a sample whose gates would all be dropped (every gate tied
+at the threshold) keeps its gates tied at the top (when positive): ties never empty a pathway.
+``kept_prediction`` is checked on that *binary* pathway: its pathway model must predict the
+target, and a pathway that keeps no unit never counts (nothing of the input passes it).
+
 **No iterate keeps the prediction** (possible with DGR-R, or for a ``target`` other than the
 prediction): with ``retries > 0`` the sample is optimised again from the same start with
 ``γ·retry_factor`` (repeatedly, PathwayGrad's rule); if that never succeeds, the returned gates
-are the starting gates, ``kept_prediction`` is False, ``best_iteration`` is −1 and
-``best_loss`` is the loss at the start.
+are the starting gates (``kept_prediction`` then checks their binary pathway),
+``best_iteration`` is −1 and ``best_loss`` is the loss at the start.
 
 Cost per batch: 1 forward for the teacher + T gated forwards + T − 1 backwards to the gates
-(the step after the last iterate is never evaluated, so it is not taken) ≈ ``3T − 1``
-forward-equivalents (:meth:`DGR.forward_equivalents`); the backward needs no weight gradients,
-so the measured cost is lower (see ``benchmarks/speed_dgr.py``).
+(the step after the last iterate is never evaluated, so it is not taken) + 1 forward of the
+binary pathway (``kept_prediction``) ≈ ``3T`` forward-equivalents
+(:meth:`DGR.forward_equivalents`); the backward needs no weight gradients, so the measured cost
+is lower (see ``benchmarks/speed_dgr.py``).
 """
 
 from __future__ import annotations
@@ -78,7 +91,8 @@ class DGRConfig:
     still do not depend on how a data set is split into batches; ``"shared"``: one draw from
     ``seed`` for every sample (pathways then start alike, which inflates their overlap). ``binarize``: ``"positive"`` keeps gates ``> 0``;
     ``"percentile"`` keeps the gates above the global ``sparsity`` percentile of all layers
-    (:func:`~neuralpath.pathway.global_percentile`). ``retries``: how many times a sample none of
+    (:func:`~neuralpath.pathway.global_percentile`), or the gates tied at the top where that
+    would keep none. ``retries``: how many times a sample none of
     whose iterates kept the prediction is re-optimised with ``γ`` multiplied by ``retry_factor``.
     ``memory_format`` **[ours]**: the layout the optimisation runs in; ``"auto"`` runs 4-D inputs
     channels-last when the model accepts them (:meth:`GatedModel.runs_channels_last`), which is
@@ -189,8 +203,10 @@ class DGRResult:
     """Everything :meth:`DGR.optimise` learned for a batch of ``B`` samples.
 
     ``gates``: continuous gates (the best iterate) ``{site: [B, C] | [B, *shape]}``;
-    ``pathway``: binarised per the config; ``kept_prediction``: ``[B]`` bool, some iterate kept
-    the target class; ``best_loss``/``best_iteration``/``gamma``: ``[B]`` (``γ`` after retries);
+    ``pathway``: binarised per the config; ``kept_prediction``: ``[B]`` bool, the binary pathway
+    keeps some unit and its pathway model predicts the target (``best_iteration >= 0``: some
+    iterate of the continuous gates did); ``best_loss``/``best_iteration``/``gamma``: ``[B]``
+    (``γ`` after retries);
     ``target``: ``[B]`` class each sample was explained for; ``losses``/``kept_history``:
     ``[T, B]`` per-iteration loss and prediction check of each sample's final attempt;
     ``forward_equivalents``: cost of the call in forward passes (retries counted pro rata).
@@ -239,9 +255,10 @@ class DGR(PathwayFinder):
         return self.optimise(inputs, target).pathway
 
     def forward_equivalents(self) -> float:
-        """Nominal cost per batch without retries: ``3T − 1`` = teacher + ``T`` gated forwards +
-        ``T − 1`` backwards (≈ 2 forwards each; the last iterate needs no step)."""
-        return 1.0 + _attempt_cost(self.config.iterations)
+        """Nominal cost per batch without retries: ``3T`` = teacher + ``T`` gated forwards +
+        ``T − 1`` backwards (≈ 2 forwards each; the last iterate needs no step) + the binary
+        pathway's forward."""
+        return 2.0 + _attempt_cost(self.config.iterations)
 
     def initial_gates(self, inputs: Tensor) -> dict[str, Tensor]:
         """Starting gates ``{site: [B, C] | [B, *shape]}`` for ``inputs`` ``[B, *input_shape]``:
@@ -318,24 +335,43 @@ class DGR(PathwayFinder):
         best = {name: gate.contiguous() for name, gate in attempt.best.items()}
         provenance = {"method": self.name, **_describe(cfg)}
         gates = Pathway(best, cfg.granularity, {**provenance, "continuous": True})
-        if cfg.binarize == "positive":
-            masks = {name: gate > 0 for name, gate in best.items()}
-            pathway = Pathway(masks, cfg.granularity, {**provenance, "binarize": "positive"})
-        else:
-            pathway = global_percentile(best, cfg.sparsity, cfg.granularity)
-            pathway.metadata.update(provenance, binarize="percentile")
+        pathway = self._binarize(best)
+        pathway.metadata.update(provenance, binarize=cfg.binarize)
+        with torch.no_grad(), self.gated.gate(pathway):
+            predicted = self.gated.model(inputs).argmax(dim=1)
+        kept_prediction = (predicted == target) & (pathway.kept_fraction() > 0)
         return DGRResult(
             gates=gates,
             pathway=pathway,
-            kept_prediction=attempt.best_iteration >= 0,
+            kept_prediction=kept_prediction,
             best_loss=attempt.best_loss,
             best_iteration=attempt.best_iteration,
             gamma=gamma,
             target=target,
             losses=attempt.losses,
             kept_history=attempt.kept,
-            forward_equivalents=1.0 + _attempt_cost(cfg.iterations) * attempts / batch,
+            forward_equivalents=2.0 + _attempt_cost(cfg.iterations) * attempts / batch,
         )
+
+    def _binarize(self, gates: dict[str, Tensor]) -> Pathway:
+        """Binary pathway of the continuous ``gates`` per ``config.binarize``; with
+        ``"percentile"``, a sample whose gates all tie at or below the threshold keeps the ones
+        tied at its top (when positive) instead of nothing."""
+        cfg = self.config
+        if cfg.binarize == "positive":
+            return Pathway({name: gate > 0 for name, gate in gates.items()}, cfg.granularity)
+        pathway = global_percentile(gates, cfg.sparsity, cfg.granularity)
+        empty = pathway.kept_fraction() == 0
+        if not empty.any():
+            return pathway
+        top = torch.stack([g.reshape(g.shape[0], -1).amax(dim=1) for g in gates.values()])
+        top = top.amax(dim=0)  # [B]: each sample's largest gate
+        masks = {}
+        for name, mask in pathway.items():
+            rows = (-1, *([1] * (mask.dim() - 1)))
+            tied = (gates[name] == top.view(rows)) & (top.view(rows) > 0)
+            masks[name] = torch.where(empty.view(rows), tied, mask)
+        return Pathway(masks, cfg.granularity, pathway.metadata)
 
     def _run(
         self,
@@ -363,7 +399,7 @@ class DGR(PathwayFinder):
                 last = step == cfg.iterations - 1
                 with torch.set_grad_enabled(not last):
                     logits = self.gated.model(inputs)
-                    distill = -(teacher * logits.log_softmax(dim=1)).sum(dim=1)
+                    distill = distillation_loss(logits, teacher)
                     l1 = sum(g.abs().reshape(batch, -1).sum(dim=1) for g in gates.values())
                     loss = distill + gamma * l1  # [B]
                 with torch.no_grad():
@@ -385,6 +421,19 @@ class DGR(PathwayFinder):
         # Samples with no kept iterate keep their starting gates; report the starting loss.
         best_loss = torch.where(best_iteration >= 0, best_loss, losses[0])
         return _Attempt(best, best_loss, best_iteration, losses, kept_history)
+
+
+def distillation_loss(logits: Tensor, teacher: Tensor) -> Tensor:
+    """``−Σ_j π_j log softmax(z)_j`` ``[B]`` for logits ``z`` and teacher ``π`` ``[B, K]``.
+
+    Written relative to the teacher's class ``ĉ`` (``d = z − z_ĉ``, ``Σ π = 1``) as
+    ``logsumexp(d) − Σ_j π_j d_j``: the same value, but the gradient reaching ``z_ĉ`` is
+    ``−Σ_{j≠ĉ} (softmax(z)_j − π_j)``, a sum of small terms, instead of ``softmax(z)_ĉ − π_ĉ``,
+    which rounds to ``1 − 1 = 0`` once both saturate (a logit gap above ~17 in float32).
+    """
+    reference = teacher.argmax(dim=1, keepdim=True)
+    shifted = logits - logits.gather(1, reference)
+    return shifted.logsumexp(dim=1) - (teacher * shifted).sum(dim=1)
 
 
 def _attempt_cost(iterations: int) -> float:
