@@ -13,7 +13,16 @@ from neuralpath.cli import main
 from neuralpath.report import SECTIONS
 from neuralpath.study import DEFAULT_METHODS
 
-FIND_KEYS = {
+LEAKAGE_KEYS = {
+    "ablation",
+    "blank_agreement",
+    "blank_agreement_plain",
+    "swap_follows_input",
+    "swap_follows_mask",
+    "swap_n",
+    "input_attributable_confidence",
+}
+FIND_KEYS = LEAKAGE_KEYS | {
     "method",
     "n",
     "agreement",
@@ -26,7 +35,8 @@ FIND_KEYS = {
     "seconds_per_image",
     "forward_equivalents",
 }
-TRANSFER_KEYS = {
+TRANSFER_KEYS = LEAKAGE_KEYS | {
+    "transfer_specificity",
     "n",
     "agreement",
     "accuracy",
@@ -91,6 +101,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "dgr-r.iterations=5",
                 "--set",
                 "greedy.steps=3",
+                "--ablation",
+                "zero,mean",
+                "--reference-size",
+                "256",
                 "--out",
                 str(root / "results"),
                 "--no-progress",
@@ -110,7 +124,12 @@ def test_method_settings_reach_the_finders(study: Path) -> None:
         "dgr-r": {"iterations": 5},
         "greedy": {"steps": 3},
     }
-    assert results["methods"]["dgr"]["forward_equivalents"] == 3 * 5 - 1  # 3T - 1
+    from neuralpath.methods import FinderOptions, build_finder
+    from neuralpath.runner import open_target
+
+    _, gated = open_target(str(study.parent / "target"), "cpu")
+    dgr = build_finder("dgr", gated, FinderOptions(settings={"iterations": 5}))
+    assert results["methods"]["dgr"]["forward_equivalents"] == dgr.forward_equivalents()
     assert results["methods"]["greedy"]["forward_equivalents"] == 3 * 3
 
 
@@ -160,12 +179,44 @@ def test_results_json_has_every_field(study: Path) -> None:
     assert results["config"]["methods"] == METHODS
 
 
+def test_every_method_runs_under_every_ablation(study: Path) -> None:
+    results = json.loads((study / "results.json").read_text())
+    assert results["ablations"] == ["zero", "mean"] == results["config"]["ablations"]
+    assert set(results["interventions"]) == {"zero", "mean"}
+    assert results["interventions"]["zero"]["methods"] == results["methods"]
+    assert results["interventions"]["zero"]["transfer"] == results["transfer"]
+    for ablation, part in results["interventions"].items():
+        assert set(part["methods"]) == set(part["transfer"]) == set(METHODS)
+        for name in METHODS:
+            row, transfer = part["methods"][name], part["transfer"][name]
+            assert FIND_KEYS <= set(row) and TRANSFER_KEYS <= set(transfer), (ablation, name)
+            assert row["ablation"] == transfer["ablation"] == ablation
+            assert row["n"] == 16 and 0.0 <= row["blank_agreement"] <= 1.0
+            for key in ("swap_follows_input", "swap_follows_mask"):  # none without swap pairs
+                assert 0.0 <= row[key] <= 1.0 if row["swap_n"] else math.isnan(row[key])
+            specificity = transfer["transfer_specificity"]
+            assert math.isnan(specificity) or 0.0 <= specificity <= 1.0
+    for name in ("cp-mct", "random", "greedy"):  # the same samples, the same sparsity
+        zero, mean = (results["interventions"][a]["methods"][name] for a in ("zero", "mean"))
+        assert abs(mean["kept_fraction_mean"] - 0.2) < 0.03, name
+        assert zero["blank_agreement_plain"] == mean["blank_agreement_plain"]
+    assert (study / "pathways" / "mean" / "cp-mct.safetensors").is_file()
+
+
 def test_tables_report_and_pathway_files(study: Path) -> None:
     markdown = (study / "results.md").read_text()
     assert all(f"| {m} |" in markdown for m in METHODS)
+    assert "### zero ablation" in markdown and "### mean ablation" in markdown
+    assert "## zero vs mean" in markdown and "Leakage columns:" in markdown
+    side = markdown.split("## zero vs mean")[1]
+    for header in ("agreement zero", "agreement mean", "blank agr. mean", "swap → mask zero"):
+        assert header in side, header
+    assert "forced to c" in markdown and "swap → mask" in markdown
     page = (study / "report.html").read_text()
     for section_id, title in SECTIONS:
         assert f'<section id="{section_id}">' in page and title in page
+    assert "<h3>zero vs mean</h3>" in page and "Leakage columns:" in page
+    assert "<h3>mean ablation</h3>" in page and "forced to c ↓" in page
     assert "<script" not in page and "http://" not in page and "https://" not in page
     assert page.count("data:image/png;base64,") >= 4 + len(METHODS) + 3
     for name in METHODS:

@@ -22,6 +22,9 @@ def test_every_step_is_a_valid_seeded_command(tmp_path) -> None:
         args = parser.parse_args(list(step.argv))
         assert args.seed == 7, step.title
     assert demo.plan(tmp_path, 500, 20000, 3)[0].argv[-2:] == ("--seed", "0")
+    for step in steps:
+        if step.argv[0] == "compare":
+            assert parser.parse_args(list(step.argv)).ablation == "zero,mean", step.title
 
 
 def test_rerun_skips_finished_steps(tmp_path, monkeypatch, capsys) -> None:
@@ -36,8 +39,12 @@ def test_rerun_skips_finished_steps(tmp_path, monkeypatch, capsys) -> None:
         if argv[0] == "compare":
             (out / "report.html").write_text("<html></html>")
             row = {"agreement": 1.0, "accuracy": 1.0, "mic": 0.0, "mdc": 0.0, "aciou": 100.0,
-                   "kept_fraction_mean": 0.5}  # fmt: skip
-            (out / "results.json").write_text(json.dumps({"methods": {"cp-mct": row}}))
+                   "kept_fraction_mean": 0.5, "blank_agreement": 0.25,
+                   "swap_follows_mask": 0.125}  # fmt: skip
+            parts = {a: {"methods": {"cp-mct": row}, "transfer": {}} for a in ("zero", "mean")}
+            (out / "results.json").write_text(
+                json.dumps({"methods": {"cp-mct": row}, "interventions": parts})
+            )
         return 0
 
     monkeypatch.setattr(demo, "cli", fake_cli)
@@ -47,7 +54,9 @@ def test_rerun_skips_finished_steps(tmp_path, monkeypatch, capsys) -> None:
     calls.clear()
     assert demo.run(["--runs", str(tmp_path)]) == 0
     assert [c[0] for c in calls] == ["fit-gencnp", "fit-gencnp"]  # resumes by itself
-    assert "cp-mct" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "zero ablation" in printed and "mean ablation" in printed
+    assert "swap→mask" in printed and "0.250     0.125" in printed
 
 
 def test_failed_step_stops_the_demo(tmp_path, monkeypatch, capsys) -> None:

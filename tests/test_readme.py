@@ -35,3 +35,17 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys) -> None:
     pathway = namespace["pathway"]
     assert torch.allclose(pathway.kept_fraction(), torch.full((64,), 0.1), atol=0.01)
     assert "agreement" in capsys.readouterr().out
+
+
+def test_readme_documents_the_leakage_contract() -> None:
+    from dataclasses import fields
+
+    from neuralpath.interventions import ABLATIONS
+    from neuralpath.metrics.leakage import HIGHER_IS_BETTER, LeakageOutcome, summarize_leakage
+
+    outcome = LeakageOutcome(**{f.name: torch.zeros(2) for f in fields(LeakageOutcome)})
+    keys = {"ablation", *HIGHER_IS_BETTER, *summarize_leakage(outcome)}
+    text = README.read_text()
+    assert [key for key in sorted(keys) if f"`{key}`" not in text] == []
+    assert "--ablation" in text and all(name in text for name in ABLATIONS)
+    assert "neuralpath reference" in text and "neuralpath: warning:" in text

@@ -96,7 +96,7 @@ def test_find_cli_applies_and_records_settings(tmp_path, capsys) -> None:
     code = main([
         "find", "--checkpoint", str(tmp_path / "ckpt"), "--method", "dgr", "--data", "synthetic",
         "--limit", "6", "--set", "iterations=2", "--set", "gamma=0.5", "--set", "binarize=positive",
-        "--no-progress", "--out", str(out),
+        "--reference-size", "32", "--no-progress", "--out", str(out),
     ])  # fmt: skip
     assert code == 0
     pathway = Pathway.load(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,11 +20,25 @@ from neuralpath.pathway import aggregate_by_class
 from neuralpath.runner import open_target, run_finder
 from neuralpath.store import INDEX, PathwayStore, extract, shard_name, store_digest
 
+LEAKAGE_KEYS = (
+    "ablation",
+    "blank_agreement",
+    "blank_agreement_plain",
+    "swap_follows_input",
+    "swap_follows_mask",
+    "swap_n",
+    "input_attributable_confidence",
+)
+
 
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = build_model("vgg11", num_classes=4, in_channels=3, input_size=32, width=0.125).eval()
+    with torch.no_grad():  # logits centred: every class is predicted (swap pairs exist)
+        model.classifier[-1].bias -= model(
+            load_dataset("synthetic", "train", limit=256).images
+        ).mean(0)
     meta = TargetMeta(
         arch="vgg11",
         arch_args={"num_classes": 4, "in_channels": 3, "input_size": 32, "width": 0.125},
@@ -174,6 +189,10 @@ def test_torchrun_two_processes_write_identical_store(target_dir: Path, tmp_path
         "--no-progress",
         "--device",
         "cpu",
+        "--ablation",
+        "mean",
+        "--reference-size",
+        "64",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -204,6 +223,8 @@ def test_torchrun_two_processes_write_identical_store(target_dir: Path, tmp_path
     assert double.returncode == 0, double.stderr
     assert store_digest(tmp_path / "one") == store_digest(tmp_path / "two")
     one, two = PathwayStore(tmp_path / "one"), PathwayStore(tmp_path / "two")
+    assert one.summary == two.summary and one.summary["ablation"] == "mean"
+    assert json.loads(single.stdout)["swap_n"] == one.summary["swap_n"] > 0
     assert torch.equal(one.class_pathways().counts, two.class_pathways().counts)
     for name in one.class_pathways().frequency:
         assert torch.equal(
@@ -249,3 +270,25 @@ def test_store_follows_the_finders_own_layout(target_dir: Path, data, tmp_path: 
     expected = finder.find(torch.stack([data[i][0] for i in range(6)]))
     loaded = store.pathways(list(range(6)))
     assert all(torch.equal(loaded[n], expected[n]) for n in expected)
+
+
+def test_store_records_the_ablation_and_leakage(target_dir: Path, data, tmp_path: Path) -> None:
+    from neuralpath.interventions import MeanAblation
+    from neuralpath.reference import reference_statistics
+
+    _, gated = open_target(str(target_dir), "cpu")
+    train = load_dataset("synthetic", "train", limit=64)
+    statistics = reference_statistics(gated, train, progress=False)
+    mean = gated.with_intervention(MeanAblation(statistics))
+    finder = build_finder("cp-mct", mean, FinderOptions(sparsity=0.7))
+    common = {"batch_size": 8, "limit": 40, "progress": False}
+    leak = {"baseline": statistics.input_mean, "seed": 3}
+    out = extract(finder, data, tmp_path / "s", num_classes=4, shard_size=16, **common, **leak)
+    store = PathwayStore(out)
+    run = run_finder(finder, data, **common, **leak)  # the same batches as the shards'
+    assert store.summary == {key: run.summary()[key] for key in LEAKAGE_KEYS}
+    assert store.summary["ablation"] == "mean" and store.summary["swap_n"] > 0
+    assert store.index["intervention"] == mean.intervention.describe()
+    zero = build_finder("cp-mct", gated, FinderOptions(sparsity=0.7))
+    with pytest.raises(CheckpointError, match="another extraction"):
+        extract(zero, data, out, num_classes=4, shard_size=16, **common, **leak)

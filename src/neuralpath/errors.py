@@ -32,3 +32,7 @@ class DataError(NeuralpathError):
 
 class ZeroMapsWarning(UserWarning):
     """Some attribution maps are zero everywhere (e.g. their pathways empty a whole layer)."""
+
+
+class LeakageWarning(UserWarning):
+    """Pathway models follow the mask rather than the input (see :mod:`neuralpath.metrics.leakage`)."""

@@ -6,8 +6,11 @@ One place for the batched loop (progress bar, device transfer, timing, faithfuln
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,11 +18,30 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from neuralpath.checkpoint import Target, load_target
-from neuralpath.errors import InputError
+from neuralpath.data import load_dataset
+from neuralpath.errors import InputError, LeakageWarning, ShapeError
 from neuralpath.gating import GatedModel, LayerSelection
+from neuralpath.interventions import (
+    AblationName,
+    Intervention,
+    MeanAblation,
+    ResampleAblation,
+    ZeroAblation,
+    check_ablation,
+)
 from neuralpath.methods.base import PathwayFinder, find_in_chunks
 from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
+from neuralpath.metrics.leakage import (
+    LeakageOutcome,
+    leak_warning,
+    leakage_outcome,
+    summarize_leakage,
+)
 from neuralpath.pathway import Pathway
+from neuralpath.reference import ReferenceStatistics, load_or_compute_reference
+
+DEFAULT_REFERENCE_SIZE = 2000
+"""Training images the reference statistics and resample donors come from [ours]."""
 
 
 def open_target(
@@ -38,8 +60,84 @@ def open_target(
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What the interventions and the leakage controls of a run draw on: the reference
+    statistics (per-unit means, mean input image) and the reference images (resample donors)."""
+
+    statistics: ReferenceStatistics
+    images: Tensor
+
+    def intervention(self, ablation: str, seed: int = 0) -> Intervention:
+        """The intervention named ``ablation`` (``zero``, ``mean``, ``resample``)."""
+        name: AblationName = check_ablation(ablation)
+        if name == "mean":
+            return MeanAblation(self.statistics)
+        if name == "resample":
+            return ResampleAblation(self.images, seed)
+        return ZeroAblation()
+
+
+def open_reference(
+    directory: str | os.PathLike[str],
+    gated: GatedModel,
+    dataset: Dataset,
+    *,
+    size: int = DEFAULT_REFERENCE_SIZE,
+    seed: int = 0,
+    recompute: bool = False,
+    progress: bool = True,
+    source: dict[str, Any] | None = None,
+) -> Reference:
+    """The reference of a target stored at ``directory`` (computed and stored on first use, or
+    when ``recompute``): ``size`` images of ``dataset`` (normally the training split) drawn with
+    ``seed``."""
+    if size < 1:
+        raise InputError(f"the reference set needs at least one image, got size {size}")
+    total = len(dataset)  # type: ignore[arg-type]
+    if total == 0:
+        raise InputError("the reference set is empty")
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(total, generator=generator)[: min(size, total)].sort().values
+    images = torch.stack([dataset[int(i)][0] for i in index])
+    statistics = load_or_compute_reference(
+        directory, gated, images, recompute=recompute, progress=progress,
+        source={"size": int(index.numel()), "seed": seed, **(source or {})},
+    )  # fmt: skip
+    return Reference(statistics, images)
+
+
+def open_training_reference(
+    checkpoint: str | os.PathLike[str],
+    gated: GatedModel,
+    data: str,
+    data_root: str | None = None,
+    *,
+    size: int = DEFAULT_REFERENCE_SIZE,
+    seed: int = 0,
+    recompute: bool = False,
+    progress: bool = True,
+) -> Reference:
+    """:func:`open_reference` of the target at ``checkpoint`` over ``size`` images of the
+    *training* split of ``data`` (a seeded subset, at the model's image size)."""
+    if size < 1:
+        raise InputError(f"the reference set needs at least one image, got size {size}")
+    train = load_dataset(
+        data, "train", data_root, limit=size, seed=seed, image_size=gated.input_shape[-1]
+    )
+    if tuple(train.input_shape) != tuple(gated.input_shape):
+        raise ShapeError(
+            f"{data} training images have shape {list(train.input_shape)}, the model takes "
+            f"{list(gated.input_shape)}"
+        )
+    return open_reference(
+        checkpoint, gated, train, size=size, seed=seed, recompute=recompute, progress=progress,
+        source={"data": data, "split": "train"},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class FinderRun:
-    """Pathways of ``n`` samples with their outcome and cost."""
+    """Pathways of ``n`` samples with their outcome, leakage controls and cost."""
 
     method: str
     pathway: Pathway
@@ -47,14 +145,32 @@ class FinderRun:
     labels: Tensor
     seconds: float
     forward_equivalents: float
+    leakage: LeakageOutcome | None = None
+    ablation: dict[str, Any] = field(default_factory=lambda: {"ablation": "zero"})
 
-    def summary(self) -> dict[str, float | str | int]:
-        """The ``find`` JSON contract: method, n, faithfulness keys, seconds_per_image."""
-        result: dict[str, float | str | int] = {"method": self.method}
+    def summary(self) -> dict[str, Any]:
+        """The ``find`` JSON contract: method, ablation, n, faithfulness keys, leakage keys
+        (when measured), seconds_per_image."""
+        result: dict[str, Any] = {"method": self.method, "ablation": self.ablation["ablation"]}
         result.update(summarize(self.outcome, self.pathway, self.labels))
+        if self.leakage is not None:
+            result.update(summarize_leakage(self.leakage))
         result["seconds_per_image"] = self.seconds / max(1, self.labels.numel())
         result["forward_equivalents"] = self.forward_equivalents
         return result
+
+    def warn_if_leaking(self) -> None:
+        """Issue a :class:`LeakageWarning` when the pathways follow the mask (see
+        :func:`~neuralpath.metrics.leakage.leak_warning`)."""
+        warn_if_leaking(self.summary(), self.method)
+
+
+def warn_if_leaking(summary: dict[str, Any], what: str) -> None:
+    """Issue a :class:`LeakageWarning` when ``summary`` (leakage keys and ``ablation``) shows
+    pathways that follow the mask (see :func:`~neuralpath.metrics.leakage.leak_warning`)."""
+    message = leak_warning(summary, what)
+    if message is not None:
+        warnings.warn(message, LeakageWarning, stacklevel=3)
 
 
 def run_finder(
@@ -66,11 +182,16 @@ def run_finder(
     progress: bool = True,
     method: str | None = None,
     internal_batch_size: int | None = None,
+    leakage: bool = True,
+    baseline: Tensor | None = None,
+    seed: int = 0,
 ) -> FinderRun:
     """Find pathways for the first ``limit`` samples of ``dataset`` (items ``(image, label)``).
 
     Pathways are kept on the CPU; timing covers :meth:`PathwayFinder.find` only.
-    ``internal_batch_size`` bounds memory (see :func:`find_in_chunks`).
+    ``internal_batch_size`` bounds memory (see :func:`find_in_chunks`). With ``leakage``, the
+    leakage controls are measured on every batch (baseline ``[*input_shape]``, default zeros;
+    swap partners drawn with ``seed``) under the finder's gated model's intervention.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -80,7 +201,7 @@ def run_finder(
     subset = torch.utils.data.Subset(dataset, range(total))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
     device = finder.gated.device
-    pathways, outcomes, labels = [], [], []
+    pathways, outcomes, labels, leaks = [], [], [], []
     seconds = 0.0
     bar = tqdm(total=total, desc=method or finder.name, unit="img", disable=not progress)
     for images, batch_labels in loader:
@@ -91,6 +212,10 @@ def run_finder(
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start
         outcomes.append(pathway_outcome(finder.gated, images, pathway))
+        if leakage:
+            leaks.append(
+                leakage_outcome(finder.gated, images, pathway, baseline=baseline, seed=seed)
+            )
         pathways.append(pathway.detach().to("cpu"))
         labels.append(batch_labels.cpu())
         bar.update(images.shape[0])
@@ -102,4 +227,6 @@ def run_finder(
         labels=torch.cat(labels),
         seconds=seconds,
         forward_equivalents=finder.forward_equivalents(),
+        leakage=LeakageOutcome.cat(leaks) if leaks else None,
+        ablation=finder.gated.intervention.describe(),
     )

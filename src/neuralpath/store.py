@@ -2,17 +2,20 @@
 
 Layout of a store directory::
 
-    index.json                  what was extracted (method, target, data, layers, shards)
+    index.json                  what was extracted (method, intervention, target, data, layers,
+                                shards) and, once complete, its summary (ablation, leakage keys)
     shard-00000.safetensors     samples [0, S): "packed" uint8 [S, ceil(N/8)], one row a sample,
-    shard-00001.safetensors     ...           plus per-sample ids, labels, predictions, kept
+    shard-00001.safetensors     ...           plus per-sample ids, labels, predictions, kept and
+                                              the leakage controls ("leakage/<field>")
     class-stats.safetensors     per-class unit counts (firing frequency = counts / instances)
 
 Shard ``k`` always holds samples ``[k*S, (k+1)*S)`` whatever the number of processes, and each is
 written atomically, so a killed extraction resumes by skipping the shards that exist (nothing
 duplicated, nothing lost), and ``torchrun`` ranks (rank ``r`` takes shards ``k % world == r``)
 write byte-identical shards to a single process. Class statistics are summed over each rank's
-shards and combined with ``torch.distributed.all_reduce``. The reader loads one sample's row or
-one class's frequencies without reading the rest.
+shards and combined with ``torch.distributed.all_reduce``; the leakage summary is computed by
+rank 0 from every shard's leakage columns (as a single process would, bit for bit). The reader
+loads one sample's row or one class's frequencies without reading the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +46,14 @@ from neuralpath.io import (
 )
 from neuralpath.methods.base import PathwayFinder, find_in_chunks
 from neuralpath.metrics.faithfulness import average_class_iou
+from neuralpath.metrics.leakage import LeakageOutcome, leakage_outcome, summarize_leakage
 from neuralpath.pathway import ClassPathways, Pathway
 
 FORMAT = "neuralpath.pathway-store"
-VERSION = 1
+VERSION = 2
 INDEX = "index.json"
 CLASS_STATS = "class-stats.safetensors"
+_LEAKAGE = "leakage/"
 
 
 def shard_name(k: int) -> str:
@@ -72,6 +77,7 @@ class ExtractionInfo:
     total: int
     shard_size: int
     provenance: dict[str, Any]
+    intervention: dict[str, Any]
 
     @property
     def units(self) -> int:
@@ -101,15 +107,18 @@ def extract(
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
     internal_batch_size: int | None = None,
+    baseline: Tensor | None = None,
+    seed: int = 0,
 ) -> Path:
     """Extract pathways of ``dataset`` (items ``(image, label)``) into a store at ``out_dir``.
 
-    Resumes when ``out_dir`` holds a store of the same extraction (same method, layers, sizes and
-    provenance); a store of another extraction is an error. Under ``torchrun`` every rank calls
-    this with the same arguments. ``on_shard(k)`` is called after shard ``k`` is written (used by
-    fault-injection tests). ``internal_batch_size`` bounds memory (see :func:`find_in_chunks`).
-    Returns the store directory.
-    """
+    Resumes when ``out_dir`` holds a store of the same extraction (same method, intervention,
+    layers, sizes and provenance); a store of another extraction is an error. Under ``torchrun``
+    every rank calls this with the same arguments. ``on_shard(k)`` is called after shard ``k`` is
+    written (used by fault-injection tests). ``internal_batch_size`` bounds memory (see
+    :func:`find_in_chunks`). Leakage controls are measured per batch under the finder's
+    intervention (``baseline`` ``[*input_shape]``, default zeros; swap partners by ``seed``).
+    Returns the store directory."""
     if shard_size < 1 or batch_size < 1:
         raise InputError("shard_size and batch_size must be >= 1")
     total = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
@@ -117,18 +126,7 @@ def extract(
         raise InputError("no samples to extract (empty data set or limit < 1)")
     out = Path(out_dir)
     rank, world = _rank_world()
-    # The layout (granularity, per-layer mask shapes) is whatever the finder produces: probe it.
-    probe = finder.find(dataset[0][0].unsqueeze(0).to(finder.gated.device))
-    layers = [{"name": name, "shape": list(shape)} for name, shape in probe.layer_shapes.items()]
-    info = ExtractionInfo(
-        finder.name,
-        probe.granularity,
-        layers,
-        num_classes,
-        total,
-        shard_size,
-        dict(provenance or {}),
-    )
+    info, layer_shapes = _probe(finder, dataset, num_classes, total, shard_size, provenance)
     _check_or_start(out, info, rank)
 
     mine = [k for k in range(info.shards) if k % world == rank]
@@ -140,16 +138,13 @@ def extract(
         unit="shard",
         disable=not progress or rank != 0,
     )
+    options = {"batch_size": batch_size, "internal_batch_size": internal_batch_size}
     for k in todo:
         start, stop = k * shard_size, min(total, (k + 1) * shard_size)
+        part = Subset(dataset, range(start, stop))
+        path = out / shard_name(k)
         _write_shard(
-            finder,
-            Subset(dataset, range(start, stop)),
-            start,
-            batch_size,
-            out / shard_name(k),
-            internal_batch_size,
-            probe.layer_shapes,
+            finder, part, start, path, layer_shapes, baseline=baseline, seed=seed, **options
         )
         bar.update(1)
         if on_shard is not None:
@@ -159,6 +154,25 @@ def extract(
     _write_class_stats(out, info, mine, rank)
     _barrier()
     return out
+
+
+def _probe(
+    finder: PathwayFinder,
+    dataset: Dataset,
+    num_classes: int,
+    total: int,
+    shard_size: int,
+    provenance: dict[str, Any] | None,
+) -> tuple[ExtractionInfo, dict[str, tuple[int, ...]]]:
+    """What the extraction covers, and its per-layer mask shapes: the layout (granularity,
+    shapes) is whatever the finder produces, so one sample is probed."""
+    probe = finder.find(dataset[0][0].unsqueeze(0).to(finder.gated.device))
+    layers = [{"name": name, "shape": list(shape)} for name, shape in probe.layer_shapes.items()]
+    info = ExtractionInfo(
+        finder.name, probe.granularity, layers, num_classes, total, shard_size,
+        dict(provenance or {}), finder.gated.intervention.describe(),
+    )  # fmt: skip
+    return info, probe.layer_shapes
 
 
 def _barrier() -> None:
@@ -180,6 +194,7 @@ def _check_or_start(out: Path, info: ExtractionInfo, rank: int) -> None:
             "total",
             "shard_size",
             "provenance",
+            "intervention",
         )
         if any(found.get(key) != expected[key] for key in keys):
             raise CheckpointError(
@@ -205,6 +220,7 @@ def _index_payload(info: ExtractionInfo, complete: bool) -> dict[str, Any]:
         "shard_size": info.shard_size,
         "shards": info.shards,
         "provenance": info.provenance,
+        "intervention": info.intervention,
         "complete": complete,
     }
 
@@ -218,12 +234,16 @@ def _write_shard(
     finder: PathwayFinder,
     part: Dataset,
     start: int,
-    batch_size: int,
     path: Path,
-    internal_batch_size: int | None,
     layer_shapes: dict[str, tuple[int, ...]],
+    *,
+    batch_size: int,
+    internal_batch_size: int | None,
+    baseline: Tensor | None,
+    seed: int,
 ) -> None:
-    rows, labels, predictions, kept = [], [], [], []
+    """Find, measure and write the pathways of ``part`` (samples ``start...``) as one shard."""
+    rows, labels, predictions, kept, leaks = [], [], [], [], []
     device = finder.gated.device
     for images, batch_labels in DataLoader(part, batch_size=batch_size, shuffle=False):
         images = images.to(device)
@@ -234,13 +254,16 @@ def _write_shard(
         labels.append(batch_labels.to(torch.long))
         predictions.append(_predict(finder, images).cpu())
         kept.append(pathway.kept_fraction().cpu().float())
+        leaks.append(leakage_outcome(finder.gated, images, pathway, baseline=baseline, seed=seed))
     count = sum(r.shape[0] for r in rows)
+    leakage = LeakageOutcome.cat(leaks)
     tensors = {
         "packed": torch.cat(rows),
         "ids": torch.arange(start, start + count, dtype=torch.long),
         "labels": torch.cat(labels),
         "predictions": torch.cat(predictions),
         "kept_fraction": torch.cat(kept),
+        **{_LEAKAGE + f.name: getattr(leakage, f.name) for f in fields(LeakageOutcome)},
     }
     save_tensors(path, tensors, {"format": FORMAT, "start": start, "count": count})
 
@@ -264,7 +287,19 @@ def _write_class_stats(out: Path, info: ExtractionInfo, mine: Sequence[int], ran
         )
         payload = _index_payload(info, complete=True)
         payload["bytes_per_sample"] = _bytes_per_sample(out, info)
+        payload["summary"] = _leakage_summary(out, info)
         write_json_atomic(out / INDEX, payload)
+
+
+def _leakage_summary(out: Path, info: ExtractionInfo) -> dict[str, Any]:
+    """``ablation`` and the leakage keys over every shard (read column by column)."""
+    columns: dict[str, list[Tensor]] = {f.name: [] for f in fields(LeakageOutcome)}
+    for k in range(info.shards):
+        with safe_open(str(out / shard_name(k)), framework="pt") as shard:
+            for name, parts in columns.items():
+                parts.append(shard.get_tensor(_LEAKAGE + name))
+    outcome = LeakageOutcome(**{name: torch.cat(parts) for name, parts in columns.items()})
+    return {"ablation": info.intervention["ablation"], **summarize_leakage(outcome)}
 
 
 def _bytes_per_sample(out: Path, info: ExtractionInfo) -> float:
@@ -304,6 +339,12 @@ class PathwayStore:
     @property
     def num_classes(self) -> int:
         return int(self.index["num_classes"])
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``ablation`` and the leakage keys of the whole extraction (see
+        :func:`~neuralpath.metrics.leakage.summarize_leakage`); empty before version 2."""
+        return dict(self.index.get("summary") or {})
 
     def _open(self, k: int) -> Any:
         path = self.directory / shard_name(k)

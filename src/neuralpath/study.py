@@ -1,11 +1,15 @@
 """The study behind ``neuralpath compare``: every method on the same samples, one results file.
 
-For each method: instance pathways of the evaluation samples with their faithfulness metrics,
-and the *transfer* experiment: class pathways built from the first ``j`` correctly predicted
-training samples of each class, used to explain the evaluation samples of that (predicted) class.
-Methods with a sparsity knob run at GEN-CNP's mean kept fraction when GEN-CNP is part of the
-study and no sparsity is given (matched sparsity), else at ``sparsity``. Class pathways are
-built by :func:`neuralpath.transfer.build_class_pathways`.
+For each intervention of ``ablations`` (spec §10: what a dropped unit becomes) and each method:
+instance pathways of the evaluation samples with their faithfulness metrics and leakage
+controls, and the *transfer* experiment: class pathways built from the first ``j`` correctly
+predicted training samples of each class, used to explain the evaluation samples of that
+(predicted) class. Every finder works on the target's gated model under that intervention
+(GEN-CNP's generator is used as it is under each). Methods with a sparsity knob run at GEN-CNP's
+mean kept fraction under the first ablation when GEN-CNP is part of the study and no sparsity is
+given (matched sparsity), else at ``sparsity``. The reference statistics (mean ablation, blank
+baseline) are the target's, over ``reference_size`` training images. Class pathways are built by
+:func:`neuralpath.transfer.build_class_pathways`.
 """
 
 from __future__ import annotations
@@ -15,15 +19,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from neuralpath.data import ImageDataset, load_dataset
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
+from neuralpath.interventions import check_ablation
 from neuralpath.io import write_json_atomic
 from neuralpath.methods import FinderOptions, build_finder, finder_names
 from neuralpath.pathway import ClassPathways, Granularity, check_sparsity
-from neuralpath.runner import FinderRun, open_target, run_finder
+from neuralpath.runner import (
+    DEFAULT_REFERENCE_SIZE,
+    FinderRun,
+    Reference,
+    open_target,
+    open_training_reference,
+    run_finder,
+)
 from neuralpath.transfer import InstanceRule, build_class_pathways, transfer_from_run
 
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -47,6 +57,9 @@ class StudyConfig:
     counting only correctly predicted ones (``instances="correct"``) or all, grouped by the
     model's prediction (``"all"``). ``settings``: method -> its settings
     (:attr:`~neuralpath.methods.FinderOptions.settings`), e.g. ``{"dgr": {"gamma": 0.01}}``.
+    ``ablations``: the interventions every method runs under (the first one gives the
+    backward-compatible ``methods``/``transfer`` of ``results.json`` and the matched sparsity);
+    ``reference_size``: training images behind the reference statistics and resample donors.
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -63,6 +76,8 @@ class StudyConfig:
     theta: float = 0.5
     instances: InstanceRule = "correct"
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ablations: tuple[str, ...] = ("zero", "mean")
+    reference_size: int = DEFAULT_REFERENCE_SIZE
 
     def __post_init__(self) -> None:
         stray = [m for m in self.settings if m not in self.methods]
@@ -71,15 +86,18 @@ class StudyConfig:
                 f"settings for method(s) not in the study: {', '.join(stray)} "
                 f"(methods: {', '.join(self.methods)})"
             )
-        if not self.methods:
-            raise InputError("a study needs at least one method")
-        if len(set(self.methods)) != len(self.methods):
-            raise InputError(f"methods listed twice: {list(self.methods)}")
+        for name, values in (("methods", self.methods), ("ablations", self.ablations)):
+            if not values:
+                raise InputError(f"a study needs at least one of its {name}")
+            if len(set(values)) != len(values):
+                raise InputError(f"{name} listed twice: {list(values)}")
         unknown = [m for m in self.methods if m not in finder_names()]
         if unknown:
             raise InputError(
                 f"unknown method(s) {', '.join(unknown)}; available: {', '.join(finder_names())}"
             )
+        for ablation in self.ablations:
+            check_ablation(ablation)
         if self.sparsity is not None:
             check_sparsity(self.sparsity)
         if "gencnp" in self.methods and self.generator is None:
@@ -88,6 +106,8 @@ class StudyConfig:
             raise InputError(f"transfer_per_class must be >= 1, got {self.transfer_per_class}")
         if not 0.0 < self.theta <= 1.0:
             raise InputError(f"theta must be in (0, 1], got {self.theta}")
+        if self.reference_size < 1:
+            raise InputError(f"reference_size must be >= 1, got {self.reference_size}")
 
 
 @dataclass
@@ -101,17 +121,37 @@ class MethodResult:
 
 @dataclass
 class StudyResult:
-    """Everything a study measured; :meth:`to_json` is the ``results.json`` contract."""
+    """Everything a study measured; :meth:`to_json` is the ``results.json`` contract.
+
+    ``interventions``: ablation -> method -> its result, for every ablation of the config.
+    """
 
     config: StudyConfig
     target: dict[str, Any]
     sparsity: float
-    methods: dict[str, MethodResult] = field(default_factory=dict)
+    interventions: dict[str, dict[str, MethodResult]] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> dict[str, MethodResult]:
+        """The results under the first ablation (the report's panels and figures)."""
+        return self.interventions.get(self.config.ablations[0], {})
 
     def to_json(self) -> dict[str, Any]:
+        """``methods``/``transfer`` (first ablation), ``ablations``, ``interventions`` (ablation
+        -> {``methods``, ``transfer``}), ``sparsity``, ``config``, ``target``."""
+        parts = {
+            ablation: {
+                "methods": {name: r.run.summary() for name, r in results.items()},
+                "transfer": {n: r.transfer for n, r in results.items() if r.transfer is not None},
+            }
+            for ablation, results in self.interventions.items()
+        }
+        first = parts.get(self.config.ablations[0], {"methods": {}, "transfer": {}})
         return {
-            "methods": {name: r.run.summary() for name, r in self.methods.items()},
-            "transfer": {n: r.transfer for n, r in self.methods.items() if r.transfer is not None},
+            "methods": first["methods"],
+            "transfer": first["transfer"],
+            "ablations": list(self.config.ablations),
+            "interventions": parts,
             "sparsity": self.sparsity,
             "config": asdict(self.config),
             "target": self.target,
@@ -125,62 +165,103 @@ def run_study(
     device: str = "auto",
     progress: bool = True,
     pathway_dir: str | os.PathLike[str] | None = None,
+    recompute_reference: bool = False,
 ) -> tuple[StudyResult, GatedModel, ImageDataset]:
-    """Run every method of ``config`` on the same samples of the target at ``checkpoint``.
+    """Run every method of ``config`` under every ablation on the same samples of the target at
+    ``checkpoint``.
 
     ``pathway_dir``: if given, each method's instance pathways are saved there as
-    ``<method>.safetensors``. Returns the result, the gated target and the evaluation data.
+    ``<method>.safetensors`` (first ablation) and ``<ablation>/<method>.safetensors`` (the
+    others). ``recompute_reference``: recompute the target's stored reference statistics.
+    Returns the result, the gated target under the first ablation and the evaluation data.
     """
     target, gated = open_target(str(checkpoint), device)
     size = target.meta.input_shape[-1]
     evaluation = load_dataset(config.data, config.split, config.data_root, image_size=size)
     train = load_dataset(config.data, "train", config.data_root, image_size=size)
-
+    reference = open_training_reference(
+        checkpoint, gated, config.data, config.data_root, size=config.reference_size,
+        seed=config.seed, recompute=recompute_reference, progress=progress,
+    )  # fmt: skip
+    models = {
+        ablation: gated.with_intervention(reference.intervention(ablation, config.seed))
+        for ablation in config.ablations
+    }
     order = sorted(config.methods, key=lambda name: name != "gencnp")
     sparsity = DEFAULT_SPARSITY if config.sparsity is None else config.sparsity
     result = StudyResult(config, target.meta.to_dict(), sparsity)
-    for name in order:
-        options = FinderOptions(
-            result.sparsity, config.granularity, config.generator, config.seed,
-            config.settings.get(name, {}),
-        )  # fmt: skip
-        torch.manual_seed(config.seed)
-        finder = build_finder(name, gated, options)
-        run = run_finder(
-            finder,
-            evaluation,
-            batch_size=config.batch_size,
-            limit=config.limit,
-            progress=progress,
-            method=name,
-        )
-        classes = build_class_pathways(
-            finder,
-            train,
-            target.meta.num_classes,
-            j=config.transfer_per_class,
-            theta=config.theta,
-            instances=config.instances,
-            batch_size=config.batch_size,
-            class_names=evaluation.class_names,
-            progress=progress,
-            allow_missing=True,
-        )
-        transfer = transfer_from_run(gated, classes, evaluation, run, batch_size=config.batch_size)
-        summary = dict(transfer.transfer)
-        summary.update(
-            class_instances=classes.counts.tolist(),
-            theta=classes.theta,
-            instance_class_jaccard=transfer.instance_class_jaccard,
-        )
-        result.methods[name] = MethodResult(run, classes, summary)
-        if name == "gencnp" and config.sparsity is None:
-            result.sparsity = float(1.0 - run.outcome.kept_fraction.mean())
-    result.methods = {name: result.methods[name] for name in config.methods}
+    for ablation, intervened in models.items():
+        results: dict[str, MethodResult] = {}
+        for name in order:
+            results[name] = _run_method(
+                name, intervened, reference, (evaluation, train), target.meta.num_classes,
+                config, result.sparsity, progress,
+            )  # fmt: skip
+            if name == "gencnp" and config.sparsity is None and not result.interventions:
+                result.sparsity = float(1.0 - results[name].run.outcome.kept_fraction.mean())
+        result.interventions[ablation] = {name: results[name] for name in config.methods}
     if pathway_dir is not None:  # only once every method has finished: no partial study
-        for name, method in result.methods.items():
-            method.run.pathway.save(Path(pathway_dir) / f"{name}.safetensors")
-    return result, gated, evaluation
+        _save_pathways(result, Path(pathway_dir))
+    return result, models[config.ablations[0]], evaluation
+
+
+def _run_method(
+    name: str,
+    gated: GatedModel,
+    reference: Reference,
+    data: tuple[ImageDataset, ImageDataset],
+    num_classes: int,
+    config: StudyConfig,
+    sparsity: float,
+    progress: bool,
+) -> MethodResult:
+    """One method under ``gated``'s intervention: instance pathways of the evaluation samples,
+    class pathways of the training samples (``data``: both sets), transfer; warns
+    (:class:`~neuralpath.errors.LeakageWarning`) when its pathways follow the mask."""
+    evaluation, train = data
+    options = FinderOptions(
+        sparsity, config.granularity, config.generator, config.seed, config.settings.get(name, {})
+    )
+    finder = build_finder(name, gated, options)
+    baseline = reference.statistics.input_mean
+    run = run_finder(
+        finder, evaluation, batch_size=config.batch_size, limit=config.limit, progress=progress,
+        method=name, baseline=baseline, seed=config.seed,
+    )  # fmt: skip
+    run.warn_if_leaking()
+    classes = build_class_pathways(
+        finder,
+        train,
+        num_classes,
+        j=config.transfer_per_class,
+        theta=config.theta,
+        instances=config.instances,
+        batch_size=config.batch_size,
+        class_names=evaluation.class_names,
+        progress=progress,
+        allow_missing=True,
+    )
+    transfer = transfer_from_run(
+        gated, classes, evaluation, run, batch_size=config.batch_size, baseline=baseline,
+        seed=config.seed,
+    )  # fmt: skip
+    summary = dict(transfer.transfer)
+    summary.update(
+        class_instances=classes.counts.tolist(),
+        theta=classes.theta,
+        instance_class_jaccard=transfer.instance_class_jaccard,
+    )
+    return MethodResult(run, classes, summary)
+
+
+def _save_pathways(result: StudyResult, directory: Path) -> None:
+    """Each method's instance pathways: the first ablation's in ``directory``, the others' in
+    ``directory/<ablation>``; their metadata names the ablation."""
+    for index, (ablation, results) in enumerate(result.interventions.items()):
+        folder = directory if index == 0 else directory / ablation
+        for name, method in results.items():
+            method.run.pathway.metadata.update(ablation=ablation)
+            method.run.pathway.save(folder / f"{name}.safetensors")
 
 
 def write_results(result: StudyResult, out_dir: str | os.PathLike[str]) -> Path:

@@ -4,8 +4,9 @@ Build: run a finder over a data split in order, keep the pathways of the first `
 of every class (by default only correctly predicted ones), and aggregate them with
 :func:`~neuralpath.pathway.aggregate_by_class`: firing frequency ``f_c``, class pathway
 ``M_c = 1[f_c >= θ]``. Transfer: explain each unseen sample with the class pathway of the
-target's prediction and measure it with the same faithfulness metrics as instance pathways.
-Works with any :class:`~neuralpath.methods.base.PathwayFinder`.
+target's prediction and measure it with the same faithfulness metrics and leakage controls as
+instance pathways, plus transfer specificity (spec §10). Works with any
+:class:`~neuralpath.methods.base.PathwayFinder`, under its gated model's intervention.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from neuralpath.errors import DataError, InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.base import PathwayFinder
 from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
+from neuralpath.metrics.leakage import (
+    LeakageOutcome,
+    leakage_outcome,
+    summarize_leakage,
+    transfer_specificity_outcome,
+)
 from neuralpath.pathway import ClassPathways, Pathway, aggregate_by_class
 from neuralpath.runner import FinderRun, run_finder
 
@@ -131,15 +138,22 @@ def evaluate_transfer(
     batch_size: int = 64,
     progress: bool = True,
     method: str | None = None,
+    baseline: Tensor | None = None,
+    seed: int = 0,
 ) -> TransferResult:
     """Faithfulness of instance pathways vs the class pathway of each sample's prediction.
 
-    Runs ``finder`` on the first ``limit`` samples, then :func:`transfer_from_run`.
+    Runs ``finder`` on the first ``limit`` samples, then :func:`transfer_from_run` (leakage
+    controls with ``baseline`` ``[*input_shape]`` and ``seed``, see :func:`run_finder`).
     """
     run = run_finder(
-        finder, dataset, batch_size=batch_size, limit=limit, progress=progress, method=method
-    )
-    return transfer_from_run(finder.gated, class_pathways, dataset, run, batch_size=batch_size)
+        finder, dataset, batch_size=batch_size, limit=limit, progress=progress, method=method,
+        baseline=baseline, seed=seed,
+    )  # fmt: skip
+    return transfer_from_run(
+        finder.gated, class_pathways, dataset, run, batch_size=batch_size, baseline=baseline,
+        seed=seed,
+    )  # fmt: skip
 
 
 def transfer_from_run(
@@ -149,6 +163,8 @@ def transfer_from_run(
     run: FinderRun,
     *,
     batch_size: int = 64,
+    baseline: Tensor | None = None,
+    seed: int = 0,
 ) -> TransferResult:
     """Explain the samples of ``run`` (the first ``run.labels.numel()`` of ``dataset``) with the
     class pathway of the target's prediction; samples predicted as a class without a class
@@ -156,10 +172,15 @@ def transfer_from_run(
 
     Both are summarised with :func:`~neuralpath.metrics.faithfulness.summarize` (agreement,
     accuracy, mIC, mDC, acIOU, kept fraction); ``instance_class_jaccard`` is the mean Jaccard
-    index between each sample's instance pathway and its class pathway (percent).
+    index between each sample's instance pathway and its class pathway (percent). The transfer
+    adds ``ablation``, the leakage keys of the class pathways (baseline ``[*input_shape]``,
+    default zeros; swap partners by ``seed``) and ``transfer_specificity``: the share of these
+    samples that the class pathway of another class ``c`` makes predict ``c`` (lower is better).
     """
     device = gated.device
     outcomes: list[PathwayOutcome] = []
+    leaks: list[LeakageOutcome] = []
+    forced: list[Tensor] = []
     transferred: list[Pathway] = []
     jaccard: list[Tensor] = []
     covered = (class_pathways.counts[run.outcome.prediction] > 0).nonzero().squeeze(1)
@@ -172,15 +193,22 @@ def transfer_from_run(
         images = images.to(device)
         pathway = class_pathways.for_labels(run.outcome.prediction[rows]).to(device)
         outcomes.append(pathway_outcome(gated, images, pathway))
+        leaks.append(leakage_outcome(gated, images, pathway, baseline=baseline, seed=seed))
+        hits, valid = transfer_specificity_outcome(gated, images, class_pathways, seed=seed)
+        forced.append(hits[valid])
         cpu_pathway = pathway.to("cpu")
         transferred.append(cpu_pathway)
         jaccard.append(run.pathway.select(rows).jaccard(cpu_pathway))
         start += images.shape[0]
-    transfer_summary: dict[str, Any] = {"method": f"{run.method}-class"}
-    transfer_summary.update(
-        summarize(PathwayOutcome.cat(outcomes), Pathway.cat(transferred), run.labels[covered])
-    )
-    transfer_summary["uncovered"] = int(run.labels.numel() - covered.numel())
+    specific = torch.cat(forced).float()
+    transfer_summary: dict[str, Any] = {
+        "method": f"{run.method}-class",
+        "ablation": gated.intervention.name,
+        **summarize(PathwayOutcome.cat(outcomes), Pathway.cat(transferred), run.labels[covered]),
+        **summarize_leakage(LeakageOutcome.cat(leaks)),
+        "transfer_specificity": float(specific.mean()) if specific.numel() else float("nan"),
+        "uncovered": int(run.labels.numel() - covered.numel()),
+    }
     return TransferResult(
         instance=run.summary(),
         transfer=transfer_summary,

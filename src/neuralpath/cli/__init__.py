@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuralpath import __version__
-from neuralpath.errors import NeuralpathError, ZeroMapsWarning
+from neuralpath.errors import LeakageWarning, NeuralpathError, ZeroMapsWarning
 
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
     from neuralpath.data import ImageDataset
     from neuralpath.gating import GatedModel
     from neuralpath.methods import PathwayFinder
+    from neuralpath.runner import Reference
 
 COMMAND_MODULES: tuple[str, ...] = (
     "neuralpath.cli.train",
@@ -36,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "neuralpath.cli.detect_adversarial",
     "neuralpath.cli.attribute",
     "neuralpath.cli.evaluate_attribution",
+    "neuralpath.cli.reference",
 )
 """Modules whose ``register(subparsers)`` adds commands, in help order."""
 
@@ -87,6 +89,83 @@ def add_settings_arg(parser: argparse.ArgumentParser, per_method: bool = False) 
     )
 
 
+ABLATION_HELP = (
+    "what a dropped unit becomes in the pathway model: zero (multiplied by 0, the papers' rule), "
+    "mean (its mean activation over training images), resample (its activation on a training "
+    "image drawn with --seed); the leakage controls (blank agreement, swap test) are printed "
+    "beside the faithfulness they qualify"
+)
+
+
+def add_reference_size_arg(parser: argparse.ArgumentParser) -> None:
+    """``--reference-size``: training images behind the reference statistics and donors."""
+    parser.add_argument(
+        "--reference-size",
+        type=int,
+        metavar="N",
+        help="training images (a seeded subset) the reference statistics (per-unit means, "
+        "mean image) and resample donors come from (default 2000); the statistics are stored "
+        "in the checkpoint directory and reused",
+    )
+
+
+def reference_size(args: argparse.Namespace) -> int:
+    """``--reference-size``, or :data:`~neuralpath.runner.DEFAULT_REFERENCE_SIZE` when not given."""
+    from neuralpath.runner import DEFAULT_REFERENCE_SIZE
+
+    return DEFAULT_REFERENCE_SIZE if args.reference_size is None else int(args.reference_size)
+
+
+def add_ablation_args(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--ablation``, ``--reference-size``, ``--recompute-reference``: how the pathway model
+    replaces dropped units; :func:`open_intervention` turns them into an intervened model.
+    ``several``: ``--ablation`` takes a comma-separated list (``compare``)."""
+    if several:
+        parser.add_argument(
+            "--ablation",
+            default="zero,mean",
+            metavar="A,B",
+            help=f"comma-separated ablations, each method runs under each (default zero,mean): "
+            f"{ABLATION_HELP}",
+        )
+    else:
+        parser.add_argument(
+            "--ablation",
+            default="zero",
+            metavar="{zero,mean,resample}",
+            help=f"{ABLATION_HELP} (default zero)",
+        )
+    add_reference_size_arg(parser)
+    parser.add_argument(
+        "--recompute-reference",
+        action="store_true",
+        help="recompute the stored reference statistics instead of reusing them",
+    )
+
+
+def open_intervention(
+    args: argparse.Namespace, gated: GatedModel, data: str
+) -> tuple[GatedModel, Reference]:
+    """``(gated under --ablation, the target's reference)`` from the options of
+    :func:`add_ablation_args`: the reference statistics of ``args.checkpoint`` over its
+    training split of ``data`` (computed and stored on first use), resample donors from it."""
+    from neuralpath.interventions import check_ablation
+    from neuralpath.runner import open_training_reference
+
+    ablation = check_ablation(args.ablation)
+    reference = open_training_reference(
+        args.checkpoint,
+        gated,
+        data,
+        args.data_root,
+        size=reference_size(args),
+        seed=args.seed,
+        recompute=args.recompute_reference,
+        progress=not args.no_progress,
+    )
+    return gated.with_intervention(reference.intervention(ablation, args.seed)), reference
+
+
 def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
     """The options shared by commands that run one pathway finder over a data split
     (``find``, ``extract``); :func:`open_finder` turns them into a finder and its data."""
@@ -116,31 +195,44 @@ def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
         help="find pathways for at most this many images at a time (bounds memory)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_ablation_args(parser)
     add_seed_arg(parser)
     add_device_arg(parser)
 
 
 def open_finder(
     args: argparse.Namespace, device: str
-) -> tuple[Target, GatedModel, ImageDataset, PathwayFinder]:
-    """``(target, gated, dataset, finder)`` from the options of :func:`add_finder_args`."""
+) -> tuple[Target, ImageDataset, PathwayFinder, Reference]:
+    """``(target, dataset, finder, reference)`` from the options of :func:`add_finder_args`;
+    the finder works on the target's gated model under ``--ablation``."""
     import torch
 
     from neuralpath.data import load_dataset
+    from neuralpath.errors import InputError, ShapeError
+    from neuralpath.interventions import check_ablation
     from neuralpath.methods import FinderOptions, build_finder
     from neuralpath.pathway import check_sparsity
     from neuralpath.runner import open_target
 
     check_sparsity(args.sparsity)
+    check_ablation(args.ablation)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
     torch.manual_seed(args.seed)
     target, gated = open_target(args.checkpoint, device)
     dataset = load_dataset(
         args.data, args.split, args.data_root, image_size=target.meta.input_shape[-1]
     )
+    if tuple(dataset.input_shape) != tuple(gated.input_shape):
+        raise ShapeError(
+            f"data set images have shape {list(dataset.input_shape)}, the checkpoint expects "
+            f"{list(gated.input_shape)}"
+        )
+    intervened, reference = open_intervention(args, gated, args.data)
     options = FinderOptions(
         args.sparsity, args.granularity, args.generator, args.seed, parse_settings(args.settings)
     )
-    return target, gated, dataset, build_finder(args.method, gated, options)
+    return target, dataset, build_finder(args.method, intervened, options), reference
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
@@ -214,7 +306,7 @@ def _one_line_warnings(show: Any) -> Any:
     """``warnings.showwarning`` printing our own warnings as ``neuralpath: warning: ...``."""
 
     def display(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, ZeroMapsWarning):
+        if issubclass(category, (ZeroMapsWarning, LeakageWarning)):
             print(f"neuralpath: warning: {message}", file=sys.stderr)
         else:
             show(message, category, *args, **kwargs)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from neuralpath.cli import (
+    add_ablation_args,
     add_device_arg,
     add_seed_arg,
     add_settings_arg,
+    open_intervention,
     parse_settings,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from neuralpath.checkpoint import Target
+    from neuralpath.data import ImageDataset
+    from neuralpath.gating import GatedModel
 
 METHODS = (
     "pathway-gradient",
@@ -77,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_ablation_args(parser)
     add_seed_arg(parser)
     add_device_arg(parser)
     parser.set_defaults(handler=run_attribute)
@@ -86,33 +95,10 @@ def run_attribute(args: argparse.Namespace) -> int:
     import warnings
     from pathlib import Path
 
-    import torch
-
     from neuralpath.attribution import attribute_dataset, make_attribution_method, save_overlays
-    from neuralpath.checkpoint import load_target
-    from neuralpath.data import load_dataset
-    from neuralpath.errors import InputError, ZeroMapsWarning
-    from neuralpath.gating import GatedModel
-    from neuralpath.methods import FinderOptions, build_finder
+    from neuralpath.errors import ZeroMapsWarning
 
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be >= 1, got {args.limit}")
-    torch.manual_seed(args.seed)
-    target = load_target(args.checkpoint, args.device)
-    dataset = load_dataset(
-        args.data,
-        args.split,
-        args.data_root,
-        limit=args.limit,
-        seed=args.seed,
-        image_size=target.meta.input_shape[1],
-    )
-    if dataset.input_shape != tuple(target.meta.input_shape):
-        raise InputError(
-            f"data set images are {list(dataset.input_shape)}, the checkpoint expects "
-            f"{list(target.meta.input_shape)}"
-        )
-    gated = GatedModel.discover(target.model, target.example_input())
+    _target, dataset, gated = _open(args)
     finder_settings = parse_settings(args.settings)
     method = make_attribution_method(
         args.method,
@@ -125,14 +111,7 @@ def run_attribute(args: argparse.Namespace) -> int:
         settings=finder_settings,
         verify_weights=False,  # checked once below, not per batch (hashing big weights is slow)
     )
-    pathway_method = args.method.startswith("pathway-")
-    finder_sparsity = None
-    if pathway_method:  # once up front: checks settings and the generator's weights, and
-        # gives the fraction the finder drops by construction (None: decided per sample)
-        options = FinderOptions(
-            args.sparsity, args.granularity, args.generator, args.seed, finder_settings
-        )
-        finder_sparsity = build_finder(args.finder, gated, options).sparsity
+    settings = _settings(args, gated, finder_settings)
     with warnings.catch_warnings():  # counted once below, not warned per batch
         warnings.simplefilter("ignore", ZeroMapsWarning)
         run = attribute_dataset(
@@ -145,23 +124,10 @@ def run_attribute(args: argparse.Namespace) -> int:
         )
     zero = run.zero_map_count()
     if zero:
-        hint = " (see --granularity, --sparsity)" if pathway_method else ""
+        hint = " (see --granularity, --sparsity)" if _pathway_method(args) else ""
         warnings.warn(
             f"{zero} of {run.labels.numel()} maps are all zero{hint}", ZeroMapsWarning, stacklevel=1
         )
-    settings = {
-        "checkpoint": str(args.checkpoint),
-        "data": args.data,
-        "split": args.split,
-        "explain": args.explain,
-        "seed": args.seed,
-        "finder": args.finder if pathway_method else None,
-        "sparsity": finder_sparsity,
-        "granularity": args.granularity if pathway_method else None,
-        "generator": args.generator if pathway_method else None,
-        "finder_settings": finder_settings if pathway_method else None,
-        "layers": gated.site_names,
-    }
     out = Path(args.out)
     pngs = []
     if not args.no_png:
@@ -185,3 +151,74 @@ def run_attribute(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _pathway_method(args: argparse.Namespace) -> bool:
+    return args.method.startswith("pathway-")
+
+
+def _open(args: argparse.Namespace) -> tuple[Target, ImageDataset, GatedModel]:
+    """The target, the images to explain and the gated model under ``--ablation``."""
+    import torch
+
+    from neuralpath.checkpoint import load_target
+    from neuralpath.data import load_dataset
+    from neuralpath.errors import InputError
+    from neuralpath.gating import GatedModel
+    from neuralpath.interventions import check_ablation
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
+    if check_ablation(args.ablation) != "zero" and not _pathway_method(args):
+        raise InputError(f"{args.method!r} has no pathway model for --ablation to act on")
+    torch.manual_seed(args.seed)
+    target = load_target(args.checkpoint, args.device)
+    dataset = load_dataset(
+        args.data,
+        args.split,
+        args.data_root,
+        limit=args.limit,
+        seed=args.seed,
+        image_size=target.meta.input_shape[1],
+    )
+    if dataset.input_shape != tuple(target.meta.input_shape):
+        raise InputError(
+            f"data set images are {list(dataset.input_shape)}, the checkpoint expects "
+            f"{list(target.meta.input_shape)}"
+        )
+    gated = GatedModel.discover(target.model, target.example_input())
+    if args.ablation != "zero":  # zero ablation needs no reference statistics
+        gated, _ = open_intervention(args, gated, args.data)
+    return target, dataset, gated
+
+
+def _settings(
+    args: argparse.Namespace, gated: GatedModel, finder_settings: dict[str, Any]
+) -> dict[str, Any]:
+    """What the maps were made with (``meta.json`` and the printed summary). For pathway
+    methods, builds the finder once up front: checks settings and the generator's weights, and
+    gives the fraction it drops by construction (None: decided per sample)."""
+    from neuralpath.methods import FinderOptions, build_finder
+
+    pathway = _pathway_method(args)
+    finder_sparsity = None
+    if pathway:
+        options = FinderOptions(
+            args.sparsity, args.granularity, args.generator, args.seed, finder_settings
+        )
+        finder_sparsity = build_finder(args.finder, gated, options).sparsity
+    return {
+        "checkpoint": str(args.checkpoint),
+        "data": args.data,
+        "split": args.split,
+        "explain": args.explain,
+        "seed": args.seed,
+        "finder": args.finder if pathway else None,
+        "sparsity": finder_sparsity,
+        "granularity": args.granularity if pathway else None,
+        "generator": args.generator if pathway else None,
+        "finder_settings": finder_settings if pathway else None,
+        "ablation": args.ablation if pathway else None,
+        "intervention": gated.intervention.describe() if pathway else None,
+        "layers": gated.site_names,
+    }

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+from neuralpath.cli import (
+    add_ablation_args,
+    add_device_arg,
+    add_seed_arg,
+    open_intervention,
+    print_json,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -15,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Aggregate the pathways of the first J instances of every class of "
         "--build-split (firing frequency >= THETA), save them to DIR/class_pathways.safetensors, "
         "then explain --eval-split samples with the class pathway of their predicted class and "
-        "compare with their instance pathways. Writes DIR/results.json and prints it.",
+        "compare with their instance pathways, under --ablation; the transfer adds the leakage "
+        "controls of the class pathways and transfer_specificity (share of samples another "
+        "class's pathway forces into that class; lower is better). Writes DIR/results.json and "
+        "prints it.",
     )
     cmd.add_argument("--checkpoint", required=True, help="target checkpoint directory")
     cmd.add_argument("--method", default="gencnp", help="pathway finder (default gencnp)")
@@ -48,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cmd.add_argument("--batch-size", type=int, default=64)
     cmd.add_argument("--out", required=True, help="output directory")
     cmd.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_ablation_args(cmd)
     add_seed_arg(cmd)
     add_device_arg(cmd)
     cmd.set_defaults(handler=run_class_pathways)
@@ -62,18 +73,21 @@ def run_class_pathways(args: argparse.Namespace) -> int:
     from neuralpath.errors import InputError
     from neuralpath.io import write_json_atomic
     from neuralpath.methods import FinderOptions, build_finder
-    from neuralpath.runner import open_target
+    from neuralpath.runner import open_target, warn_if_leaking
     from neuralpath.transfer import build_class_pathways, evaluate_transfer
 
     if not 0.0 < args.theta <= 1.0:
         raise InputError(f"--theta must be in (0, 1], got {args.theta}")
+    if args.j < 1:  # before the reference statistics are computed
+        raise InputError(f"--j (instances per class) must be >= 1, got {args.j}")
     torch.manual_seed(args.seed)
     target, gated = open_target(args.checkpoint, args.device)
     size = target.meta.input_shape[-1]
-    options = FinderOptions(args.sparsity, args.granularity, args.generator, args.seed)
-    finder = build_finder(args.method, gated, options)
     build_set = load_dataset(args.data, args.build_split, args.data_root, image_size=size)
     eval_set = load_dataset(args.data, args.eval_split, args.data_root, image_size=size)
+    gated, reference = open_intervention(args, gated, args.data)
+    options = FinderOptions(args.sparsity, args.granularity, args.generator, args.seed)
+    finder = build_finder(args.method, gated, options)
     classes = build_class_pathways(
         finder,
         build_set,
@@ -96,16 +110,12 @@ def run_class_pathways(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         method=args.method,
+        baseline=reference.statistics.input_mean,
+        seed=args.seed,
     )
+    warn_if_leaking(result.instance, args.method)
     payload = {
-        "checkpoint": str(args.checkpoint),
-        "method": args.method,
-        "data": args.data,
-        "build_split": args.build_split,
-        "j": args.j,
-        "theta": args.theta,
-        "instances": args.instances,
-        "eval_split": args.eval_split,
+        **_settings(args),
         "class_instances": classes.counts.tolist(),
         "class_kept_fraction": classes.pathway.kept_fraction().tolist(),
         "class_pathways": str(out / "class_pathways.safetensors"),
@@ -114,3 +124,9 @@ def run_class_pathways(args: argparse.Namespace) -> int:
     write_json_atomic(out / "results.json", payload)
     print_json(payload)
     return 0
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command was run with, for ``results.json``."""
+    keys = ("method", "data", "build_split", "j", "theta", "instances", "eval_split", "ablation")
+    return {"checkpoint": str(args.checkpoint), **{key: getattr(args, key) for key in keys}}

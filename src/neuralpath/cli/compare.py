@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from neuralpath.cli import (
+    add_ablation_args,
     add_device_arg,
     add_seed_arg,
     add_settings_arg,
     parse_method_settings,
     print_json,
+    reference_size,
 )
+
+if TYPE_CHECKING:
+    from neuralpath.study import StudyConfig
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,8 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     compare = subparsers.add_parser(
         "compare",
         help="run several pathway methods on the same samples and write a report",
-        description="Run every method on the same samples and write RDIR/results.json, "
-        "RDIR/results.md, RDIR/report.html (self-contained) and RDIR/pathways/<method>.safetensors.",
+        description="Run every method under every --ablation on the same samples and write "
+        "RDIR/results.json, RDIR/results.md, RDIR/report.html (self-contained) and "
+        "RDIR/pathways/<method>.safetensors (first ablation; the others in "
+        "RDIR/pathways/<ablation>/). results.json keeps 'methods' and 'transfer' for the first "
+        "ablation and adds 'ablations' and 'interventions' (ablation -> methods, transfer).",
     )
     compare.add_argument("--checkpoint", required=True, help="target checkpoint directory")
     compare.add_argument("--generator", help="GEN-CNP generator directory (needed for gencnp)")
@@ -60,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(default: GDIR/frontier.json when present)",
     )
     add_settings_arg(compare, per_method=True)
+    add_ablation_args(compare, several=True)
     compare.add_argument("--out", required=True, help="results directory to write")
     compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_seed_arg(compare)
@@ -70,10 +80,46 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from neuralpath.errors import InputError
     from neuralpath.io import read_json
     from neuralpath.report import build_report
-    from neuralpath.study import DEFAULT_METHODS, StudyConfig, run_study, write_results
+    from neuralpath.study import run_study, write_results
+
+    config = _config(args)
+    frontier_file = args.frontier or (
+        str(Path(args.generator) / "frontier.json")
+        if args.generator and (Path(args.generator) / "frontier.json").is_file()
+        else None
+    )
+    frontier = read_json(frontier_file) if frontier_file else None
+    out = Path(args.out)
+    result, gated, evaluation = run_study(
+        args.checkpoint,
+        config,
+        device=args.device,
+        progress=not args.no_progress,
+        pathway_dir=out / "pathways",
+        recompute_reference=args.recompute_reference,
+    )
+    results_path = write_results(result, out)
+    md_path, html_path = build_report(
+        result, gated, evaluation, out, panel_samples=args.panels, frontier=frontier
+    )
+    summary = result.to_json()
+    print_json(
+        {
+            "results": str(results_path),
+            "tables": str(md_path),
+            "report": str(html_path),
+            **{key: summary[key] for key in ("methods", "transfer", "ablations", "interventions")},
+        }
+    )
+    return 0
+
+
+def _config(args: argparse.Namespace) -> StudyConfig:
+    """The study the options ask for (checked by :class:`StudyConfig`)."""
+    from neuralpath.errors import InputError
+    from neuralpath.study import DEFAULT_METHODS, StudyConfig
 
     if args.methods:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -81,7 +127,7 @@ def run_compare(args: argparse.Namespace) -> int:
         methods = tuple(m for m in DEFAULT_METHODS if args.generator or m != "gencnp")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
-    config = StudyConfig(
+    return StudyConfig(
         settings=parse_method_settings(args.settings),
         methods=methods,
         sparsity=args.sparsity,
@@ -96,33 +142,6 @@ def run_compare(args: argparse.Namespace) -> int:
         transfer_per_class=args.per_class,
         theta=args.theta,
         instances=args.instances,
+        ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()),
+        reference_size=reference_size(args),
     )
-    frontier_file = args.frontier or (
-        str(Path(args.generator) / "frontier.json")
-        if args.generator and (Path(args.generator) / "frontier.json").is_file()
-        else None
-    )
-    frontier = read_json(frontier_file) if frontier_file else None
-    out = Path(args.out)
-    result, gated, evaluation = run_study(
-        args.checkpoint,
-        config,
-        device=args.device,
-        progress=not args.no_progress,
-        pathway_dir=out / "pathways",
-    )
-    results_path = write_results(result, out)
-    md_path, html_path = build_report(
-        result, gated, evaluation, out, panel_samples=args.panels, frontier=frontier
-    )
-    summary = result.to_json()
-    print_json(
-        {
-            "results": str(results_path),
-            "tables": str(md_path),
-            "report": str(html_path),
-            "methods": summary["methods"],
-            "transfer": summary["transfer"],
-        }
-    )
-    return 0

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from neuralpath.cli import add_finder_args, open_finder, parse_settings, print_json
+
+if TYPE_CHECKING:
+    from neuralpath.checkpoint import Target
+    from neuralpath.data import ImageDataset
+    from neuralpath.methods import PathwayFinder
+    from neuralpath.runner import Reference
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -13,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "extract",
         help="extract pathways of a whole split into a sharded store (resumable, torchrun-ready)",
         description="Write the pathway of every sample of a split to STORE (bit-packed "
-        "safetensors shards + index.json + per-class statistics). Re-running resumes; under "
-        "torchrun each rank writes its own shards.",
+        "safetensors shards + index.json + per-class statistics), with the leakage controls "
+        "under --ablation (index.json 'summary', printed with the store). Re-running resumes; "
+        "under torchrun each rank writes its own shards.",
     )
     add_finder_args(extract, "extract the first N samples only")
     extract.add_argument("--shard-size", type=int, default=512, help="samples per shard (512)")
@@ -29,10 +37,13 @@ def run_extract(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
+    from neuralpath.interventions import check_ablation
     from neuralpath.pathway import check_sparsity
+    from neuralpath.runner import warn_if_leaking
     from neuralpath.store import PathwayStore, extract
 
     check_sparsity(args.sparsity)  # before any process group is set up
+    check_ablation(args.ablation)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = args.device
     if distributed:
@@ -41,16 +52,7 @@ def run_extract(args: argparse.Namespace) -> int:
         device = f"cuda:{local}" if use_cuda else ("cpu" if device == "auto" else device)
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
-        target, _gated, dataset, finder = open_finder(args, device)
-        provenance = {
-            "checkpoint": os.path.abspath(args.checkpoint),
-            "data": args.data,
-            "split": args.split,
-            "sparsity": finder.sparsity,
-            "seed": args.seed,
-            "settings": parse_settings(args.settings),
-            "generator": os.path.abspath(args.generator) if args.generator else None,
-        }
+        target, dataset, finder, reference = _open_finder_rank0_first(args, device, distributed)
         started = time.perf_counter()
         out = extract(
             finder,
@@ -60,13 +62,16 @@ def run_extract(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             batch_size=args.batch_size,
             limit=args.limit,
-            provenance=provenance,
+            provenance=_provenance(args, finder, reference),
             progress=not args.no_progress,
             internal_batch_size=args.internal_batch_size,
+            baseline=reference.statistics.input_mean,
+            seed=args.seed,
         )
         seconds = time.perf_counter() - started
         if not distributed or dist.get_rank() == 0:
             store = PathwayStore(out)
+            warn_if_leaking(store.summary, args.method)
             print_json(
                 {
                     "store": str(out),
@@ -74,6 +79,7 @@ def run_extract(args: argparse.Namespace) -> int:
                     "n": len(store),
                     "bytes_per_sample": store.index["bytes_per_sample"],
                     "kept_fraction_mean": float(store.kept_fraction.mean()),
+                    **store.summary,
                     "seconds": seconds,
                 }
             )
@@ -81,3 +87,40 @@ def run_extract(args: argparse.Namespace) -> int:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def _open_finder_rank0_first(
+    args: argparse.Namespace, device: str, distributed: bool
+) -> tuple[Target, ImageDataset, PathwayFinder, Reference]:
+    """:func:`open_finder`; under torchrun rank 0 first, so that it alone computes (or, with
+    --recompute-reference, recomputes) the reference statistics and every rank loads the same."""
+    import torch.distributed as dist
+
+    if not distributed:
+        return open_finder(args, device)
+    rank = dist.get_rank()
+    if rank != 0:
+        dist.barrier()
+        args.recompute_reference = False
+    opened = open_finder(args, device)
+    if rank == 0:
+        dist.barrier()
+    return opened
+
+
+def _provenance(
+    args: argparse.Namespace, finder: PathwayFinder, reference: Reference
+) -> dict[str, Any]:
+    """What the store was extracted with (a resumed extraction must match it)."""
+    import os
+
+    return {
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "data": args.data,
+        "split": args.split,
+        "sparsity": finder.sparsity,
+        "seed": args.seed,
+        "settings": parse_settings(args.settings),
+        "generator": os.path.abspath(args.generator) if args.generator else None,
+        "reference": reference.statistics.describe(),  # the blank baseline comes from it
+    }

@@ -13,8 +13,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "find",
         help="find pathways for a data split and report their faithfulness",
         description="Find a pathway per sample with METHOD, write them to --out (safetensors, "
-        "bit-packed) and print one JSON object: method, n, kept_fraction_mean/std, agreement, "
-        "accuracy, mic, mdc, aciou, seconds_per_image.",
+        "bit-packed) and print one JSON object: method, ablation, n, kept_fraction_mean/std, "
+        "agreement, accuracy, mic, mdc, aciou, the leakage controls (blank_agreement, "
+        "blank_agreement_plain, swap_follows_input, swap_follows_mask, swap_n, "
+        "input_attributable_confidence), seconds_per_image, forward_equivalents.",
     )
     add_finder_args(find, "explain the first N samples only")
     find.add_argument("--out", required=True, help="pathway file to write (.safetensors)")
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_find(args: argparse.Namespace) -> int:
     from neuralpath.runner import run_finder
 
-    _target, _gated, dataset, finder = open_finder(args, args.device)
+    _target, dataset, finder, reference = open_finder(args, args.device)
     run = run_finder(
         finder,
         dataset,
@@ -33,6 +35,8 @@ def run_find(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         method=args.method,
         internal_batch_size=args.internal_batch_size,
+        baseline=reference.statistics.input_mean,
+        seed=args.seed,
     )
     summary = run.summary()
     run.pathway.metadata.update(
@@ -42,10 +46,13 @@ def run_find(args: argparse.Namespace) -> int:
         sparsity=finder.sparsity,
         seed=args.seed,
         settings=parse_settings(args.settings),
+        ablation=summary["ablation"],
+        intervention=run.ablation,
         summary=summary,
         labels=run.labels.tolist(),
         predictions=run.outcome.prediction.tolist(),
     )
     run.pathway.save(args.out)
+    run.warn_if_leaking()
     print_json(summary)
     return 0

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+from neuralpath.cli import add_ablation_args, add_device_arg, add_seed_arg, print_json
+
+if TYPE_CHECKING:
+    from neuralpath.methods.gencnp import FitConfig
+    from neuralpath.methods.gencnp.train import DistEnv
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -12,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fit = subparsers.add_parser(
         "fit-gencnp",
         help="train a GEN-CNP pathway generator for a target",
-        description="Train a GEN-CNP generator (KD + alpha * l2 sparsity) on the training split, "
+        description="Train a GEN-CNP generator (KD + alpha * l2 sparsity, optionally swap and "
+        "blank penalties) on the training split, its masks applied under --ablation, "
         "checkpointing every epoch into --out (generator.safetensors, train_state.safetensors, "
         "meta.json); print a JSON summary. For DDP run it under torchrun: "
         "`torchrun --nproc_per_node=N $(which neuralpath) fit-gencnp ...` (gloo on CPU, nccl on "
@@ -46,29 +52,119 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         help="end this session after epoch N (continue later with --resume)",
     )
+    _add_knobs(fit)
     fit.add_argument("--rfe", choices=("conv", "mlp"), default="conv", help="RFE variant")
     fit.add_argument("--pdn", choices=("shared", "per-layer"), default="shared", help="PDN variant")
     fit.add_argument("--width", type=int, default=64, help="generator token width D (64)")
     fit.add_argument("--resolution", type=int, default=4, help="RFE common resolution S (4)")
     fit.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_ablation_args(fit)
     add_seed_arg(fit)
     add_device_arg(fit)
     fit.set_defaults(handler=run_fit)
 
 
+def _add_knobs(fit: argparse.ArgumentParser) -> None:
+    """The training knobs that keep pathways input-dependent [ours]."""
+    fit.add_argument(
+        "--distillation",
+        choices=("kl", "ce"),
+        default="kl",
+        help="kl: KL to the target's softmax (the paper's); ce: cross-entropy to the "
+        "target's predicted class (DGR's form) [ours]",
+    )
+    fit.add_argument(
+        "--swap-weight",
+        type=float,
+        default=0.0,
+        help="weight >= 0 of the swap penalty: an input run through the masks of a sample of "
+        "another class must not predict that class (0: off) [ours]",
+    )
+    fit.add_argument(
+        "--blank-weight",
+        type=float,
+        default=0.0,
+        help="weight >= 0 of the blank penalty: the reference mean image run through a "
+        "sample's masks must not predict its class (0: off) [ours]",
+    )
+
+
 def run_fit(args: argparse.Namespace) -> int:
     import os
 
+    from neuralpath.cli import open_intervention
     from neuralpath.data import load_dataset
-    from neuralpath.errors import InputError
-    from neuralpath.methods.gencnp import FitConfig, GeneratorConfig, fit_gencnp
+    from neuralpath.methods.gencnp import fit_gencnp
     from neuralpath.methods.gencnp.checkpoint import read_meta
+    from neuralpath.methods.gencnp.train import distributed, main_process_first
     from neuralpath.runner import open_target
 
-    if args.alpha < 0:
-        raise InputError(f"--alpha must be >= 0 (the sparsity weight), got {args.alpha}")
-    config = FitConfig(
+    config = _config(args)
+    device = args.device
+    if device == "auto" and "LOCAL_RANK" in os.environ:
+        import torch
+
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    target, gated = open_target(args.checkpoint, device)
+    image_size = target.meta.input_shape[-1]
+    dataset = load_dataset(
+        args.data, "train", args.data_root, limit=args.limit, seed=args.seed, image_size=image_size
+    )
+    with distributed(gated.device) as env:
+        baseline = None
+        if args.ablation != "zero" or args.blank_weight > 0:
+            with main_process_first(env):  # rank 0 computes and stores the reference first
+                gated, reference = open_intervention(_on_rank(args, env), gated, args.data)
+            baseline = reference.statistics.input_mean
+        generator = fit_gencnp(
+            gated,
+            dataset,
+            config,
+            out_dir=args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            data_name=args.data,
+            target_meta=target.meta.to_dict(),
+            stop_after=args.stop_after,
+            baseline=baseline,
+        )
+        if env.main:
+            meta = read_meta(args.out)
+            print_json(
+                {
+                    "generator": args.out,
+                    "ablation": args.ablation,
+                    "distillation": config.distillation,
+                    "swap_weight": config.swap_weight,
+                    "blank_weight": config.blank_weight,
+                    "blank_baseline": meta.get("blank_baseline", "zeros"),
+                    "epochs_done": meta["epochs_done"],
+                    "parameters": sum(p.numel() for p in generator.parameters()),
+                    "history": meta["history"],
+                }
+            )
+    return 0
+
+
+def _on_rank(args: argparse.Namespace, env: DistEnv) -> argparse.Namespace:
+    """``args`` for this torchrun process: only rank 0 recomputes the reference and shows
+    progress."""
+    if env.main:
+        return args
+    return argparse.Namespace(**{**vars(args), "recompute_reference": False, "no_progress": True})
+
+
+def _config(args: argparse.Namespace) -> FitConfig:
+    """The training config of the command's options (negative loss weights are refused)."""
+    from neuralpath.errors import InputError
+    from neuralpath.methods.gencnp import FitConfig, GeneratorConfig
+
+    for flag in ("alpha", "swap_weight", "blank_weight"):
+        if getattr(args, flag) < 0:
+            name = "--" + flag.replace("_", "-")
+            raise InputError(f"{name} must be >= 0 (a loss weight), got {getattr(args, flag)}")
+    return FitConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -77,43 +173,10 @@ def run_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
         schedule=args.schedule,
+        distillation=args.distillation,
+        swap_weight=args.swap_weight,
+        blank_weight=args.blank_weight,
         generator=GeneratorConfig(
             width=args.width, resolution=args.resolution, rfe=args.rfe, pdn=args.pdn
         ),
     )
-    device = args.device
-    if device == "auto" and "LOCAL_RANK" in os.environ:
-        import torch
-
-        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
-    target, gated = open_target(args.checkpoint, device)
-    dataset = load_dataset(
-        args.data,
-        "train",
-        args.data_root,
-        limit=args.limit,
-        seed=args.seed,
-        image_size=target.meta.input_shape[-1],
-    )
-    generator = fit_gencnp(
-        gated,
-        dataset,
-        config,
-        out_dir=args.out,
-        resume=args.resume,
-        progress=not args.no_progress,
-        data_name=args.data,
-        target_meta=target.meta.to_dict(),
-        stop_after=args.stop_after,
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
-        meta = read_meta(args.out)
-        print_json(
-            {
-                "generator": args.out,
-                "epochs_done": meta["epochs_done"],
-                "parameters": sum(p.numel() for p in generator.parameters()),
-                "history": meta["history"],
-            }
-        )
-    return 0

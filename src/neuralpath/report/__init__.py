@@ -10,7 +10,7 @@ import base64
 import html
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,20 @@ from neuralpath.errors import ZeroMapsWarning
 from neuralpath.gating import GatedModel
 from neuralpath.io import write_bytes_atomic
 from neuralpath.report import figures
-from neuralpath.report.tables import TRANSFER_COLUMNS, html_table, markdown_table
+from neuralpath.report.tables import (
+    COLUMNS,
+    LEAKAGE_NOTE,
+    TRANSFER_COLUMNS,
+    ablation_rows,
+    html_table,
+    markdown_table,
+)
 from neuralpath.study import StudyResult
 
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("metrics", "Faithfulness and class relevance"),
     ("transfer", "Class pathways transferred to unseen samples"),
+    ("ablations", "Ablations side by side"),
     ("samples", "Per-sample explanations"),
     ("layers", "Pathways layer by layer"),
     ("class-pathways", "Class pathways"),
@@ -65,7 +73,7 @@ def _panel_maps(
         with warnings.catch_warnings():  # a blank panel is labelled in the figure instead
             warnings.simplefilter("ignore", ZeroMapsWarning)
             pg = signed_max_abs(gradient.attribute(images, pathway=pathway)).cpu()
-        grad_cam = cam.attribute(images, pathway=pathway)[:, 0].cpu()
+            grad_cam = cam.attribute(images, pathway=pathway)[:, 0].cpu()
         grad_cam = grad_cam / grad_cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         maps[method] = (pg, grad_cam)
     return maps
@@ -80,6 +88,145 @@ def _overlap_matrix(result: StudyResult) -> Tensor:
     return matrix
 
 
+Rows = Mapping[str, Mapping[str, Any]]
+
+
+def _per_ablation(
+    payload: Mapping[str, Any],
+    part: str,
+    table: Callable[[Rows], str],
+    heading: Callable[[str], str],
+) -> str:
+    """``table(rows)`` of ``part`` (``methods`` or ``transfer``) for every ablation, each under
+    ``heading(ablation)``."""
+    return "".join(
+        heading(ablation) + table(payload["interventions"][ablation][part])
+        for ablation in payload["ablations"]
+    )
+
+
+def _side_by_side(payload: Mapping[str, Any], table: Callable[[Rows, Any], str]) -> str | None:
+    """The ablations side by side (``table(rows, columns)``), or None with a single ablation."""
+    if len(payload["ablations"]) < 2:
+        return None
+    parts = {a: payload["interventions"][a]["methods"] for a in payload["ablations"]}
+    return table(*ablation_rows(parts))
+
+
+def _html_tables(result: StudyResult, payload: Mapping[str, Any]) -> dict[str, str]:
+    """The ``metrics``, ``transfer`` and ``ablations`` sections of the HTML report."""
+    config = result.config
+
+    def heading(ablation: str) -> str:
+        return f"<h3>{html.escape(ablation)} ablation</h3>"
+
+    side = _side_by_side(payload, html_table)
+    samples = next(iter(payload["methods"].values()))["n"]
+    return {
+        "metrics": _per_ablation(payload, "methods", html_table, heading)
+        + f'<p class="note">{samples} samples of {html.escape(config.data)} '
+        f"({html.escape(config.split)}); methods with a "
+        f"sparsity knob dropped {result.sparsity:.3f} of the units. ↑ higher is better, "
+        "↓ lower is better.</p>",
+        "transfer": _per_ablation(
+            payload, "transfer", lambda rows: html_table(rows, TRANSFER_COLUMNS), heading
+        )
+        + f'<p class="note">Class pathways from the first {config.transfer_per_class} '
+        f"correctly predicted training samples per class (firing frequency ≥ {config.theta}), "
+        "applied to each evaluation sample's predicted class.</p>",
+        "ablations": f"<h3>{html.escape(' vs '.join(payload['ablations']))}</h3>{side}"
+        if side is not None
+        else '<p class="note">This study ran under one ablation only (see <code>--ablation'
+        "</code>).</p>",
+    }
+
+
+def _markdown(payload: Mapping[str, Any], title: str) -> str:
+    """``results.md``: per ablation, the metrics and transfer tables; then the side-by-side."""
+
+    def heading(ablation: str) -> str:
+        return f"### {ablation} ablation\n\n"
+
+    def table(rows: Rows, columns: Any = COLUMNS) -> str:
+        return markdown_table(rows, columns) + "\n\n"
+
+    side = _side_by_side(payload, table)
+    return (
+        f"# {title}\n\n{LEAKAGE_NOTE}\n\n## Faithfulness and class relevance\n\n"
+        + _per_ablation(payload, "methods", table, heading)
+        + "## Transfer (class pathways)\n\n"
+        + _per_ablation(payload, "transfer", lambda rows: table(rows, TRANSFER_COLUMNS), heading)
+        + ("" if side is None else f"## {' vs '.join(payload['ablations'])}\n\n{side}")
+    ).rstrip("\n") + "\n"
+
+
+def _panels(
+    result: StudyResult, gated: GatedModel, evaluation: ImageDataset, panel_samples: int
+) -> list[str]:
+    """One figure per shown sample: the image and every method's maps (first ablation)."""
+    first = next(iter(result.methods.values())).run
+    class_names = list(evaluation.class_names)
+    count = min(panel_samples, first.labels.numel())
+    images = torch.stack([evaluation[i][0] for i in range(count)]).to(gated.device)
+    maps = _panel_maps(gated, result, images)
+    shown = evaluation.denormalize(images.cpu()).clamp(0, 1)
+    panels = []
+    for i in range(count):
+        label = class_names[int(first.labels[i])]
+        predicted = class_names[int(first.outcome.prediction[i])]
+        figure = figures.sample_panel(
+            shown[i],
+            {m: (v[0][i], v[1][i]) for m, v in maps.items()},
+            f"sample {i}: label {label}, predicted {predicted}",
+        )
+        panels.append(_img(figure, f"explanations of sample {i}"))
+    return panels
+
+
+def _class_figures(result: StudyResult, layers: list[str], class_names: list[str]) -> list[str]:
+    """Each method's class pathways (first ablation)."""
+    class_figures = []
+    for method, outcome in result.methods.items():
+        if outcome.classes is None:
+            continue
+        freq = outcome.classes.frequency
+        flat = torch.cat([freq[n].reshape(freq.batch_size, -1) for n in layers], dim=1)
+        figure = figures.class_pathways(
+            flat.cpu(), list(freq.units.values()), layers, class_names, method,
+            outcome.classes.theta,
+        )  # fmt: skip
+        class_figures.append(_img(figure, f"class pathways of {method}"))
+    return class_figures
+
+
+def _figure_sections(
+    result: StudyResult,
+    gated: GatedModel,
+    evaluation: ImageDataset,
+    panel_samples: int,
+    frontier: Sequence[Mapping[str, float]] | None,
+) -> dict[str, str]:
+    """The figure sections of the HTML report (first ablation)."""
+    methods = list(result.methods)
+    layers = next(iter(result.methods.values())).run.pathway.layer_names
+    kept_per_layer = {
+        m: [float(v.mean()) for v in r.run.pathway.binarize().kept_fraction_per_layer().values()]
+        for m, r in result.methods.items()
+    }
+    kept = {m: r.run.outcome.kept_fraction for m, r in result.methods.items()}
+    return {
+        "samples": "".join(_panels(result, gated, evaluation, panel_samples)),
+        "layers": _img(figures.layer_profile(kept_per_layer, layers), "units kept per layer"),
+        "class-pathways": "".join(_class_figures(result, layers, list(evaluation.class_names))),
+        "overlap": _img(figures.overlap(_overlap_matrix(result), methods), "pathway overlap"),
+        "sparsity": _img(figures.sparsity_distribution(kept), "kept fraction distributions"),
+        "frontier": _img(figures.frontier(frontier), "GEN-CNP trade-off frontier")
+        if frontier
+        else '<p class="note">No α sweep was given for this study (see <code>neuralpath '
+        "fit-gencnp</code> and <code>benchmarks/gencnp_study.py</code>).</p>",
+    }
+
+
 def build_report(
     result: StudyResult,
     gated: GatedModel,
@@ -90,81 +237,15 @@ def build_report(
     frontier: Sequence[Mapping[str, float]] | None = None,
     title: str = "neuralpath study",
 ) -> tuple[Path, Path]:
-    """Write ``results.md`` and ``report.html`` into ``out_dir``; returns both paths."""
+    """Write ``results.md`` and ``report.html`` into ``out_dir``; returns both paths.
+
+    Tables cover every ablation of the study; the figures show the first ablation's pathways
+    (``gated``: the target under that ablation)."""
     out = Path(out_dir)
     payload = result.to_json()
-    methods = list(result.methods)
-    first = result.methods[methods[0]].run
-    layers = first.pathway.layer_names
-    class_names = list(evaluation.class_names)
-
-    count = min(panel_samples, first.labels.numel())
-    images = torch.stack([evaluation[i][0] for i in range(count)]).to(gated.device)
-    maps = _panel_maps(gated, result, images)
-    shown = evaluation.denormalize(images.cpu()).clamp(0, 1)
-    panels = []
-    for i in range(count):
-        label = class_names[int(first.labels[i])]
-        predicted = class_names[int(first.outcome.prediction[i])]
-        panels.append(
-            _img(
-                figures.sample_panel(
-                    shown[i],
-                    {m: (v[0][i], v[1][i]) for m, v in maps.items()},
-                    f"sample {i}: label {label}, predicted {predicted}",
-                ),
-                f"explanations of sample {i}",
-            )
-        )
-
-    kept_per_layer = {
-        m: [float(v.mean()) for v in r.run.pathway.binarize().kept_fraction_per_layer().values()]
-        for m, r in result.methods.items()
-    }
-    class_figures = []
-    for method, outcome in result.methods.items():
-        if outcome.classes is None:
-            continue
-        freq = outcome.classes.frequency
-        flat = torch.cat([freq[n].reshape(freq.batch_size, -1) for n in layers], dim=1)
-        class_figures.append(
-            _img(
-                figures.class_pathways(
-                    flat.cpu(),
-                    list(freq.units.values()),
-                    layers,
-                    class_names,
-                    method,
-                    outcome.classes.theta,
-                ),
-                f"class pathways of {method}",
-            )
-        )
-
     sections = {
-        "metrics": html_table(payload["methods"])
-        + f'<p class="note">{result.methods[methods[0]].run.labels.numel()} samples of '
-        f"{html.escape(result.config.data)} ({html.escape(result.config.split)}); methods with a "
-        f"sparsity knob dropped {result.sparsity:.3f} of the units. ↑ higher is better, "
-        "↓ lower is better.</p>",
-        "transfer": html_table(payload["transfer"], TRANSFER_COLUMNS)
-        + f'<p class="note">Class pathways from the first {result.config.transfer_per_class} '
-        f"correctly predicted training samples per class (firing frequency ≥ {result.config.theta}), "
-        "applied to each evaluation sample's predicted class.</p>",
-        "samples": "".join(panels),
-        "layers": _img(figures.layer_profile(kept_per_layer, layers), "units kept per layer"),
-        "class-pathways": "".join(class_figures),
-        "overlap": _img(figures.overlap(_overlap_matrix(result), methods), "pathway overlap"),
-        "sparsity": _img(
-            figures.sparsity_distribution(
-                {m: r.run.outcome.kept_fraction for m, r in result.methods.items()}
-            ),
-            "kept fraction distributions",
-        ),
-        "frontier": _img(figures.frontier(frontier), "GEN-CNP trade-off frontier")
-        if frontier
-        else '<p class="note">No α sweep was given for this study (see <code>neuralpath '
-        "fit-gencnp</code> and <code>benchmarks/gencnp_study.py</code>).</p>",
+        **_html_tables(result, payload),
+        **_figure_sections(result, gated, evaluation, panel_samples, frontier),
     }
     nav = "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in SECTIONS)
     body = "".join(
@@ -172,10 +253,13 @@ def build_report(
         for sid, t in SECTIONS
     )
     target = result.target
+    layers = len(next(iter(result.methods.values())).run.pathway.layer_names)
     header = (
         f"<h1>{html.escape(title)}</h1><p>Target <b>{html.escape(str(target.get('arch')))}</b> "
         f"trained on {html.escape(str(target.get('data')))} (test accuracy "
-        f"{html.escape(_fmt(target.get('test_accuracy')))}); {len(layers)} gated layers.</p>"
+        f"{html.escape(_fmt(target.get('test_accuracy')))}); {layers} gated layers; "
+        f"ablations: {html.escape(', '.join(payload['ablations']))}.</p>"
+        f'<p class="note">{html.escape(LEAKAGE_NOTE)}</p>'
     )
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -184,11 +268,7 @@ def build_report(
     )
     html_path, md_path = out / "report.html", out / "results.md"
     write_bytes_atomic(html_path, page.encode("utf-8"))
-    markdown = (
-        f"# {title}\n\n## Faithfulness and class relevance\n\n{markdown_table(payload['methods'])}\n\n"
-        f"## Transfer (class pathways)\n\n{markdown_table(payload['transfer'], TRANSFER_COLUMNS)}\n"
-    )
-    write_bytes_atomic(md_path, markdown.encode("utf-8"))
+    write_bytes_atomic(md_path, _markdown(payload, title).encode("utf-8"))
     return md_path, html_path
 
 
