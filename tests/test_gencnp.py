@@ -501,10 +501,35 @@ def test_cli_fit_and_class_pathways(target_dir, folder, tmp_path, capsys) -> Non
     )  # fmt: skip
 
 
+def test_cli_fit_under_mean_ablation(target_dir, folder, tmp_path, capsys) -> None:
+    gdir = tmp_path / "gen"
+    code = main([
+        "fit-gencnp", "--checkpoint", str(target_dir), "--data", str(folder), "--device", "cpu",
+        "--ablation", "mean", "--reference-size", "40", "--recompute-reference",
+        "--distillation", "ce", "--swap-weight", "0.5", "--blank-weight", "0.25",
+        "--epochs", "1", "--batch-size", "16", "--width", "16", "--out", str(gdir), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["ablation"], summary["distillation"]) == ("mean", "ce")
+    assert (summary["swap_weight"], summary["blank_weight"]) == (0.5, 0.25)
+    assert summary["epochs_done"] == 1 and "val_swap_follows_mask" in summary["history"][0]
+    meta = json.loads((gdir / "meta.json").read_text())
+    assert meta["ablation"]["ablation"] == "mean" and meta["ablation"]["reference"]["count"] == 40
+    assert meta["blank_baseline"] == "given"  # the reference's mean image
+    assert load_generator(gdir).ablation == "mean"
+
+
 def test_cli_errors(target_dir, folder, tmp_path, capsys) -> None:
     common = ["--checkpoint", str(target_dir), "--data", str(folder), "--device", "cpu"]
     assert main(["fit-gencnp", *common, "--alpha", "-1", "--out", str(tmp_path / "g")]) == 2
     assert "--alpha must be >= 0" in capsys.readouterr().err
+    for flag in ("--swap-weight", "--blank-weight"):
+        assert main(["fit-gencnp", *common, flag, "-0.5", "--out", str(tmp_path / "g")]) == 2
+        assert f"{flag} must be >= 0" in capsys.readouterr().err
+    assert main(["fit-gencnp", *common, "--ablation", "bogus", "--out", str(tmp_path / "g")]) == 2
+    assert "unknown ablation 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
     assert (
         main(["class-pathways", *common, "--method", "gencnp", "--out", str(tmp_path / "c")]) == 2
     )

@@ -11,6 +11,11 @@ Finders (registered on import):
 >>> generator = fit_gencnp(gated, train_set, FitConfig(epochs=3), out_dir="runs/gen")
 >>> finder = GenCNPFinder(gated, generator)
 >>> pathway = finder.find(images)
+
+Training under mean ablation (dropped channels become their mean map), with the swap penalty:
+
+>>> mean = gated.with_intervention(MeanAblation(statistics))
+>>> fit_gencnp(mean, train_set, FitConfig(swap_weight=1.0), out_dir="runs/gen-mean")
 """
 
 from __future__ import annotations

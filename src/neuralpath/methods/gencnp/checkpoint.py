@@ -6,7 +6,9 @@ and ``meta.json``.
   states (``rng/torch``, ``rng/cuda``) — only needed to resume training;
 * ``meta.json``: format, generator config, fit config, the identity of the target (gate sites
   with shapes, model class, a SHA-256 fingerprint of its weights, and the target checkpoint's
-  ``meta.json`` when known), data, epochs done, Adam's hyper-parameters, per-epoch history.
+  ``meta.json`` when known), the intervention the masks were trained under (``ablation``: its
+  ``describe()``; absent in older checkpoints, which were trained under zero ablation), the blank
+  baseline, data, epochs done, Adam's hyper-parameters, per-epoch history.
 
 Files are written atomically, ``meta.json`` last: a directory whose ``meta.json`` names epoch
 ``e`` holds the complete state after epoch ``e``. Nothing is ever unpickled.
@@ -162,12 +164,25 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+def training_ablation(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The intervention a generator was trained under, as recorded in its ``meta.json``
+    (``{"ablation": "zero" | "mean" | "resample", ...}``); zero for checkpoints from before it
+    was recorded."""
+    return dict(meta.get("ablation") or {"ablation": "zero"})
+
+
 @dataclass
 class LoadedGenerator:
     """A generator read back from a directory, with its ``meta.json``."""
 
     generator: PathwayGenerator
     meta: dict[str, Any]
+
+    @property
+    def ablation(self) -> str:
+        """Name of the intervention the generator was trained under (see
+        :func:`training_ablation`)."""
+        return str(training_ablation(self.meta)["ablation"])
 
 
 def load_generator(
