@@ -201,3 +201,22 @@ def test_help_names_the_ablations_and_the_reference_size(command, capsys) -> Non
     assert "--ablation" in text and "--recompute-reference" in text
     assert all(name in text for name in ("zero", "mean", "resample", "leakage controls"))
     assert f"(default {DEFAULT_REFERENCE_SIZE})" in text
+
+
+def test_compare_takes_one_generator_per_ablation() -> None:
+    from neuralpath.cli.compare import _generators
+    from neuralpath.errors import InputError
+    from neuralpath.study import StudyConfig
+
+    assert _generators(["g0"]) == ("g0", {})
+    assert _generators(["g0", "mean=g1"]) == ("g0", {"mean": "g1"})
+    assert _generators(["zero=a", "mean=b"]) == (None, {"zero": "a", "mean": "b"})
+    assert _generators(["./odd=name"]) == ("./odd=name", {})  # not an ablation: a path
+    with pytest.raises(InputError, match="twice"):
+        _generators(["a", "b"])
+    config = StudyConfig(methods=("gencnp",), generator="g0", generators={"mean": "g1"})
+    assert (config.generator_for("zero"), config.generator_for("mean")) == ("g0", "g1")
+    with pytest.raises(InputError, match="ablation\\(s\\) zero"):
+        StudyConfig(methods=("gencnp",), generators={"mean": "g1"})
+    with pytest.raises(InputError, match="not in the study"):
+        StudyConfig(methods=("gencnp",), generator="g", generators={"resample": "g1"})

@@ -5,7 +5,7 @@ instance pathways of the evaluation samples with their faithfulness metrics and 
 controls, and the *transfer* experiment: class pathways built from the first ``j`` correctly
 predicted training samples of each class, used to explain the evaluation samples of that
 (predicted) class. Every finder works on the target's gated model under that intervention
-(GEN-CNP's generator is used as it is under each). Methods with a sparsity knob run at GEN-CNP's
+(GEN-CNP uses the generator given for that ablation, else the common one). Methods with a sparsity knob run at GEN-CNP's
 mean kept fraction under the first ablation when GEN-CNP is part of the study and no sparsity is
 given (matched sparsity), else at ``sparsity``. The reference statistics (mean ablation, blank
 baseline) are the target's, over ``reference_size`` training images. Class pathways are built by
@@ -60,6 +60,8 @@ class StudyConfig:
     ``ablations``: the interventions every method runs under (the first one gives the
     backward-compatible ``methods``/``transfer`` of ``results.json`` and the matched sparsity);
     ``reference_size``: training images behind the reference statistics and resample donors.
+    ``generators``: ablation -> the GEN-CNP generator used under it (e.g. one trained under that
+    ablation, as DGR optimises under it); ``generator`` serves the ablations not listed.
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -78,6 +80,7 @@ class StudyConfig:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     ablations: tuple[str, ...] = ("zero", "mean")
     reference_size: int = DEFAULT_REFERENCE_SIZE
+    generators: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         stray = [m for m in self.settings if m not in self.methods]
@@ -100,14 +103,25 @@ class StudyConfig:
             check_ablation(ablation)
         if self.sparsity is not None:
             check_sparsity(self.sparsity)
-        if "gencnp" in self.methods and self.generator is None:
-            raise InputError("method gencnp needs a generator directory (--generator)")
+        stray = [a for a in self.generators if a not in self.ablations]
+        if stray:
+            raise InputError(f"generators for ablation(s) not in the study: {', '.join(stray)}")
+        missing = [a for a in self.ablations if self.generator_for(a) is None]
+        if "gencnp" in self.methods and missing:
+            raise InputError(
+                "method gencnp needs a generator directory (--generator) for ablation(s) "
+                + ", ".join(missing)
+            )
         if self.transfer_per_class < 1:
             raise InputError(f"transfer_per_class must be >= 1, got {self.transfer_per_class}")
         if not 0.0 < self.theta <= 1.0:
             raise InputError(f"theta must be in (0, 1], got {self.theta}")
         if self.reference_size < 1:
             raise InputError(f"reference_size must be >= 1, got {self.reference_size}")
+
+    def generator_for(self, ablation: str) -> str | None:
+        """The GEN-CNP generator used under ``ablation``."""
+        return self.generators.get(ablation, self.generator)
 
 
 @dataclass
@@ -193,9 +207,13 @@ def run_study(
     for ablation, intervened in models.items():
         results: dict[str, MethodResult] = {}
         for name in order:
+            options = FinderOptions(
+                result.sparsity, config.granularity, config.generator_for(ablation), config.seed,
+                config.settings.get(name, {}),
+            )  # fmt: skip
             results[name] = _run_method(
-                name, intervened, reference, (evaluation, train), target.meta.num_classes,
-                config, result.sparsity, progress,
+                name, intervened, options, reference, (evaluation, train), target.meta.num_classes,
+                config, progress,
             )  # fmt: skip
             if name == "gencnp" and config.sparsity is None and not result.interventions:
                 result.sparsity = float(1.0 - results[name].run.outcome.kept_fraction.mean())
@@ -208,20 +226,17 @@ def run_study(
 def _run_method(
     name: str,
     gated: GatedModel,
+    options: FinderOptions,
     reference: Reference,
     data: tuple[ImageDataset, ImageDataset],
     num_classes: int,
     config: StudyConfig,
-    sparsity: float,
     progress: bool,
 ) -> MethodResult:
     """One method under ``gated``'s intervention: instance pathways of the evaluation samples,
     class pathways of the training samples (``data``: both sets), transfer; warns
     (:class:`~neuralpath.errors.LeakageWarning`) when its pathways follow the mask."""
     evaluation, train = data
-    options = FinderOptions(
-        sparsity, config.granularity, config.generator, config.seed, config.settings.get(name, {})
-    )
     finder = build_finder(name, gated, options)
     baseline = reference.statistics.input_mean
     run = run_finder(

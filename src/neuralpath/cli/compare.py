@@ -31,7 +31,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ablation and adds 'ablations' and 'interventions' (ablation -> methods, transfer).",
     )
     compare.add_argument("--checkpoint", required=True, help="target checkpoint directory")
-    compare.add_argument("--generator", help="GEN-CNP generator directory (needed for gencnp)")
+    compare.add_argument(
+        "--generator",
+        action="append",
+        default=[],
+        metavar="[ABLATION=]GDIR",
+        help="GEN-CNP generator directory (needed for gencnp); repeatable as ABLATION=GDIR to "
+        "use, under that ablation, a generator trained under it (fit-gencnp --ablation)",
+    )
     compare.add_argument(
         "--methods", help="comma-separated methods (default: all; gencnp only with --generator)"
     )
@@ -85,9 +92,10 @@ def run_compare(args: argparse.Namespace) -> int:
     from neuralpath.study import run_study, write_results
 
     config = _config(args)
+    first = config.generator_for(config.ablations[0])
     frontier_file = args.frontier or (
-        str(Path(args.generator) / "frontier.json")
-        if args.generator and (Path(args.generator) / "frontier.json").is_file()
+        str(Path(first) / "frontier.json")
+        if first and (Path(first) / "frontier.json").is_file()
         else None
     )
     frontier = read_json(frontier_file) if frontier_file else None
@@ -125,6 +133,7 @@ def _config(args: argparse.Namespace) -> StudyConfig:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     else:
         methods = tuple(m for m in DEFAULT_METHODS if args.generator or m != "gencnp")
+    generator, generators = _generators(args.generator)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     return StudyConfig(
@@ -132,7 +141,8 @@ def _config(args: argparse.Namespace) -> StudyConfig:
         methods=methods,
         sparsity=args.sparsity,
         granularity=args.granularity,
-        generator=args.generator,
+        generator=generator,
+        generators=generators,
         data=args.data,
         data_root=args.data_root,
         split=args.split,
@@ -145,3 +155,23 @@ def _config(args: argparse.Namespace) -> StudyConfig:
         ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()),
         reference_size=reference_size(args),
     )
+
+
+def _generators(values: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``--generator`` values -> (the common generator, {ablation: generator})."""
+    from neuralpath.errors import InputError
+    from neuralpath.interventions import ABLATIONS
+
+    common: str | None = None
+    by_ablation: dict[str, str] = {}
+    for value in values:
+        ablation, sep, path = value.partition("=")
+        if sep and ablation in ABLATIONS:
+            if ablation in by_ablation:
+                raise InputError(f"--generator {ablation}=... given twice")
+            by_ablation[ablation] = path
+        elif common is not None:
+            raise InputError("--generator GDIR given twice; use ABLATION=GDIR for one per ablation")
+        else:
+            common = value
+    return common, by_ablation
