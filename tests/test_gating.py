@@ -9,12 +9,14 @@ from torch import nn
 
 from neuralpath.errors import InputError, LayerError, ShapeError
 from neuralpath.gating import GatedModel, channels_last, discover_sites
+from neuralpath.interventions import ResampleAblation
 
 from contract import (
     assert_unchanged,
     check_batch_equals_loop,
     check_cleans_up_after_raise,
     check_leaves_model_unchanged,
+    hook_count,
     snapshot,
 )
 from toys import FunctionalCNN, HandModel, tiny_cnn
@@ -109,11 +111,6 @@ def test_hand_model_masking_changes_logits_by_hand_computed_amount() -> None:
     # A continuous gate scales the contribution linearly: gate 0.25 on unit 0 removes 0.75 * [1, -1].
     scaled = gm.forward(x, {"act": torch.tensor([[0.25, 1.0, 1.0]])})
     assert torch.allclose(scaled, torch.tensor([[4.25, 0.75]]))
-
-
-def test_model_without_gateable_layers_is_a_clear_error() -> None:
-    with pytest.raises(LayerError, match="no gateable layers"):
-        GatedModel.discover(HandModel(), torch.zeros(1, 2))
 
 
 def test_functional_activations_fall_back_to_conv_outputs_and_named_modules() -> None:
@@ -356,3 +353,279 @@ def test_runs_channels_last_probes_once_and_leaves_the_model_unchanged() -> None
         GatedModel.discover(HandModel(), torch.randn(1, 2), include_fc=True).runs_channels_last()
         is False
     )
+
+
+class _Reuse(nn.Module):
+    """``x -> relu(conv_i(x))`` for ``i < repeats``: one ReLU module called ``repeats`` times."""
+
+    def __init__(self, repeats: int = 2) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(2, 2, 1) for _ in range(3))
+        self.relu = nn.ReLU()
+        self.repeats = repeats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs[: self.repeats]:
+            x = self.relu(conv(x))
+        return x
+
+
+class _Outer(nn.Module):
+    """A conv stage (single-call ReLU), a :class:`_Reuse` block, then a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
+        self.block = _Reuse()
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_submodule_called_directly_is_masked_on_every_call() -> None:
+    model = tiny_cnn(seed=10)
+    x = torch.randn(2, 3, 8, 8)
+    gm = GatedModel.discover(model, x[:1])
+    mask = torch.ones(2, 4)
+    mask[:, 0] = 0
+    with torch.no_grad():
+        kept = model.features[0](x).relu() * mask[:, :, None, None]
+        expected = model.features[2:](kept)
+        with gm.gate({"features.1": mask}):
+            first = model.features(x)
+            second = model.features(x)  # the call counter must not run past the site
+            whole = model(x)
+            third = model.features(x)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert torch.equal(third, expected)
+    assert torch.equal(whole, model.classifier(expected))
+
+
+def test_reused_module_gets_each_calls_own_mask() -> None:
+    torch.manual_seed(0)
+    model = _Reuse(repeats=3).eval()
+    x = torch.randn(2, 2, 4, 4)
+    gm = GatedModel.discover(model, x[:1])
+    assert gm.site_names == ["relu#0", "relu#1", "relu#2"]
+    assert gm.calls_per_forward == {"relu": 3}
+    masks = {name: torch.rand(2, 2) for name in gm.site_names}
+    expected = x
+    with torch.no_grad():
+        for conv, name in zip(model.convs, gm.site_names, strict=True):
+            expected = conv(expected).relu() * masks[name][:, :, None, None]
+        for _ in range(2):  # every whole forward starts counting again
+            assert torch.equal(gm.forward(x, masks), expected)
+
+
+def test_reused_module_called_outside_a_whole_forward_is_an_error() -> None:
+    model = _Outer().eval()
+    x = torch.randn(2, 1, 4, 4)
+    gm = GatedModel.discover(model, x[:1])
+    assert gm.calls_per_forward == {"stem.1": 1, "block.relu": 2}
+    masks = {"block.relu#1": torch.zeros(2, 2)}
+    with torch.no_grad(), gm.gate(masks):
+        hidden = model.stem(x)
+        with pytest.raises(LayerError, match="'block.relu' is called 2 times per forward"):
+            model.block(hidden)
+        model(x)  # a whole forward after the error is gated as usual
+    # Without a mask or recording on the reused module, running it directly is harmless.
+    with torch.no_grad(), gm.gate({"stem.1": torch.ones(2, 2)}):
+        model.block(model.stem(x))
+
+
+def test_module_called_more_times_than_traced_is_an_error() -> None:
+    model = _Reuse(repeats=2).eval()
+    x = torch.randn(1, 2, 4, 4)
+    gm = GatedModel.discover(model, x)
+    model.repeats = 3
+    with pytest.raises(LayerError, match="'relu' was called 3 times in one forward; discovery"):
+        gm.forward(x, {"relu#1": torch.ones(1, 2)})
+    assert hook_count(model) == 0
+
+
+def test_resample_ablation_refuses_a_part_of_the_model_after_a_whole_forward() -> None:
+    model = tiny_cnn(seed=11)
+    x = torch.randn(2, 3, 8, 8)
+    gm = GatedModel.discover(model, x[:1])
+    under = gm.with_intervention(ResampleAblation(torch.randn(4, 3, 8, 8)))
+    with torch.no_grad(), under.gate({"features.1": torch.zeros(2, 4)}):
+        model(x)  # donors of x exist now, but a part of the model must not reuse them
+        with pytest.raises(LayerError, match="no donor activation"):
+            model.features(x)
+
+
+class _PaddedConv(nn.Conv2d):
+    """A conv owning its padding module, as EfficientNet-Lite's 'same' convs do."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3)
+        self.pad = nn.ZeroPad2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.pad(x))
+
+
+class _WrappedConv(nn.Conv2d):
+    """A conv whose forward runs a child conv first: one layer, not two."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cout, cout, 1)
+        self.inner = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.inner(x))
+
+
+class _ScaledSiLU(nn.SiLU):
+    """An activation with a child module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale(super().forward(x))
+
+
+def test_layers_and_activations_with_children_are_found() -> None:
+    model = nn.Sequential(
+        _PaddedConv(3, 4), nn.ReLU6(), _WrappedConv(4, 5), _ScaledSiLU(), nn.Flatten()
+    ).eval()
+    x = torch.randn(2, 3, 5, 5)
+    sites = discover_sites(model, x[:1])
+    assert [(s.name, s.kind, s.shape) for s in sites] == [
+        ("1", "conv", (4, 5, 5)),
+        ("3", "conv", (5, 5, 5)),
+    ]
+    gm = GatedModel.discover(model, x[:1])
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0]])
+    with torch.no_grad():
+        expected = nn.functional.silu(model[2](model[1](model[0](x)))) * mask[:, :, None, None]
+        assert torch.equal(gm.forward(x, {"3": mask}), expected.flatten(1))
+
+
+def test_functional_fallback_counts_a_conv_with_children_once() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = _PaddedConv(1, 2), _WrappedConv(2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.b(torch.relu(self.a(x)))).mean(dim=(2, 3))
+
+    sites = discover_sites(Functional(), torch.zeros(1, 1, 4, 4))
+    assert [(s.name, s.kind) for s in sites] == [("a", "conv"), ("b", "conv")]
+
+
+class _Tokens(nn.Module):
+    """Patches of 2 -> tokens ``[B, T, D]`` -> MLP (Linear, GELU, Linear) -> mean -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 3, 2, stride=2)
+        self.norm = nn.LayerNorm(3)
+        self.mlp = nn.Sequential(nn.Linear(3, 5), nn.GELU(), nn.Linear(5, 3))
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head((tokens + self.mlp(self.norm(tokens))).mean(dim=1))
+
+
+class _ChannelsLast(nn.Module):
+    """A ConvNeXt-style block: depthwise conv, permute to ``[B, H, W, C]``, pointwise MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(2, 2, 3, padding=1, groups=2)
+        self.up, self.act, self.down = nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2)
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.down(self.act(self.up(self.dw(x).permute(0, 2, 3, 1))))
+        return self.head(y.mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "shape", "unit_dim", "hidden"),
+    [
+        (_Tokens(), (1, 4, 4), (4, 5), 1, lambda m, x: m.mlp[0](m.norm(m.patch(x).flatten(2).mT))),
+        (_ChannelsLast(), (2, 3, 3), (3, 3, 4), 2, lambda m, x: m.up(m.dw(x).permute(0, 2, 3, 1))),
+    ],
+    ids=["tokens", "channels-last"],
+)
+def test_token_wise_mlp_activations_have_units_on_the_last_dimension(
+    model: nn.Module, inputs: tuple[int, ...], shape: tuple[int, ...], unit_dim: int, hidden
+) -> None:
+    torch.manual_seed(0)
+    model = model.eval()
+    x = torch.randn(2, *inputs)
+    gm = GatedModel.discover(model, x[:1])
+    (site,) = gm.sites
+    assert (site.kind, site.shape, site.unit_dim, site.units) == (
+        "token",
+        shape,
+        unit_dim,
+        shape[-1],
+    )
+    mask = (torch.rand(2, site.units) > 0.5).float()
+    with torch.no_grad(), gm.gate({site.name: mask}, record=True) as recording:
+        model(x)
+        # literal: hidden unit j of the MLP dropped at every token / position
+        units_last = mask.reshape(2, *[1] * (len(shape) - 1), -1)
+        expected = nn.functional.gelu(hidden(model, x)) * units_last
+    assert torch.equal(recording.activations[site.name], expected)
+
+
+class _TableBias(nn.Module):
+    """Runs a small MLP on a fixed coordinate table (no batch dimension), as Swin V2's
+    continuous position bias does, and adds the result to a conv stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.table_mlp = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+        self.register_buffer("table", torch.randn(1, 3, 3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.table_mlp(self.table).permute(0, 3, 1, 2)
+        return (self.relu(self.conv(x)) + bias).mean(dim=(2, 3))
+
+
+def test_computations_without_the_batch_dimension_are_not_sites() -> None:
+    model = _TableBias().eval()
+    for batch in (1, 2):
+        assert [s.name for s in discover_sites(model, torch.zeros(batch, 1, 3, 3))] == ["relu"]
+    with pytest.raises(LayerError, match="'table_mlp.1' does not output a \\[B, C, ...\\] tensor"):
+        discover_sites(model, torch.zeros(1, 1, 3, 3), layers=["table_mlp.1"])
+
+
+def test_no_gateable_layers_message_says_what_was_found() -> None:
+    with pytest.raises(LayerError, match="no gateable layers.*include_fc=True to gate the 1"):
+        GatedModel.discover(HandModel(), torch.zeros(1, 2))
+    with pytest.raises(LayerError, match="no gateable layers: no activation module after a conv"):
+        GatedModel.discover(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), torch.zeros(1, 2))
+    with pytest.raises(LayerError, match="no layer was selected"):
+        GatedModel.discover(tiny_cnn(), torch.zeros(1, 3, 8, 8), layers=(nn.LSTM,))
+
+
+def test_calls_per_forward_without_discovery_and_across_interventions() -> None:
+    model = _Outer().eval()
+    x = torch.randn(2, 1, 4, 4)
+    discovered = GatedModel.discover(model, x[:1])
+    built = GatedModel(model, discovered.sites, discovered.input_shape)
+    assert built.calls_per_forward == {"stem.1": 1, "block.relu": None}  # None: several
+    resample = ResampleAblation(torch.randn(3, 1, 4, 4))
+    assert discovered.with_intervention(resample).calls_per_forward == {
+        "stem.1": 1,
+        "block.relu": 2,
+    }
+    with torch.no_grad(), built.gate({"block.relu#0": torch.ones(2, 2)}):
+        with pytest.raises(LayerError, match="'block.relu' is called several times"):
+            model.block(model.stem(x))
+    with pytest.raises(LayerError, match="site 'block.relu#1' is call #1"):
+        GatedModel(
+            model, discovered.sites, (1, 4, 4), calls_per_forward={"stem.1": 1, "block.relu": 1}
+        )

@@ -3,7 +3,10 @@
 A *gate site* is one call of one module whose output a pathway may mask. Most modules are
 called once per forward, and their site is named after the module (``"features.1"``). A module
 called several times per forward (torchvision ResNet reuses one ``relu`` per block) has one site
-per call, named ``"<module>#<call>"`` (``"layer1.0.relu#1"``).
+per call, named ``"<module>#<call>"`` (``"layer1.0.relu#1"``). The units of a site (what a
+channel mask keeps or drops) are the channels of a conv activation ``[C, H, W]``, or the hidden
+features of a token-wise MLP, on the last dimension of ``[T, D]`` (ViT) or of channels-last
+``[H, W, C]`` (Swin, ConvNeXt): :attr:`GateSite.unit_dim`.
 
 Every change to the model happens inside :meth:`GatedModel.gate` and is undone on exit, also when
 the forward raises: hooks are removed, and the ``training`` flag of every module and the
@@ -15,7 +18,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,7 +29,8 @@ from torch import Tensor, nn
 from neuralpath.errors import InputError, LayerError, ShapeError
 from neuralpath.interventions import Intervention, ZeroAblation
 
-SiteKind = Literal["conv", "fc", "custom"]
+SiteKind = Literal["conv", "token", "fc", "custom"]
+LayerKind = Literal["conv", "token", "fc"]
 
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -42,7 +46,8 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.Mish,
     nn.Softplus,
 )
-"""Module types whose outputs are gated by default (when they follow a conv or, optionally, FC)."""
+"""Module types (subclasses included, with or without children) whose outputs are gated by
+default when they follow a conv or token-wise linear layer (or, optionally, an FC layer)."""
 
 LayerSelection = Sequence[str] | tuple[type[nn.Module], ...] | None
 """``None`` (default rule), module names (``"features.1"`` or ``"layer1.0.relu#1"``), or types."""
@@ -52,7 +57,10 @@ LayerSelection = Sequence[str] | tuple[type[nn.Module], ...] | None
 class GateSite:
     """One gateable call of one module.
 
-    ``shape`` is the per-sample output shape, ``(C, H, W)`` for conv layers or ``(C,)`` for FC.
+    ``shape`` is the per-sample output shape: ``(C, H, W)`` after a conv, ``(C,)`` after an FC
+    layer, ``(T, D)`` for the tokens of a transformer, ``(H, W, C)`` for channels-last blocks
+    (Swin, ConvNeXt). ``unit_dim`` is the index in ``shape`` of the units a channel mask
+    ``[B, units]`` selects: 0 (channels first), or the last dimension after a token-wise linear.
     """
 
     name: str
@@ -60,11 +68,12 @@ class GateSite:
     call_index: int
     shape: tuple[int, ...]
     kind: SiteKind
+    unit_dim: int = 0
 
     @property
     def units(self) -> int:
-        """Number of channels (the units of channel granularity)."""
-        return self.shape[0]
+        """Number of units of channel granularity (channels, or hidden features of tokens)."""
+        return self.shape[self.unit_dim]
 
     @property
     def numel(self) -> int:
@@ -91,35 +100,75 @@ class Recording:
         return dict(zip(names, grads, strict=True))
 
 
-def _leaf_kind(module: nn.Module) -> SiteKind | None:
+@dataclass(frozen=True)
+class _Call:
+    """One traced module call: its ``index`` among the calls of module ``name``, the per-sample
+    output ``shape`` (None: not a tensor with the inputs' batch dimension, e.g. Swin V2's
+    position-bias MLP run on a coordinate table), ``layer`` (kind of an outermost conv/linear
+    layer) and whether the module is an outermost activation."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...] | None
+    layer: LayerKind | None
+    activation: bool
+
+
+def _is_layer(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd | nn.Linear)
+
+
+def _is_typed(module: nn.Module) -> bool:
+    return _is_layer(module) or isinstance(module, ACTIVATION_TYPES)
+
+
+def _outermost(model: nn.Module, wanted: Callable[[nn.Module], bool]) -> dict[str, nn.Module]:
+    """Modules matching ``wanted`` that are not inside another matching module (a conv that owns
+    a padding child, or a conv wrapping a conv, is one layer: its own output is what counts)."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():  # parents come before their children
+        parts = name.split(".") if name else []
+        ancestors = [".".join(parts[:i]) for i in range(len(parts))]
+        if wanted(module) and not any(a in found for a in ancestors):
+            found[name] = module
+    return found
+
+
+def _layer_kind(module: nn.Module, shape: tuple[int, ...] | None) -> LayerKind:
+    """``conv``; ``token`` for a linear applied per token or position (output ``[B, ..., D]``,
+    i.e. a 1x1 conv of token models); ``fc`` for a linear on flat features ``[B, D]``."""
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"
-    if isinstance(module, nn.Linear):
-        return "fc"
-    return None
+    return "token" if shape is not None and len(shape) >= 2 else "fc"
 
 
-def _trace_calls(
-    model: nn.Module, example_input: Tensor, names: set[str] | None
-) -> list[tuple[str, nn.Module, tuple[int, ...] | None]]:
-    """Run one forward and list ``(module_name, module, per-sample output shape)`` per call.
+def _trace_calls(model: nn.Module, example_input: Tensor, selected: set[str]) -> list[_Call]:
+    """Run one forward in eval mode and list the calls of the outermost conv/linear layers and
+    activation modules (by type, whether or not they have children) and of ``selected``, in
+    the order they return. A batch of one is run twice over, so that outputs that do not
+    depend on the sample (no batch dimension) can be told apart."""
+    if example_input.shape[0] == 1:
+        example_input = torch.cat([example_input, example_input])
+    batch = example_input.shape[0]
+    typed = _outermost(model, _is_typed)
+    traced = {name: module for name, module in model.named_modules() if name in selected}
+    traced.update(typed)
+    calls: list[_Call] = []
+    counts: Counter[str] = Counter()
 
-    Traces leaf modules, plus the modules in ``names`` when given.
-    """
-    calls: list[tuple[str, nn.Module, tuple[int, ...] | None]] = []
-    handles = []
-
-    def make_hook(name: str):
+    def make_hook(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, _inputs: object, output: object) -> None:
-            shape = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
-            calls.append((name, module, shape))
+            shape = None
+            if isinstance(output, Tensor) and output.dim() > 0 and output.shape[0] == batch:
+                shape = tuple(output.shape[1:])
+            layer = _layer_kind(module, shape) if name in typed and _is_layer(module) else None
+            activation = name in typed and isinstance(module, ACTIVATION_TYPES)
+            calls.append(_Call(name, counts[name], shape, layer, activation))
+            counts[name] += 1
 
         return hook
 
-    for name, module in model.named_modules():
-        is_leaf = next(module.children(), None) is None
-        if (names is None and is_leaf) or (names is not None and (is_leaf or name in names)):
-            handles.append(module.register_forward_hook(make_hook(name)))
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in traced.items()]
     try:
         with preserved_state(model), torch.no_grad():
             model.eval()
@@ -128,6 +177,74 @@ def _trace_calls(
         for handle in handles:
             handle.remove()
     return calls
+
+
+def _unit_dim(call: _Call, layer: _Call | None) -> int:
+    """Units on the last dimension when ``call`` keeps the layout of a token-wise linear
+    ``layer`` (its most recent conv/linear call), else on the first."""
+    shape = _checked_shape(call)
+    if layer is not None and layer.layer == "token" and shape == layer.shape:
+        return len(shape) - 1
+    return 0
+
+
+def _checked_shape(call: _Call) -> tuple[int, ...]:
+    if call.shape is None or len(call.shape) == 0:
+        raise LayerError(
+            f"layer {call.name!r} does not output a [B, C, ...] tensor (B: the inputs' batch)"
+        )
+    return call.shape
+
+
+_Chosen = tuple[_Call, SiteKind, int]
+"""A call chosen as a gate site, with the site's kind and unit dimension."""
+
+
+def _default_sites(calls: Sequence[_Call], include_fc: bool) -> list[_Chosen]:
+    """Activations after a conv or token-wise linear (or FC, with ``include_fc``); else every
+    conv output (models with functional activations)."""
+    chosen: list[_Chosen] = []
+    layer: _Call | None = None
+    for call in (call for call in calls if call.shape is not None):
+        kind = layer.layer if layer is not None else None
+        if call.layer is not None:
+            layer = call
+        elif call.activation and kind is not None and (kind != "fc" or include_fc):
+            chosen.append((call, kind, _unit_dim(call, layer)))
+    if not chosen:
+        chosen = [(c, "conv", 0) for c in calls if c.layer == "conv" and c.shape is not None]
+    if not chosen:
+        raise LayerError(_no_sites_message(calls))
+    return chosen
+
+
+def _no_sites_message(calls: Sequence[_Call]) -> str:
+    after_fc, layer = 0, None
+    for call in (call for call in calls if call.shape is not None):
+        layer = call.layer or layer
+        after_fc += call.activation and layer == "fc"
+    hint = (
+        f"; pass include_fc=True to gate the {after_fc} activation call(s) after "
+        "fully connected layers"
+        if after_fc
+        else ""
+    )
+    return (
+        "the model has no gateable layers: no activation module after a conv or token-wise "
+        f"linear layer and no conv layer was found{hint}; or name the layers to gate (layers=...)"
+    )
+
+
+def _selected_sites(calls: Sequence[_Call], picked: Callable[[_Call], bool]) -> list[_Chosen]:
+    """The calls ``picked`` by the user's layer selection, as ``custom`` sites."""
+    chosen: list[_Chosen] = []
+    layer: _Call | None = None
+    for call in calls:
+        if call.layer is not None and call.shape is not None:
+            layer = call
+        if picked(call):
+            chosen.append((call, "custom", _unit_dim(call, layer)))
+    return chosen
 
 
 def discover_sites(
@@ -139,105 +256,97 @@ def discover_sites(
 ) -> list[GateSite]:
     """List the gate sites of ``model`` in forward order.
 
-    Default rule: every call of an activation module (:data:`ACTIVATION_TYPES`) whose most recent
-    preceding conv/linear call was a conv (or a linear, with ``include_fc``). A model whose
-    activations are functional (``F.relu`` inside ``forward``) has no such modules; it is gated
-    at its conv outputs instead, or at the modules named in ``layers`` (a module's output
-    includes any functional activation applied inside it).
+    Conv and linear layers and activation modules are recognised by type (subclasses too, with
+    or without children; a module inside another recognised module is part of it). Default
+    rule: every call of an activation module (:data:`ACTIVATION_TYPES`) whose most recent
+    preceding conv/linear call was a conv, a *token-wise* linear (applied per token or
+    position, output ``[B, ..., D]``: the hidden MLP activations of ViT, Swin, ConvNeXt; units
+    on the last dimension), or, with ``include_fc``, a linear on flat features ``[B, D]``. A
+    model without such activations (``F.relu`` inside ``forward``) is gated at its conv
+    outputs instead; ``layers`` names the modules (or types) to gate instead of the rule (a
+    module's output includes any functional activation applied inside it).
 
     ``example_input``: ``[B, C, H, W]``, any batch size; one forward is run in eval mode.
     """
+    return _discover(model, example_input, layers, include_fc)[0]
+
+
+def _discover(
+    model: nn.Module, example_input: Tensor, layers: LayerSelection, include_fc: bool
+) -> tuple[list[GateSite], dict[str, int]]:
+    """The sites of :func:`discover_sites` and how many times one forward calls each gated
+    module."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    requested, types = _parse_layers(model, layers)
+    if types is not None:
+        selected = set(_outermost(model, lambda module: isinstance(module, types)))
+    else:
+        selected = set(requested or ())
+    calls = _trace_calls(model, example_input, selected)
+    counts = Counter(call.name for call in calls)
+    if requested is not None:
+        _check_requested(requested, counts)
+        chosen = _selected_sites(
+            calls, lambda c: c.name in requested and requested[c.name] in (None, c.index)
+        )
+    elif types is not None:
+        chosen = _selected_sites(calls, lambda c: c.name in selected)
+    else:
+        chosen = _default_sites(calls, include_fc)
+    if not chosen:
+        raise LayerError("no layer was selected: the selection matches no module call")
+    sites = _assign_names(chosen, counts)
+    return sites, {site.module_name: counts[site.module_name] for site in sites}
+
+
+def _parse_layers(
+    model: nn.Module, layers: LayerSelection
+) -> tuple[dict[str, int | None] | None, tuple[type[nn.Module], ...] | None]:
+    """Split a selection into requested module names (-> call index or None for all) or types."""
+    if layers is None:
+        return None, None
+    if not isinstance(layers, tuple | list):
+        raise InputError("layers must be None, a list of module names, or a tuple of module types")
+    if all(isinstance(item, type) and issubclass(item, nn.Module) for item in layers) and layers:
+        return None, tuple(layers)  # type: ignore[arg-type]
+    if not all(isinstance(item, str) for item in layers):
+        raise InputError("layers must be all module names (str) or all nn.Module subclasses")
     named = dict(model.named_modules())
     requested: dict[str, int | None] = {}
-    if layers is not None and not isinstance(layers, tuple | list):
-        raise InputError("layers must be None, a list of module names, or a tuple of module types")
-    by_name = layers is not None and all(isinstance(item, str) for item in layers)
-    if by_name:
-        for item in layers:  # type: ignore[union-attr]
-            module_name, _, call = str(item).partition("#")
-            if module_name not in named or module_name == "":
-                close = difflib.get_close_matches(module_name, list(named), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise LayerError(f"unknown layer {item!r}{hint}")
-            if call and not call.isdigit():
-                raise LayerError(f"bad call index in layer {item!r}: expected '<name>#<int>'")
-            requested[module_name] = int(call) if call else None
-    elif layers is not None and not all(
-        isinstance(item, type) and issubclass(item, nn.Module) for item in layers
-    ):
-        raise InputError("layers must be all module names (str) or all nn.Module subclasses")
-
-    calls = _trace_calls(model, example_input, set(requested) if by_name else None)
-    counts: Counter[str] = Counter()
-    chosen: list[tuple[str, int, tuple[int, ...], SiteKind]] = []
-    last_kind: SiteKind | None = None
-    for name, module, shape in calls:
-        idx = counts[name]
-        counts[name] += 1
-        kind = _leaf_kind(module)
-        if by_name:
-            wanted = name in requested and requested[name] in (None, idx)
-            site_kind: SiteKind | None = "custom" if wanted else None
-        elif layers is not None:
-            site_kind = "custom" if isinstance(module, tuple(layers)) else None  # type: ignore[arg-type]
-        elif isinstance(module, ACTIVATION_TYPES) and last_kind is not None:
-            site_kind = last_kind if (last_kind == "conv" or include_fc) else None
-        else:
-            site_kind = None
-        if kind is not None:
-            last_kind = kind
-        if site_kind is not None:
-            if shape is None or len(shape) == 0:
-                raise LayerError(f"layer {name!r} does not output a [B, C, ...] tensor")
-            chosen.append((name, idx, shape, site_kind))
-
-    if layers is None and not chosen:
-        chosen = [(n, i, s, "conv") for n, i, s, k in _conv_calls(calls) if s]
-    if by_name:
-        for module_name, call in requested.items():
-            if counts[module_name] == 0:
-                raise LayerError(f"layer {module_name!r} is never called in the forward pass")
-            if call is not None and call >= counts[module_name]:
-                raise LayerError(
-                    f"layer {module_name!r} is called {counts[module_name]} time(s); "
-                    f"no call #{call}"
-                )
-    if not chosen:
-        raise LayerError(
-            "the model has no gateable layers: no activation after a conv layer and no conv layer "
-            "was found; name the layers to gate explicitly"
-        )
-    return _assign_names(chosen, counts)
+    for item in layers:
+        module_name, _, call = str(item).partition("#")
+        if module_name not in named or module_name == "":
+            close = difflib.get_close_matches(module_name, list(named), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise LayerError(f"unknown layer {item!r}{hint}")
+        if call and not call.isdigit():
+            raise LayerError(f"bad call index in layer {item!r}: expected '<name>#<int>'")
+        requested[module_name] = int(call) if call else None
+    return requested, None
 
 
-def _conv_calls(
-    calls: Sequence[tuple[str, nn.Module, tuple[int, ...] | None]],
-) -> list[tuple[str, int, tuple[int, ...] | None, SiteKind]]:
-    """Every conv call, as ``(module_name, call_index, shape, "conv")``: the functional fallback."""
-    counts: Counter[str] = Counter()
-    out: list[tuple[str, int, tuple[int, ...] | None, SiteKind]] = []
-    for name, module, shape in calls:
-        idx = counts[name]
-        counts[name] += 1
-        if _leaf_kind(module) == "conv":
-            out.append((name, idx, shape, "conv"))
-    return out
+def _check_requested(requested: Mapping[str, int | None], counts: Counter[str]) -> None:
+    for module_name, call in requested.items():
+        if counts[module_name] == 0:
+            raise LayerError(f"layer {module_name!r} is never called in the forward pass")
+        if call is not None and call >= counts[module_name]:
+            raise LayerError(
+                f"layer {module_name!r} is called {counts[module_name]} time(s); no call #{call}"
+            )
 
 
-def _assign_names(
-    chosen: Sequence[tuple[str, int, tuple[int, ...], SiteKind]], counts: Counter[str]
-) -> list[GateSite]:
+def _assign_names(chosen: Sequence[_Chosen], counts: Counter[str]) -> list[GateSite]:
     return [
         GateSite(
-            name=name if counts[name] == 1 else f"{name}#{idx}",
-            module_name=name,
-            call_index=idx,
-            shape=tuple(shape),
+            name=call.name if counts[call.name] == 1 else f"{call.name}#{call.index}",
+            module_name=call.name,
+            call_index=call.index,
+            shape=_checked_shape(call),
             kind=kind,
+            unit_dim=unit_dim,
         )
-        for name, idx, shape, kind in chosen
+        for call, kind, unit_dim in chosen
     ]
 
 
@@ -266,24 +375,51 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _broadcast_mask(mask: Tensor, output: Tensor, site: GateSite) -> Tensor:
-    """Shape a mask ``[B|1, C]`` (channel) or ``[B|1, *site.shape]`` (element) to ``output``."""
+    """Shape a mask ``[B|1, units]`` (channel) or ``[B|1, *site.shape]`` (element) to ``output``.
+
+    A channel mask is broadcast over every dimension but the site's ``unit_dim``: over H×W of
+    ``[B, C, H, W]``, over the tokens of ``[B, T, D]``, over H×W of channels-last ``[B, H, W, C]``.
+    """
     batch = output.shape[0]
     if mask.shape[0] not in (1, batch):
         raise ShapeError(
             f"mask for layer {site.name!r} has batch size {mask.shape[0]}, inputs have {batch}"
         )
     per_sample = tuple(mask.shape[1:])
+    unit_axis = 1 + site.unit_dim
+    units = output.shape[unit_axis] if unit_axis < output.dim() else None
     if per_sample == tuple(output.shape[1:]):
         shaped = mask
-    elif per_sample == (output.shape[1],):
-        shaped = mask.reshape(mask.shape[0], output.shape[1], *([1] * (output.dim() - 2)))
+    elif units is not None and per_sample == (units,):
+        view = [1] * output.dim()
+        view[0], view[unit_axis] = mask.shape[0], units
+        shaped = mask.reshape(view)
     else:
         raise ShapeError(
             f"mask for layer {site.name!r} has shape {list(mask.shape)}; expected "
-            f"[B, {output.shape[1]}] (channel) or [B, {', '.join(map(str, output.shape[1:]))}] "
-            "(element)"
+            f"[B, {units}] (channel) or [B, {', '.join(map(str, output.shape[1:]))}] (element)"
         )
     return shaped.to(device=output.device, dtype=output.dtype)
+
+
+def _calls_per_forward(
+    sites: Sequence[GateSite], given: Mapping[str, int] | None
+) -> dict[str, int | None]:
+    """Calls per forward of each gated module: ``given`` (checked against the sites), else 1
+    for a module whose site carries its plain name and None (several, unknown) for others."""
+    if given is None:
+        plain = {site.module_name for site in sites if site.name == site.module_name}
+        return {site.module_name: 1 if site.module_name in plain else None for site in sites}
+    calls: dict[str, int | None] = {}
+    for site in sites:
+        count = given.get(site.module_name)
+        if count is None or site.call_index >= count:
+            raise LayerError(
+                f"calls_per_forward has {count} call(s) of layer {site.module_name!r}; "
+                f"its site {site.name!r} is call #{site.call_index}"
+            )
+        calls[site.module_name] = int(count)
+    return calls
 
 
 class GatedModel:
@@ -300,7 +436,12 @@ class GatedModel:
         sites: Sequence[GateSite],
         input_shape: Sequence[int],
         intervention: Intervention | None = None,
+        *,
+        calls_per_forward: Mapping[str, int] | None = None,
     ):
+        """``calls_per_forward``: how many times one forward of ``model`` calls each gated module
+        (:meth:`discover` traces it). Without it, a module whose site carries its plain name is
+        called once; others an unknown number of times (see :meth:`gate`)."""
         if not sites:
             raise LayerError("a GatedModel needs at least one gate site")
         names = [site.name for site in sites]
@@ -312,12 +453,16 @@ class GatedModel:
         self.intervention: Intervention = intervention or ZeroAblation()
         self.intervention.check(self.sites, self.input_shape)
         self._by_name = {site.name: site for site in self.sites}
+        self.calls_per_forward: dict[str, int | None] = _calls_per_forward(
+            self.sites, calls_per_forward
+        )
         self._runs_channels_last: bool | None = None
 
     def with_intervention(self, intervention: Intervention) -> GatedModel:
         """The same model and sites with dropped units replaced by ``intervention`` (a new
         object; this one keeps its own). See :mod:`neuralpath.interventions`."""
         gated = GatedModel(self.model, self.sites, self.input_shape, intervention)
+        gated.calls_per_forward = dict(self.calls_per_forward)
         gated._runs_channels_last = self._runs_channels_last
         return gated
 
@@ -332,8 +477,8 @@ class GatedModel:
     ) -> GatedModel:
         """Discover sites with :func:`discover_sites`; ``example_input`` fixes the input shape."""
         check_inputs(example_input)
-        sites = discover_sites(model, example_input, layers=layers, include_fc=include_fc)
-        return cls(model, sites, example_input.shape[1:])
+        sites, calls = _discover(model, example_input, layers, include_fc)
+        return cls(model, sites, example_input.shape[1:], calls_per_forward=calls)
 
     @property
     def site_names(self) -> list[str]:
@@ -393,7 +538,8 @@ class GatedModel:
     ) -> Iterator[Recording]:
         """Apply ``masks`` (site name -> mask) to every forward of the model inside the block.
 
-        Masks are ``[B, C]`` (channel: broadcast over H×W) or ``[B, *site.shape]`` (element), or
+        Masks are ``[B, units]`` (channel: broadcast over H×W or tokens, see
+        :attr:`GateSite.unit_dim`) or ``[B, *site.shape]`` (element), or
         with a batch dimension of 1 to share one mask across the batch; binary or continuous,
         differentiable with respect to the masks. A masked site outputs
         ``m ⊙ a + (1 − m) ⊙ r`` with ``r`` from :attr:`intervention` (0 by default). Sites
@@ -402,6 +548,12 @@ class GatedModel:
         :class:`Recording` holds each site's (masked) output of the most recent forward; with
         gradients enabled, each is part of the autograd graph (a leaf when nothing upstream
         requires gradients).
+
+        Calls are matched to sites by counting them within each whole-model forward. A part of
+        the model run on its own (``model.features(x)``) is gated too where that is unambiguous:
+        a module called once per forward gets its site's mask on every call. A masked or
+        recorded module called several times per forward, called outside a whole forward or
+        more times than :attr:`calls_per_forward` says, raises :class:`LayerError`.
         """
         masks = dict(masks or {})
         for name in masks:
@@ -412,6 +564,9 @@ class GatedModel:
         with frozen(self.model):
             try:
                 handles.append(self.model.register_forward_pre_hook(hooks.before_forward))
+                handles.append(
+                    self.model.register_forward_hook(hooks.after_forward, always_call=True)
+                )
                 for module_name, call_sites in hooks.by_module.items():
                     if module_name not in modules:
                         raise LayerError(f"module {module_name!r} is not in the model")
@@ -444,9 +599,11 @@ class GatedModel:
 class _GateHooks:
     """The state and hooks of one :meth:`GatedModel.gate` block.
 
-    The root's forward pre-hook starts a forward: it resets the per-module call counters and,
-    for an intervention with donors, runs one ungated forward on the donors of these inputs
-    (recomputed only when the inputs change) whose site outputs become the replacements.
+    The root's forward pre-hook starts a whole forward: it resets the per-module call counters
+    and, for an intervention with donors, runs one ungated forward on the donors of these inputs
+    (recomputed only when the inputs change) whose site outputs become the replacements. The
+    root's forward hook (also run when the forward raises) ends it; ``depth`` counts the whole
+    forwards in progress (the donor forward runs inside one).
     """
 
     def __init__(self, gated: GatedModel, masks: dict[str, Tensor], record: bool):
@@ -458,11 +615,13 @@ class _GateHooks:
         for site in gated.sites:
             self.by_module.setdefault(site.module_name, {})[site.call_index] = site
         self.calls: Counter[str] = Counter()
+        self.depth = 0
         self.in_donor_forward = False
         self.donor_inputs: tuple[Tensor, int] | None = None
         self.donor_activations: dict[str, Tensor] = {}
 
     def before_forward(self, _module: nn.Module, args: tuple[object, ...]) -> None:
+        self.depth += 1
         self.calls.clear()
         if self.in_donor_forward or not self.masks or not self.gated.intervention.needs_donors:
             return
@@ -482,12 +641,39 @@ class _GateHooks:
             self.calls.clear()
         self.donor_inputs = (inputs, inputs._version)
 
+    def after_forward(self, _module: nn.Module, _args: object, _output: object) -> None:
+        # max: a pre-hook registered before ours may have raised before ours ran
+        self.depth = max(self.depth - 1, 0)
+
+    def _site_of_call(self, module_name: str, call_sites: dict[int, GateSite]) -> GateSite | None:
+        """The site of this call of ``module_name`` (None: not gated); raises when a masked or
+        recorded module's call cannot be matched to its site."""
+        index = self.calls[module_name]
+        self.calls[module_name] += 1
+        traced = self.gated.calls_per_forward.get(module_name)
+        if self.depth == 0 and traced == 1:
+            return call_sites.get(0)
+        if self.depth > 0 and (traced is None or index < traced):
+            return call_sites.get(index)
+        if not self.record and not any(site.name in self.masks for site in call_sites.values()):
+            return None
+        if self.depth == 0:
+            raise LayerError(
+                f"layer {module_name!r} is called {traced or 'several'} times per forward of the "
+                "whole model, so a call of a part of the model cannot be matched to its gate "
+                "sites: run the whole model inside gate()"
+            )
+        raise LayerError(
+            f"layer {module_name!r} was called {index + 1} times in one forward; discovery "
+            f"traced {traced}: the gate sites no longer match the model (discover them again)"
+        )
+
     def _replacement(self, site: GateSite, output: Tensor) -> Tensor | None:
         intervention = self.gated.intervention
         if not intervention.needs_donors:
             return intervention.replacement(site, output)
         donor = self.donor_activations.get(site.name)
-        if donor is None or donor.shape[0] != output.shape[0]:
+        if self.depth == 0 or donor is None or donor.shape[0] != output.shape[0]:
             raise LayerError(
                 f"{intervention.name} ablation has no donor activation of layer {site.name!r} "
                 "for this batch: run the whole model inside gate(), not a part of it"
@@ -505,11 +691,11 @@ class _GateHooks:
         # lerp is one fused kernel, exact at m = 1 (a) and m = 0 (r)
         return torch.lerp(replacement.expand_as(output), output, shaped)
 
-    def site_hook(self, module_name: str, call_sites: dict[int, GateSite]):
+    def site_hook(
+        self, module_name: str, call_sites: dict[int, GateSite]
+    ) -> Callable[[nn.Module, object, object], Tensor | None]:
         def hook(_module: nn.Module, _inputs: object, output: object) -> Tensor | None:
-            index = self.calls[module_name]
-            self.calls[module_name] += 1
-            site = call_sites.get(index)
+            site = self._site_of_call(module_name, call_sites)
             if site is None:
                 return None
             if not isinstance(output, Tensor):
