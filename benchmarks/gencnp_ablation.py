@@ -16,8 +16,9 @@ agreement (baseline: the reference's mean image), swap follows-mask, seconds per
 reference (per-unit means, mean image) is the target's, over ``--reference-size`` training
 images (``runner.open_training_reference``, as the CLI commands use).
 
-A variant is named ``ABLATION-DISTILLATION[-swapW][-blankW]``: ``mean-ce-swap1`` trains under
-mean ablation with CE distillation and swap weight 1. Writes ``--out/results.json`` and the
+A variant is named ``ABLATION-DISTILLATION[-swapW][-blankW][-aALPHA]``: ``mean-ce-swap1-a1.5``
+trains under mean ablation with CE distillation, swap weight 1 and sparsity weight 1.5 (default
+``--alpha``). Writes ``--out/results.json`` and the
 ``## GEN-CNP trained under interventions`` section of ``docs/results.md`` (between the
 ``gencnp-ablation`` markers).
 
@@ -60,10 +61,10 @@ def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
     ablation, distillation, *extras = name.split("-")
     knobs: dict[str, Any] = {"distillation": distillation}
     for extra in extras:
-        key = next((k for k in ("swap", "blank") if extra.startswith(k)), None)
+        key = next((k for k in ("swap", "blank", "a") if extra.startswith(k)), None)
         if key is None:
-            raise SystemExit(f"variant {name!r}: unknown part {extra!r} (swapW or blankW)")
-        knobs[f"{key}_weight"] = float(extra[len(key) :])
+            raise SystemExit(f"variant {name!r}: unknown part {extra!r} (swapW, blankW or aALPHA)")
+        knobs["alpha" if key == "a" else f"{key}_weight"] = float(extra[len(key) :])
     return check_ablation(ablation), knobs
 
 
@@ -86,9 +87,8 @@ def fit_variant(
 ) -> tuple[Path, float, dict[str, Any]]:
     """Fit (or reuse) one variant's generator; ``(directory, fit seconds, last history row)``."""
     ablation, knobs = parse_variant(variant)
-    config = FitConfig(
-        epochs=args.epochs, batch_size=args.batch_size, alpha=args.alpha, seed=args.seed, **knobs
-    )
+    knobs.setdefault("alpha", args.alpha)
+    config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, **knobs)
     out = args.out / f"gen-{variant}"
     fit_gencnp(
         gated[ablation], train, config, out_dir=out, resume=True, progress=args.progress,
@@ -146,7 +146,7 @@ def render(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
         SECTION, "", BEGIN, "", f"Command: `{command}`", "",
         f"Target: `{results['target']}` (test accuracy {results['target_test_accuracy']:.3f}). "
         f"Each generator: {args.train_limit} training images (seeded), {args.epochs} epoch(s), "
-        f"batch {args.batch_size}, alpha {args.alpha}, default generator; trained under the "
+        f"batch {args.batch_size}, alpha {args.alpha} unless the variant names one (aALPHA), default generator; trained under the "
         "variant's ablation (`ABLATION-DISTILLATION[-swapW][-blankW]`). Evaluated on the first "
         f"{args.eval_limit} test images with the generator's own masks and with its scores at one "
         f"global percentile ({kept}), under mean and zero ablation; blank baseline: the mean "

@@ -364,3 +364,17 @@ def test_transfer_specificity_on_a_leaky_model() -> None:
     under = gated.with_intervention(MeanAblation(stats))
     forced, valid = transfer_specificity_outcome(under, LEAK_X, classes)
     assert valid.all() and not forced.any()
+
+
+def test_dgr_optimises_under_the_gated_models_intervention(gated, inputs, statistics) -> None:
+    from neuralpath.methods.dgr import DGR, DGRConfig
+
+    controlled = gated.with_intervention(MeanAblation(statistics))
+    config = DGRConfig(iterations=8, gamma=0.2)
+    under_mean = DGR(controlled, config).optimise(inputs)
+    under_zero = DGR(gated, config).optimise(inputs)
+    assert not torch.equal(under_mean.losses, under_zero.losses)
+    with torch.no_grad():
+        predicted = controlled.forward(inputs, under_mean.pathway).argmax(1)
+    nonempty = under_mean.pathway.kept_fraction() > 0
+    assert torch.equal(under_mean.kept_prediction, (predicted == under_mean.target) & nonempty)
