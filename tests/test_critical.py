@@ -168,8 +168,12 @@ def _literal_global_masks(scores: dict[str, Tensor], sparsity: float) -> dict[st
 @pytest.mark.parametrize("granularity", ["element", "channel"])
 @pytest.mark.parametrize("method", ["cp-mct", "cp-intgrad"])
 def test_global_selection_equals_literal_threshold(method: str, granularity: str) -> None:
+    """``min_per_layer=0``: the paper's rule exactly; the default 1 adds the top unit of each
+    layer the rule empties (this toy's channel pathways at 0.8 empty ``features.1``)."""
     _, gated, inputs = _double_setup(seed=7)
-    finder = build_finder(method, gated, FinderOptions(sparsity=0.8, granularity=granularity))  # type: ignore[arg-type]
+    paper = {"min_per_layer": 0}
+    options = FinderOptions(sparsity=0.8, granularity=granularity, settings=paper)  # type: ignore[arg-type]
+    finder = build_finder(method, gated, options)
     pathway = finder.find(inputs)
     scores = finder.scores(inputs)  # type: ignore[attr-defined]
     expected = _literal_global_masks(scores, 0.8)
@@ -177,6 +181,16 @@ def test_global_selection_equals_literal_threshold(method: str, granularity: str
     for name, mask in expected.items():
         assert torch.equal(pathway[name], mask)
     assert pathway.metadata["method"] == method
+    default = build_finder(method, gated, FinderOptions(sparsity=0.8, granularity=granularity))  # type: ignore[arg-type]
+    kept = default.find(inputs)
+    for name, mask in expected.items():
+        flat = mask.reshape(3, -1)
+        top = flat.new_zeros(flat.shape).scatter(
+            1, scores[name].reshape(3, -1).argmax(1, True), True
+        )
+        empty = ~flat.any(dim=1, keepdim=True)
+        assert torch.equal(kept[name].reshape(3, -1), flat | (empty & top))
+    assert granularity == "element" or any(not m.any() for m in expected.values())
     # Units that are inactive score 0 and are dropped first.
     _, raw, _ = _literal_forward(gated.model, gated, inputs)
     if granularity == "element":
@@ -204,7 +218,7 @@ def test_sparsity_zero_keeps_everything_and_registry() -> None:
     assert {"cp-mct", "cp-intgrad"} <= set(finder_names())
     for name in ("cp-mct", "cp-intgrad"):
         pathway = build_finder(name, gated, FinderOptions(sparsity=0.0)).find(inputs)
-        assert pathway.granularity == "channel"
+        assert pathway.granularity == "element"  # the method's default
         assert all(bool(m.all()) for m in pathway.values())
     assert NeuronMCT(gated).forward_equivalents() == 3.0
     assert NeuronIntGrad(gated, steps=10).forward_equivalents() == 1.0 + 3.0 * 3 * 11

@@ -47,9 +47,10 @@ def test_saturated_samples_get_faithful_non_empty_pathways(saturated, binarize) 
 
 
 def test_tied_gates_are_kept_not_dropped(saturated) -> None:
-    """Every gate equal: the percentile rule drops all of them; the tie keeps all of them."""
+    """Every gate equal: the percentile rule drops all of them; the tie keeps all of them.
+    ``min_per_layer`` (default 1) then keeps a layer's largest positive gate, never a zero one."""
     gated, inputs = saturated
-    finder = DGR(gated, DGRConfig(binarize="percentile", sparsity=0.9))
+    finder = DGR(gated, DGRConfig(binarize="percentile", sparsity=0.9, min_per_layer=0))
     tied = {site.name: torch.full((inputs.shape[0], site.units), 0.35) for site in gated.sites}
     mixed = {name: gate.clone() for name, gate in tied.items()}
     mixed["features.4"][:, 0] = 0.5  # one gate above the tie: the rule applies as usual
@@ -57,6 +58,15 @@ def test_tied_gates_are_kept_not_dropped(saturated) -> None:
     assert (finder._binarize(mixed).kept_fraction() == 0.1).all()
     zero = {name: torch.zeros_like(gate) for name, gate in tied.items()}
     assert (finder._binarize(zero).kept_fraction() == 0).all()  # nothing positive to keep
+
+    default = DGR(gated, DGRConfig())
+    assert (default._binarize(tied).kept_fraction() == 1).all()
+    per_layer = default._binarize(mixed).kept_fraction_per_layer()
+    assert (per_layer["features.1"] == 0.25).all() and (per_layer["features.4"] == 1 / 6).all()
+    closed = {name: gate.clone() for name, gate in mixed.items()}
+    closed["features.1"].zero_()  # a layer the optimisation closed stays closed
+    assert (default._binarize(closed).kept_fraction_per_layer()["features.1"] == 0).all()
+    assert (default._binarize(zero).kept_fraction() == 0).all()
 
 
 def test_empty_pathway_never_keeps_the_prediction() -> None:

@@ -207,6 +207,13 @@ def test_checkpoint_roundtrip_and_factory(trained, gated, data) -> None:
     for name in gated.site_names:
         assert torch.equal(finder.find(x)[name], expected[name])
     assert loaded.meta["fit_config"]["alpha"] == 2.0
+    # gencnp-global: its config's defaults are the class's (sparsity 0.9, min_per_layer 1)
+    from neuralpath.methods.gencnp import GenCNPGlobalConfig
+
+    fixed = build_finder("gencnp-global", gated, GenCNPGlobalConfig(generator=str(out)))
+    same = GenCNPFinder(gated, generator, GenCNPGlobalConfig.sparsity).find(x)
+    assert fixed.sparsity == 0.9 and all(torch.equal(fixed.find(x)[n], same[n]) for n in same)
+    assert all((m.sum(dim=1) >= 1).all() for m in same.values())  # no layer emptied
 
 
 def test_checkpoint_for_another_target_is_refused(trained) -> None:

@@ -339,7 +339,7 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
             "--out",
             "{out}",
         ],
-        "steps must be a positive integer",
+        "steps must be (a positive integer|an integer)",
     ),
     (
         "find-gencnp-no-generator",

@@ -1,4 +1,5 @@
-"""Method-specific settings: ``FinderOptions.settings`` and ``neuralpath find --set KEY=VALUE``."""
+"""Method-specific settings: ``FinderOptions.settings`` and ``neuralpath find --set KEY=VALUE``
+(the typed configs themselves: ``test_method_configs.py``)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,10 @@ def test_settings_reach_each_method(gated) -> None:
         "cp-intgrad", gated, FinderOptions(settings={"steps": 4, "alpha_schedule": "cumulative"})
     )
     assert intgrad.alphas == [0.0, 0.25, 0.75, 1.5, 2.5]
-    assert build_finder("greedy", gated, FinderOptions(settings={"steps": 3})).steps == 3
-    assert (
-        build_finder("cp-mct", gated, FinderOptions(settings={"selection": "per_layer"})).selection
-        == "per_layer"
-    )
+    greedy = build_finder("greedy", gated, FinderOptions(settings={"steps": 3}))
+    assert greedy.config.steps == 3  # type: ignore[attr-defined]
+    mct = build_finder("cp-mct", gated, FinderOptions(settings={"selection": "per_layer"}))
+    assert mct.config.selection == "per_layer"  # type: ignore[attr-defined]
     assert build_finder("random", gated, FinderOptions()).sparsity == 0.9
 
 
@@ -65,7 +65,11 @@ def test_finder_sparsity_is_what_it_drops_by_construction(gated) -> None:
         ("dgr", {"init": "uniform"}, "no setting init"),  # that is what dgr-r is for
         ("dgr", {"sparsity": 0.5}, "no setting sparsity"),  # --sparsity does that
         ("random", {"steps": 2}, "settable: none"),
-        ("greedy", {"steps": "many"}, "steps must be a positive integer"),
+        ("greedy", {"steps": "many"}, "greedy: steps must be an integer, got 'many'"),
+        ("greedy", {"steps": 0}, "steps must be a positive integer"),
+        ("greedy", {"steps": True}, "steps must be an integer"),
+        ("dgr", {"gamma": "big"}, "gamma must be a number"),
+        ("dgr", {"binarize": "median"}, "binarize must be one of 'positive', 'percentile'"),
         ("cp-intgrad", {"internal_batch_size": "x"}, "internal_batch_size must be"),
         ("cp-mct", {"chunk_size": 0.5}, "chunk_size must be"),
         ("dgr", {"iterations": 0}, "iterations must be a positive integer"),
@@ -135,9 +139,10 @@ def test_attribution_methods_take_finder_settings(gated) -> None:
 
 
 def test_evaluation_passes_settings_to_its_finder_only(gated) -> None:
+    from neuralpath.attribution import make_explainer, pathway_options
     from neuralpath.data import ImageDataset
     from neuralpath.evaluation import EvaluationConfig, evaluate_attribution
-    from neuralpath.metrics.perturbation import LeRF, bind, method_explainer
+    from neuralpath.metrics.perturbation import LeRF
 
     generator = torch.Generator().manual_seed(0)
     data = ImageDataset(
@@ -160,10 +165,10 @@ def test_evaluation_passes_settings_to_its_finder_only(gated) -> None:
         return payload["results"]["pathway-gradient:dgr"]["lerf"]["curve"]
 
     settings = {"iterations": 3, "gamma": 0.5}  # 2 iterations: a layer emptied, all maps zero
-    explain = method_explainer(
-        "pathway-gradient", finder="dgr", granularity="channel", sparsity=0.5, settings=settings
-    )
-    direct = LeRF((20.0, 60.0), batch_size=4)(model, data.images, explain=bind(explain, model))
+    plain = GatedModel.discover(model, data.images[:1])
+    options = pathway_options(granularity="channel", sparsity=0.5, settings=settings)
+    explain = make_explainer("pathway-gradient", plain, build_finder("dgr", plain, options))
+    direct = LeRF((20.0, 60.0), batch_size=4)(model, data.images, None, explain)
     assert lerf({"dgr": settings}) == pytest.approx(direct.summary()["curve"], abs=1e-6)
     with pytest.raises(InputError, match="no method uses: greedy"):
         lerf({"greedy": {"steps": 2}})

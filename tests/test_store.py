@@ -59,7 +59,7 @@ def data():
 
 def _finder(target_dir: Path, method: str = "cp-mct"):
     _, gated = open_target(str(target_dir), "cpu")
-    return build_finder(method, gated, FinderOptions(sparsity=0.7))
+    return build_finder(method, gated, FinderOptions(sparsity=0.7, granularity="channel"))
 
 
 def test_store_matches_in_memory_pathways(target_dir: Path, data, tmp_path: Path) -> None:

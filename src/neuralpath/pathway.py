@@ -286,6 +286,7 @@ def global_percentile(
     granularity: Granularity = "channel",
     *,
     chunk_size: int | None = None,
+    min_per_layer: int = 0,
 ) -> Pathway:
     """Drop every unit whose score is at or below the ``sparsity`` quantile of *all* layers' scores.
 
@@ -293,6 +294,7 @@ def global_percentile(
     k-th smallest score with ``k = round(sparsity * N)``; ties at the threshold are dropped too,
     so the achieved sparsity is at least the requested one. Computed with ``torch.kthvalue`` on
     the scores' device. ``chunk_size`` bounds memory by processing that many samples at a time.
+    ``min_per_layer`` > 0: then :func:`keep_per_layer` (no layer keeps fewer units than that).
     """
     check_sparsity(sparsity)
     batch = _check_scores(scores)
@@ -313,19 +315,49 @@ def global_percentile(
         del flat
     threshold = torch.cat(thresholds)
     masks = {n: s > threshold.view(-1, *([1] * (s.dim() - 1))) for n, s in scores.items()}
-    return Pathway(masks, granularity, {"rule": "global", "sparsity": sparsity})
+    pathway = Pathway(masks, granularity, {"rule": "global", "sparsity": sparsity})
+    return keep_per_layer(pathway, scores, min_per_layer) if min_per_layer > 0 else pathway
+
+
+def keep_per_layer(pathway: Pathway, scores: Mapping[str, Tensor], min_per_layer: int) -> Pathway:
+    """``pathway`` ``{layer: [B, ...]}`` where every layer of every sample keeps at least
+    ``min(min_per_layer, N_l)`` units: a layer that keeps fewer also keeps its ``min_per_layer``
+    highest-scoring units (``scores`` shaped like the masks; ties broken by ``torch.topk``).
+
+    One global threshold can empty whole layers (channels at high sparsity, small layers),
+    which disconnects the pathway model: nothing of the input passes it. Keeping at least one
+    unit per layer is **[ours]** (Khakzar et al. keep the global rule as is).
+    """
+    if isinstance(min_per_layer, bool) or not isinstance(min_per_layer, int) or min_per_layer < 0:
+        raise InputError(f"min_per_layer must be an integer >= 0, got {min_per_layer!r}")
+    masks = {}
+    for name, mask in pathway.items():
+        flat = mask.reshape(mask.shape[0], -1)
+        keep = min(min_per_layer, flat.shape[1])
+        short = (flat != 0).sum(dim=1) < keep
+        if short.any():
+            flat = flat.clone()
+            top = scores[name].reshape(flat.shape)[short].topk(keep, dim=1).indices
+            flat[short] = flat[short].scatter(1, top, True)
+        masks[name] = flat.reshape(mask.shape)
+    return Pathway(masks, pathway.granularity, {**pathway.metadata, "min_per_layer": min_per_layer})
 
 
 def per_layer_topk(
-    scores: Mapping[str, Tensor], sparsity: float, granularity: Granularity = "channel"
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    granularity: Granularity = "channel",
+    *,
+    min_per_layer: int = 1,
 ) -> Pathway:
-    """Keep the ``round((1 - sparsity) * N_l)`` highest-scoring units of each layer (at least 1)."""
+    """Keep the ``round((1 - sparsity) * N_l)`` highest-scoring units of each layer, and at least
+    ``min_per_layer`` of them (at most all)."""
     check_sparsity(sparsity)
     _check_scores(scores)
     masks = {}
     for name, s in scores.items():
         flat = s.reshape(s.shape[0], -1)
-        keep = max(1, int(round((1.0 - sparsity) * flat.shape[1])))
+        keep = min(flat.shape[1], max(min_per_layer, int(round((1.0 - sparsity) * flat.shape[1]))))
         mask = torch.zeros_like(flat, dtype=torch.bool)
         mask.scatter_(1, flat.topk(keep, dim=1).indices, True)
         masks[name] = mask.reshape(s.shape)

@@ -7,7 +7,7 @@ predicted training samples of each class, used to explain the evaluation samples
 (predicted) class. Every finder works on the target's gated model under that intervention
 (GEN-CNP uses the generator given for that ablation, else the common one). Methods with a sparsity knob run at GEN-CNP's
 mean kept fraction under the first ablation when GEN-CNP is part of the study and no sparsity is
-given (matched sparsity), else at ``sparsity``. The reference statistics (mean ablation, blank
+given (matched sparsity), else at ``sparsity`` (None: each method's default). The reference statistics (mean ablation, blank
 baseline) are the target's, over ``reference_size`` training images. Class pathways are built by
 :func:`neuralpath.transfer.build_class_pathways`.
 """
@@ -24,7 +24,7 @@ from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.interventions import check_ablation
 from neuralpath.io import write_json_atomic
-from neuralpath.methods import FinderOptions, build_finder, finder_names
+from neuralpath.methods import FinderOptions, build_finder, finder_entry, finder_names
 from neuralpath.pathway import ClassPathways, Granularity, check_sparsity
 from neuralpath.runner import (
     DEFAULT_REFERENCE_SIZE,
@@ -46,12 +46,14 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "random",
     "active",
 )
-DEFAULT_SPARSITY = 0.9
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What a study runs. ``sparsity=None`` matches GEN-CNP's mean kept fraction (see module).
+    """What a study runs. ``sparsity=None`` matches GEN-CNP's mean kept fraction (see module);
+    ``granularity=None``: the methods' own default when they share one, else ``"channel"``
+    (every method has it): a study compares pathways unit by unit (matched sparsity, the
+    report's overlap matrix), so its methods need one granularity.
 
     Class pathways come from the first ``transfer_per_class`` training samples of each class,
     counting only correctly predicted ones (``instances="correct"``) or all, grouped by the
@@ -66,7 +68,7 @@ class StudyConfig:
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     sparsity: float | None = None
-    granularity: Granularity = "channel"
+    granularity: Granularity | None = None
     generator: str | None = None
     data: str = "fashion-mnist"
     data_root: str | None = None
@@ -138,11 +140,14 @@ class StudyResult:
     """Everything a study measured; :meth:`to_json` is the ``results.json`` contract.
 
     ``interventions``: ablation -> method -> its result, for every ablation of the config.
+    ``sparsity``: what the methods with a sparsity knob ran at (None: their defaults differ);
+    ``granularity``: the one every method ran at.
     """
 
     config: StudyConfig
     target: dict[str, Any]
-    sparsity: float
+    sparsity: float | None
+    granularity: Granularity
     interventions: dict[str, dict[str, MethodResult]] = field(default_factory=dict)
 
     @property
@@ -167,6 +172,7 @@ class StudyResult:
             "ablations": list(self.config.ablations),
             "interventions": parts,
             "sparsity": self.sparsity,
+            "granularity": self.granularity,
             "config": asdict(self.config),
             "target": self.target,
         }
@@ -202,13 +208,16 @@ def run_study(
         for ablation in config.ablations
     }
     order = sorted(config.methods, key=lambda name: name != "gencnp")
-    sparsity = DEFAULT_SPARSITY if config.sparsity is None else config.sparsity
-    result = StudyResult(config, target.meta.to_dict(), sparsity)
+    sparsity = config.sparsity
+    if sparsity is None:
+        sparsity = _shared_default(config.methods, "sparsity")
+    granularity = config.granularity or _shared_default(config.methods, "granularity") or "channel"
+    result = StudyResult(config, target.meta.to_dict(), sparsity, granularity)
     for ablation, intervened in models.items():
         results: dict[str, MethodResult] = {}
         for name in order:
             options = FinderOptions(
-                result.sparsity, config.granularity, config.generator_for(ablation), config.seed,
+                result.sparsity, granularity, config.generator_for(ablation), config.seed,
                 config.settings.get(name, {}),
             )  # fmt: skip
             results[name] = _run_method(
@@ -221,6 +230,13 @@ def run_study(
     if pathway_dir is not None:  # only once every method has finished: no partial study
         _save_pathways(result, Path(pathway_dir))
     return result, models[config.ablations[0]], evaluation
+
+
+def _shared_default(methods: tuple[str, ...], key: str) -> Any:
+    """The default of setting ``key`` (e.g. ``"sparsity"``) of the ``methods`` that have it, when
+    they share one (else None)."""
+    defaults = {getattr(finder_entry(m).config(), key, None) for m in methods} - {None}
+    return defaults.pop() if len(defaults) == 1 else None
 
 
 def _run_method(

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
     from neuralpath.data import ImageDataset
     from neuralpath.gating import GatedModel
-    from neuralpath.methods import PathwayFinder
+    from neuralpath.methods import FinderConfig, PathwayFinder
     from neuralpath.runner import Reference
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -58,11 +58,16 @@ def add_seed_arg(parser: argparse.ArgumentParser, default: int = 0) -> None:
     )
 
 
-SETTING_KEYS = (
-    "dgr/dgr-r: gamma, lr, momentum, iterations, clamp_max, binarize, retries, retry_factor, "
-    "init_draw, memory_format; cp-intgrad: steps, alpha_schedule, selection, chunk_size, "
-    "internal_batch_size; cp-mct: selection, chunk_size; greedy: steps"
-)
+class _WithSettings(str):
+    """Help text whose ``{settings}`` becomes every finder's settings with their types and
+    defaults (:func:`~neuralpath.methods.base.settings_help`, generated from the config
+    dataclasses) when argparse formats it: only when help is shown, since listing them imports
+    every finder (and torch), which building the parser must not."""
+
+    def __mod__(self, params: Any) -> str:
+        from neuralpath.methods.base import settings_help
+
+        return str(self).replace("{settings}", settings_help().replace("%", "%%")) % params
 
 
 def add_settings_arg(parser: argparse.ArgumentParser, per_method: bool = False) -> None:
@@ -74,8 +79,10 @@ def add_settings_arg(parser: argparse.ArgumentParser, per_method: bool = False) 
             action="append",
             default=[],
             metavar="METHOD.KEY=VALUE",
-            help="a setting of one pathway finder, repeatable, e.g. dgr.gamma=0.01; "
-            f"keys: {SETTING_KEYS}",
+            help=_WithSettings(
+                "a setting of one pathway finder, repeatable, e.g. dgr.gamma=0.01; each "
+                "method's defaults and keys: {settings}"
+            ),
         )
         return
     parser.add_argument(
@@ -84,8 +91,10 @@ def add_settings_arg(parser: argparse.ArgumentParser, per_method: bool = False) 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"a pathway-finder setting, repeatable: {SETTING_KEYS}. VALUE is read "
-        "as JSON when it parses (0.01, 100, true), else as text",
+        help=_WithSettings(
+            "a pathway-finder setting, repeatable; VALUE is read as JSON when it parses (0.01, "
+            "100, true, null), else as text. Each method's defaults and keys: {settings}"
+        ),
     )
 
 
@@ -178,10 +187,14 @@ def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
     parser.add_argument(
         "--sparsity",
         type=float,
-        default=0.9,
-        help="fraction of units dropped, for methods with a sparsity knob (0.9)",
+        help="fraction of units dropped, for methods with a sparsity knob (default: the "
+        "method's own, listed under --set)",
     )
-    parser.add_argument("--granularity", choices=("channel", "element"), default="channel")
+    parser.add_argument(
+        "--granularity",
+        choices=("channel", "element"),
+        help="pathway units (default: the method's own, listed under --set)",
+    )
     parser.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
     add_settings_arg(parser)
     parser.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
@@ -210,11 +223,10 @@ def open_finder(
     from neuralpath.data import load_dataset
     from neuralpath.errors import InputError, ShapeError
     from neuralpath.interventions import check_ablation
-    from neuralpath.methods import FinderOptions, build_finder
-    from neuralpath.pathway import check_sparsity
+    from neuralpath.methods import build_finder
     from neuralpath.runner import open_target
 
-    check_sparsity(args.sparsity)
+    config = finder_config(args)
     check_ablation(args.ablation)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
@@ -229,10 +241,17 @@ def open_finder(
             f"{list(gated.input_shape)}"
         )
     intervened, reference = open_intervention(args, gated, args.data)
-    options = FinderOptions(
-        args.sparsity, args.granularity, args.generator, args.seed, parse_settings(args.settings)
-    )
-    return target, dataset, build_finder(args.method, intervened, options), reference
+    return target, dataset, build_finder(args.method, intervened, config), reference
+
+
+def finder_config(args: argparse.Namespace) -> FinderConfig:
+    """``--method``'s config from the options of :func:`add_finder_args`: ``--sparsity``,
+    ``--granularity``, ``--seed``, ``--generator`` (None: the method's default) and the ``--set``
+    pairs, checked by name and type before any work."""
+    from neuralpath.methods import COMMON_KEYS, config_from_settings
+
+    common = {key: getattr(args, key) for key in COMMON_KEYS}
+    return config_from_settings(args.method, common, parse_settings(args.settings))
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:

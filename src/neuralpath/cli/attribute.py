@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
     from neuralpath.data import ImageDataset
     from neuralpath.gating import GatedModel
+    from neuralpath.methods import PathwayFinder
 
 METHODS = (
     "pathway-gradient",
@@ -51,15 +52,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "random, active, dgr, ...",
     )
     parser.add_argument(
-        "--sparsity", type=float, default=0.9, help="fraction of units dropped (default 0.9)"
+        "--sparsity", type=float, help="fraction of units dropped (default: the finder's own)"
     )
     parser.add_argument(
         "--granularity",
         choices=("element", "channel"),
-        default="element",
-        help="pathway units: element (default, as in the paper) or channel (at high sparsity one "
-        "global threshold over channels can empty whole layers: all-zero maps, counted as "
-        "zero_maps)",
+        help="pathway units (default: the finder's own, element for critical pathways as in the "
+        "paper, channel for DGR and GEN-CNP); maps left all zero are counted as zero_maps",
     )
     parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
     add_settings_arg(parser)
@@ -95,29 +94,21 @@ def run_attribute(args: argparse.Namespace) -> int:
     import warnings
     from pathlib import Path
 
-    from neuralpath.attribution import attribute_dataset, make_attribution_method, save_overlays
+    from neuralpath.attribution import attribute_dataset, make_explainer, save_overlays
     from neuralpath.errors import ZeroMapsWarning
 
     _target, dataset, gated = _open(args)
     finder_settings = parse_settings(args.settings)
-    method = make_attribution_method(
-        args.method,
-        finder=args.finder,
-        sparsity=args.sparsity,
-        granularity=args.granularity,
-        seed=args.seed,
-        layer=args.layer,
-        generator=args.generator,
-        settings=finder_settings,
-        verify_weights=False,  # checked once below, not per batch (hashing big weights is slow)
-    )
-    settings = _settings(args, gated, finder_settings)
+    finder = _finder(args, gated, finder_settings)
+    explain = make_explainer(args.method, gated, finder, layer=args.layer)  # built once
+    settings = _settings(args, gated, finder, finder_settings)
     with warnings.catch_warnings():  # counted once below, not warned per batch
         warnings.simplefilter("ignore", ZeroMapsWarning)
         run = attribute_dataset(
             gated,
-            method,
+            explain,
             dataset,
+            name=args.method,
             batch_size=args.batch_size,
             explain=args.explain,
             progress=not args.no_progress,
@@ -151,6 +142,31 @@ def run_attribute(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _finder(
+    args: argparse.Namespace, gated: GatedModel, finder_settings: dict[str, Any]
+) -> PathwayFinder | None:
+    """The pathway method's finder, built once for the whole run (bad settings and a generator
+    trained for other weights fail here, before any output); None for Captum's methods."""
+    from neuralpath.attribution import pathway_options
+    from neuralpath.errors import InputError
+    from neuralpath.methods import build_finder
+
+    if not _pathway_method(args):
+        if finder_settings or args.generator:
+            raise InputError(
+                f"{args.method!r} has no pathway finder to take settings or a generator"
+            )
+        return None
+    options = pathway_options(
+        sparsity=args.sparsity,
+        granularity=args.granularity,
+        seed=args.seed,
+        generator=args.generator,
+        settings=finder_settings,
+    )
+    return build_finder(args.finder, gated, options)
 
 
 def _pathway_method(args: argparse.Namespace) -> bool:
@@ -193,20 +209,14 @@ def _open(args: argparse.Namespace) -> tuple[Target, ImageDataset, GatedModel]:
 
 
 def _settings(
-    args: argparse.Namespace, gated: GatedModel, finder_settings: dict[str, Any]
+    args: argparse.Namespace,
+    gated: GatedModel,
+    finder: PathwayFinder | None,
+    finder_settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """What the maps were made with (``meta.json`` and the printed summary). For pathway
-    methods, builds the finder once up front: checks settings and the generator's weights, and
-    gives the fraction it drops by construction (None: decided per sample)."""
-    from neuralpath.methods import FinderOptions, build_finder
-
-    pathway = _pathway_method(args)
-    finder_sparsity = None
-    if pathway:
-        options = FinderOptions(
-            args.sparsity, args.granularity, args.generator, args.seed, finder_settings
-        )
-        finder_sparsity = build_finder(args.finder, gated, options).sparsity
+    """What the maps were made with (``meta.json`` and the printed summary); ``sparsity``: the
+    fraction the finder drops by construction (None: decided per sample)."""
+    pathway = finder is not None
     return {
         "checkpoint": str(args.checkpoint),
         "data": args.data,
@@ -214,8 +224,10 @@ def _settings(
         "explain": args.explain,
         "seed": args.seed,
         "finder": args.finder if pathway else None,
-        "sparsity": finder_sparsity,
-        "granularity": args.granularity if pathway else None,
+        "sparsity": finder.sparsity if finder is not None else None,
+        "granularity": getattr(getattr(finder, "config", None), "granularity", args.granularity)
+        if pathway
+        else None,
         "generator": args.generator if pathway else None,
         "finder_settings": finder_settings if pathway else None,
         "ablation": args.ablation if pathway else None,

@@ -33,10 +33,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cmd.add_argument(
         "--sparsity",
         type=float,
-        default=0.9,
-        help="fraction of units dropped, for methods with a sparsity knob (0.9)",
+        help="fraction of units dropped, for methods with a sparsity knob (default: the "
+        "method's own; see `neuralpath find --help`, --set)",
     )
-    cmd.add_argument("--granularity", choices=("channel", "element"), default="channel")
+    cmd.add_argument(
+        "--granularity",
+        choices=("channel", "element"),
+        help="pathway units (default: the method's own)",
+    )
     cmd.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
     cmd.add_argument("--data-root", help="folder holding a user copy of the data set")
     cmd.add_argument("--build-split", choices=("train", "test"), default="train")

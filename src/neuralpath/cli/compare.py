@@ -46,9 +46,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--sparsity",
         type=float,
         help="fraction of units dropped by methods with "
-        "a sparsity knob (default: GEN-CNP's mean when it runs, else 0.9)",
+        "a sparsity knob (default: GEN-CNP's mean when it runs, else each method's own)",
     )
-    compare.add_argument("--granularity", choices=("channel", "element"), default="channel")
+    compare.add_argument(
+        "--granularity",
+        choices=("channel", "element"),
+        help="pathway units of every method (default: the methods' own default, listed under "
+        "--set, when they share one, else channel)",
+    )
     compare.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
     compare.add_argument("--data-root", help="folder holding a user copy of the data set")
     compare.add_argument("--split", choices=("train", "test"), default="test")

@@ -8,15 +8,22 @@ the checkpoint and data and writes the report.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from neuralpath.cli import (
+    add_ablation_args,
     add_device_arg,
     add_seed_arg,
     add_settings_arg,
+    open_intervention,
     parse_method_settings,
     print_json,
 )
 from neuralpath.evaluation import DEFAULT_METHODS, METRICS
+
+if TYPE_CHECKING:
+    from neuralpath.data import ImageDataset
+    from neuralpath.evaluation import EvaluationConfig
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,9 +32,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "evaluate-attribution",
         help="score saliency methods (LeRF/MoRF, deletion/insertion, ROAR, sanity, localisation)",
         description="Evaluate attribution methods on a target checkpoint; writes results.json, "
-        "results.md and PNG plots into --out.",
+        "results.md and PNG plots into --out. With --ablation mean or resample, the pathway "
+        "methods' pathway model replaces dropped units accordingly; the sanity check's "
+        "randomised models get per-unit means recomputed for each of them over the same "
+        "reference images (mean) or donor activations from themselves (resample).",
     )
     parser.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    _add_method_args(parser)
+    _add_metric_args(parser)
+    _add_roar_args(parser)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--no-progress", action="store_true")
+    add_ablation_args(parser)
+    add_seed_arg(parser)
+    add_device_arg(parser)
+    parser.set_defaults(handler=run_evaluate_attribution)
+
+
+def _add_method_args(parser: argparse.ArgumentParser) -> None:
+    """The methods, their pathway finders' settings, and the images they explain."""
     parser.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
@@ -35,14 +58,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"(default: {','.join(DEFAULT_METHODS)})",
     )
     parser.add_argument(
-        "--metrics",
-        default="lerf,morf,deletion,insertion,sanity",
-        help=f"comma-separated subset of {','.join(METRICS)} (default without roar, localisation)",
+        "--sparsity", type=float, help="pathway sparsity (default: the finder's own)"
     )
+    parser.add_argument(
+        "--granularity",
+        choices=("element", "channel"),
+        help="pathway units (default: the finder's own); results count all-zero maps as zero_maps",
+    )
+    parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
+    add_settings_arg(parser, per_method=True)
     parser.add_argument("--data", help="data set (default: the checkpoint's)")
     parser.add_argument("--data-root", help="folder holding a user copy of the data set")
     parser.add_argument("--split", default="test", help="split to evaluate on (default test)")
     parser.add_argument("--limit", type=int, default=200, help="images to evaluate (default 200)")
+    parser.add_argument(
+        "--target",
+        choices=("prediction", "label"),
+        default="prediction",
+        help="class each map explains (default: the model's prediction)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def _add_metric_args(parser: argparse.ArgumentParser) -> None:
+    """The metrics and their settings (ROAR's apart)."""
+    parser.add_argument(
+        "--metrics",
+        default="lerf,morf,deletion,insertion,sanity",
+        help=f"comma-separated subset of {','.join(METRICS)} (default without roar, localisation)",
+    )
     parser.add_argument(
         "--percentages", default="1,2,3,4,5,6,7,8,9,10", help="LeRF/MoRF q values in %%"
     )
@@ -60,29 +104,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "mean, or ROAD's noisy linear imputation from their neighbours (default baseline)",
     )
     parser.add_argument(
-        "--target",
-        choices=("prediction", "label"),
-        default="prediction",
-        help="class each map explains (default: the model's prediction)",
-    )
-    parser.add_argument(
-        "--sparsity", type=float, default=0.9, help="pathway sparsity (default 0.9)"
-    )
-    parser.add_argument(
-        "--granularity",
-        choices=("element", "channel"),
-        default="element",
-        help="pathway units (default element); results count all-zero maps as zero_maps",
-    )
-    parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
-    add_settings_arg(parser, per_method=True)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
         "--sanity-limit", type=int, default=50, help="images for the sanity check (default 50)"
     )
     parser.add_argument(
         "--tolerance", type=float, default=0.0, help="pointing-game tolerance in pixels"
     )
+
+
+def _add_roar_args(parser: argparse.ArgumentParser) -> None:
+    """ROAR's retraining and its resumable cache."""
     parser.add_argument("--roar-percentages", default="10,30,50,70,90")
     parser.add_argument("--roar-epochs", type=int, default=1)
     parser.add_argument("--roar-train-limit", type=int, help="training images for ROAR retraining")
@@ -90,11 +120,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--roar-test-limit", type=int, help="test images for ROAR (default: --limit)"
     )
     parser.add_argument("--roar-work-dir", help="resumable ROAR cache (default OUT/roar)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--no-progress", action="store_true")
-    add_seed_arg(parser)
-    add_device_arg(parser)
-    parser.set_defaults(handler=run_evaluate_attribution)
 
 
 def _numbers(text: str, name: str) -> list[float]:
@@ -112,45 +137,54 @@ def run_evaluate_attribution(args: argparse.Namespace) -> int:
 
     import torch
 
-    from neuralpath.checkpoint import load_target
-    from neuralpath.data import load_dataset
-    from neuralpath.evaluation import (
-        EvaluationConfig,
-        evaluate_attribution,
-        markdown_table,
-        plot_results,
-    )
+    from neuralpath.evaluation import evaluate_attribution, markdown_table, plot_results
+    from neuralpath.interventions import check_ablation
     from neuralpath.io import write_bytes_atomic, write_json_atomic
-    from neuralpath.metrics.roar import subset
+    from neuralpath.runner import open_target
 
+    check_ablation(args.ablation)
     torch.manual_seed(args.seed)
-    target = load_target(args.checkpoint, args.device)
+    target, gated = open_target(args.checkpoint, args.device)
     data = args.data or target.meta.data
-    size = target.meta.input_shape[1]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    roar_limit = args.roar_test_limit or args.limit
-    full = load_dataset(
-        data,
-        args.split,
-        args.data_root,
-        limit=max(args.limit, roar_limit),
-        seed=args.seed,
-        image_size=size,
+    config = _config(args, target.meta.arch)
+    test_set, roar_test_set, train_set = _datasets(args, data, target.meta.input_shape[1])
+    reference_images = None
+    if args.ablation != "zero":  # zero ablation needs no reference statistics
+        gated, reference = open_intervention(args, gated, data)
+        reference_images = reference.images
+    started = time.perf_counter()
+    payload = evaluate_attribution(
+        gated,
+        test_set,
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        config,
+        reference_images=reference_images,
+        train_set=train_set,
+        arch=target.meta.arch,
+        arch_args=target.meta.arch_args,
+        roar_test_set=roar_test_set,
     )
-    test_set = subset(full, args.limit, args.seed)
-    train_set = None
-    if "roar" in metrics:
-        train_set = load_dataset(
-            data,
-            "train",
-            args.data_root,
-            limit=args.roar_train_limit,
-            seed=args.seed,
-            image_size=size,
-        )
+    payload["wall_time_s"] = round(time.perf_counter() - started, 2)
     out = Path(args.out)
-    config = EvaluationConfig(
-        metrics=metrics,
+    payload["plots"] = [str(p) for p in plot_results(payload, out)]
+    write_json_atomic(out / "results.json", payload)
+    write_bytes_atomic(out / "results.md", markdown_table(payload).encode())
+    print_json({"out": str(out), "wall_time_s": payload["wall_time_s"], "plots": payload["plots"]})
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> list[str]:
+    return [m.strip() for m in args.metrics.split(",") if m.strip()]
+
+
+def _config(args: argparse.Namespace, arch: str) -> EvaluationConfig:
+    """The :class:`EvaluationConfig` the options describe."""
+    from pathlib import Path
+
+    from neuralpath.evaluation import EvaluationConfig
+
+    return EvaluationConfig(
+        metrics=_metrics(args),
         percentages=_numbers(args.percentages, "--percentages"),
         steps=args.steps,
         reduction=args.reduction,
@@ -165,27 +199,30 @@ def run_evaluate_attribution(args: argparse.Namespace) -> int:
         roar_percentages=_numbers(args.roar_percentages, "--roar-percentages"),
         roar_epochs=args.roar_epochs,
         roar_train_limit=args.roar_train_limit,
-        roar_work_dir=args.roar_work_dir or str(out / "roar"),
+        roar_work_dir=args.roar_work_dir or str(Path(args.out) / "roar"),
         progress=not args.no_progress,
         generator=args.generator,
         finder_settings=parse_method_settings(args.settings),
-        extra={"checkpoint": args.checkpoint, "arch": target.meta.arch},
+        extra={"checkpoint": args.checkpoint, "arch": arch},
     )
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    started = time.perf_counter()
-    payload = evaluate_attribution(
-        target.model,
-        test_set,
-        methods,
-        config,
-        train_set=train_set,
-        arch=target.meta.arch,
-        arch_args=target.meta.arch_args,
-        roar_test_set=subset(full, roar_limit, args.seed),
-    )
-    payload["wall_time_s"] = round(time.perf_counter() - started, 2)
-    payload["plots"] = [str(p) for p in plot_results(payload, out)]
-    write_json_atomic(out / "results.json", payload)
-    write_bytes_atomic(out / "results.md", markdown_table(payload).encode())
-    print_json({"out": str(out), "wall_time_s": payload["wall_time_s"], "plots": payload["plots"]})
-    return 0
+
+
+def _datasets(
+    args: argparse.Namespace, data: str, size: int
+) -> tuple[ImageDataset, ImageDataset, ImageDataset | None]:
+    """``(test set, ROAR's test set, ROAR's training set or None)``: seeded subsets."""
+    from neuralpath.data import load_dataset
+    from neuralpath.metrics.roar import subset
+
+    roar_limit = args.roar_test_limit or args.limit
+    full = load_dataset(
+        data, args.split, args.data_root, limit=max(args.limit, roar_limit), seed=args.seed,
+        image_size=size,
+    )  # fmt: skip
+    train_set = None
+    if "roar" in _metrics(args):
+        train_set = load_dataset(
+            data, "train", args.data_root, limit=args.roar_train_limit, seed=args.seed,
+            image_size=size,
+        )  # fmt: skip
+    return subset(full, args.limit, args.seed), subset(full, roar_limit, args.seed), train_set

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from neuralpath.cli import add_finder_args, open_finder, parse_settings, print_json
+from neuralpath.cli import add_finder_args, finder_config, open_finder, parse_settings, print_json
 
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
@@ -38,11 +38,10 @@ def run_extract(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from neuralpath.interventions import check_ablation
-    from neuralpath.pathway import check_sparsity
     from neuralpath.runner import warn_if_leaking
     from neuralpath.store import PathwayStore, extract
 
-    check_sparsity(args.sparsity)  # before any process group is set up
+    finder_config(args)  # settings checked before any process group is set up
     check_ablation(args.ablation)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = args.device

@@ -9,21 +9,36 @@
   sample (independent of the batch split).
 * ``active`` (:class:`ActivePathway`): exactly the units with a positive activation (``a > 0``) on
   the unmasked forward; a channel is kept when *any* of its H×W elements is positive. Its sparsity
-  is whatever the input gives; the ``sparsity`` option is ignored.
+  is whatever the input gives; it has no ``sparsity`` setting.
+
+Their defaults (:class:`GreedyConfig`, :class:`RandomConfig`, :class:`ActiveConfig`) are the
+critical pathways': element units at sparsity 0.9, as Khakzar et al. compare them.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
-from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
-from neuralpath.methods.critical import check_granularity, taylor_scores
-from neuralpath.pathway import Granularity, Pathway, check_sparsity, per_layer_topk
+from neuralpath.methods.base import (
+    FinderConfig,
+    PathwayFinder,
+    make_config,
+    register_finder,
+    require,
+)
+from neuralpath.methods.critical import taylor_scores
+from neuralpath.pathway import (
+    Granularity,
+    Pathway,
+    check_sparsity,
+    keep_per_layer,
+    per_layer_topk,
+)
 from neuralpath.seeding import sample_seeds
 from neuralpath.targets import TargetType, resolve_target
 
@@ -33,67 +48,100 @@ def _unit_shape(gated: GatedModel, granularity: Granularity) -> dict[str, tuple[
     return {s.name: s.shape if granularity == "element" else (s.units,) for s in gated.sites}
 
 
+@dataclass(frozen=True)
+class GreedyConfig(FinderConfig):
+    """Settings of ``greedy`` (:class:`GreedyTaylor`).
+
+    ``sparsity=0.9``, ``granularity="element"``: the setting Khakzar et al. compare this baseline
+    in (that of :class:`~neuralpath.methods.critical.CriticalConfig`). ``steps``: pruning steps
+    (10). ``min_per_layer`` **[ours]**, default 1: after each step a layer that would keep fewer
+    units keeps its highest-scoring ones, so pruning never empties a layer (0: never re-added).
+    """
+
+    sparsity: float = 0.9
+    granularity: Granularity = "element"
+    steps: int = 10
+    min_per_layer: int = 1
+
+    def check(self) -> None:
+        check_sparsity(self.sparsity)
+        require(self.steps >= 1, f"steps must be a positive integer, got {self.steps!r}")
+        require(self.min_per_layer >= 0, f"min_per_layer must be >= 0, got {self.min_per_layer}")
+
+
+@register_finder("greedy", GreedyConfig)
 class GreedyTaylor(PathwayFinder):
     """``greedy``: Taylor pruning, re-scoring the pruned network after each of ``steps`` steps.
 
     After step ``t`` (1..T) the number of dropped units is ``round(N · (1 - (1 - s)^(t/T)))``:
     a constant fraction of the remaining units goes each step. Like
     :func:`~neuralpath.pathway.global_percentile`, units tied with the step's threshold are
-    dropped too. Cost: ``steps`` forward + backward passes.
+    dropped too, and each layer keeps ``min_per_layer`` units
+    (:func:`~neuralpath.pathway.keep_per_layer`). Cost: ``steps`` forward + backward passes.
     """
 
     name: ClassVar[str] = "greedy"
 
-    def __init__(
-        self,
-        gated: GatedModel,
-        *,
-        sparsity: float = 0.9,
-        granularity: Granularity = "element",
-        steps: int = 10,
-    ):
+    def __init__(self, gated: GatedModel, config: GreedyConfig | None = None, **changes: Any):
         super().__init__(gated)
-        self.sparsity = check_sparsity(sparsity)
-        self.granularity = check_granularity(granularity)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise InputError(f"steps must be a positive integer, got {steps!r}")
-        self.steps = steps
+        self.config = make_config(GreedyConfig, config, changes)
+        self.sparsity = self.config.sparsity
 
     def drop_counts(self, total: int) -> list[int]:
         """Units dropped after each step, for ``total`` units per sample."""
-        kept = 1.0 - self.sparsity
-        return [round(total * (1.0 - kept ** (t / self.steps))) for t in range(1, self.steps + 1)]
+        kept, steps = 1.0 - self.config.sparsity, self.config.steps
+        return [round(total * (1.0 - kept ** (t / steps))) for t in range(1, steps + 1)]
 
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
+        cfg = self.config
         self.gated.check_inputs(inputs)
-        shapes = _unit_shape(self.gated, self.granularity)
+        shapes = _unit_shape(self.gated, cfg.granularity)
         batch = inputs.shape[0]
         sizes = [int(torch.Size(shape).numel()) for shape in shapes.values()]
-        kept = {
-            n: torch.ones((batch, *shape), dtype=torch.bool, device=inputs.device)
-            for n, shape in shapes.items()
+        ones = {
+            n: torch.ones((batch, *s), dtype=torch.bool, device=inputs.device)
+            for n, s in shapes.items()
         }
+        kept = Pathway(ones, cfg.granularity)
         cls: TargetType = target
         for drop in self.drop_counts(sum(sizes)):
             if drop == 0:
                 continue
-            scores, cls = taylor_scores(self.gated, inputs, cls, kept, self.granularity)
+            scores, cls = taylor_scores(self.gated, inputs, cls, kept, cfg.granularity)
             flat = torch.cat([scores[n].reshape(batch, -1) for n in shapes], dim=1)
-            alive = torch.cat([kept[n].reshape(batch, -1) for n in shapes], dim=1)
-            flat = flat.masked_fill(~alive, float("-inf"))
+            flat = flat.masked_fill(~kept.flatten(), float("-inf"))  # dropped before: never back
             threshold = torch.kthvalue(flat, drop, dim=1).values
-            survive = flat > threshold[:, None]
-            kept = {
-                n: part.reshape(batch, *shapes[n])
-                for n, part in zip(shapes, survive.split(sizes, dim=1), strict=True)
-            }
-        metadata = {"method": self.name, "sparsity": self.sparsity, "steps": self.steps}
-        return Pathway(kept, self.granularity, metadata)
+            split = dict(zip(shapes, flat.split(sizes, dim=1), strict=True))
+            survive = {n: part > threshold[:, None] for n, part in split.items()}
+            kept = keep_per_layer(
+                Pathway(
+                    {n: m.reshape(batch, *shapes[n]) for n, m in survive.items()}, cfg.granularity
+                ),
+                {n: part.reshape(batch, *shapes[n]) for n, part in split.items()},
+                cfg.min_per_layer,
+            )
+        metadata = {"method": self.name, "sparsity": cfg.sparsity, "steps": cfg.steps}
+        return Pathway(dict(kept), cfg.granularity, metadata)
 
     def forward_equivalents(self) -> float:
-        return 3.0 * self.steps
+        return 3.0 * self.config.steps
 
 
+@dataclass(frozen=True)
+class RandomConfig(FinderConfig):
+    """Settings of ``random`` (:class:`RandomPathway`): ``sparsity=0.9`` and
+    ``granularity="element"`` as the critical pathways it is compared with; ``seed`` of the
+    per-sample draws. Every layer keeps at least one unit (per-layer draws)."""
+
+    sparsity: float = 0.9
+    granularity: Granularity = "element"
+    seed: int = 0
+
+    def check(self) -> None:
+        check_sparsity(self.sparsity)
+
+
+@register_finder("random", RandomConfig)
 class RandomPathway(PathwayFinder):
     """``random``: ``round((1 - sparsity) · N_l)`` random units of each layer (at least one).
 
@@ -106,47 +154,49 @@ class RandomPathway(PathwayFinder):
 
     name: ClassVar[str] = "random"
 
-    def __init__(
-        self,
-        gated: GatedModel,
-        *,
-        sparsity: float = 0.9,
-        granularity: Granularity = "element",
-        seed: int = 0,
-    ):
+    def __init__(self, gated: GatedModel, config: RandomConfig | None = None, **changes: Any):
         super().__init__(gated)
-        self.sparsity = check_sparsity(sparsity)
-        self.granularity = check_granularity(granularity)
-        self.seed = seed
+        self.config = make_config(RandomConfig, config, changes)
+        self.sparsity = self.config.sparsity
 
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         self.gated.check_inputs(inputs)
         if target is not None:
             with torch.no_grad():
                 resolve_target(self.gated.forward(inputs), target)
-        shapes = _unit_shape(self.gated, self.granularity)
+        cfg = self.config
+        shapes = _unit_shape(self.gated, cfg.granularity)
         draws: dict[str, list[Tensor]] = {n: [] for n in shapes}
-        for sample_seed in sample_seeds(self.seed, inputs):
+        for sample_seed in sample_seeds(cfg.seed, inputs):
             generator = torch.Generator().manual_seed(sample_seed)
             for name, shape in shapes.items():
                 draws[name].append(torch.rand(shape, generator=generator))
         scores = {n: torch.stack(rows).to(inputs.device) for n, rows in draws.items()}
-        pathway = per_layer_topk(scores, self.sparsity, self.granularity)
-        pathway.metadata.update({"method": self.name, "seed": self.seed})
+        pathway = per_layer_topk(scores, cfg.sparsity, cfg.granularity)
+        pathway.metadata.update({"method": self.name, "seed": cfg.seed})
         return pathway
 
     def forward_equivalents(self) -> float:
         return 0.0
 
 
+@dataclass(frozen=True)
+class ActiveConfig(FinderConfig):
+    """Settings of ``active`` (:class:`ActivePathway`): ``granularity="element"``, as the
+    critical pathways it is compared with (a channel counts as active when any element is)."""
+
+    granularity: Granularity = "element"
+
+
+@register_finder("active", ActiveConfig)
 class ActivePathway(PathwayFinder):
     """``active``: keep exactly the units with ``a > 0`` (channels: any element ``> 0``)."""
 
     name: ClassVar[str] = "active"
 
-    def __init__(self, gated: GatedModel, *, granularity: Granularity = "element"):
+    def __init__(self, gated: GatedModel, config: ActiveConfig | None = None, **changes: Any):
         super().__init__(gated)
-        self.granularity = check_granularity(granularity)
+        self.config = make_config(ActiveConfig, config, changes)
 
     @torch.no_grad()
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
@@ -155,32 +205,10 @@ class ActivePathway(PathwayFinder):
         masks = {}
         for name, activation in recording.activations.items():
             positive = activation > 0
-            if self.granularity == "channel" and positive.dim() > 2:
+            if self.config.granularity == "channel" and positive.dim() > 2:
                 positive = positive.flatten(2).any(dim=2)
             masks[name] = positive
-        return Pathway(masks, self.granularity, {"method": self.name, "rule": "active"})
+        return Pathway(masks, self.config.granularity, {"method": self.name, "rule": "active"})
 
     def forward_equivalents(self) -> float:
         return 1.0
-
-
-@register_finder("greedy")
-def _build_greedy(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    settings = options.settings_for("greedy", ("steps",))
-    return GreedyTaylor(
-        gated, sparsity=options.sparsity, granularity=options.granularity, **settings
-    )
-
-
-@register_finder("random")
-def _build_random(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    options.settings_for("random", ())
-    return RandomPathway(
-        gated, sparsity=options.sparsity, granularity=options.granularity, seed=options.seed
-    )
-
-
-@register_finder("active")
-def _build_active(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    options.settings_for("active", ())
-    return ActivePathway(gated, granularity=options.granularity)

@@ -34,9 +34,11 @@ softmax is exactly 1.0 in float32 (``1 − 1 = 0`` in the plain form); the value
 Where even that gradient is negligible next to ``γ`` (a logit gap in the hundreds), every gate
 gets the same L1 step and the gates stay tied.
 
-**Binary pathway and kept_prediction.** ``"percentile"`` drops the gates at or below the global
-``sparsity`` percentile, except that a sample whose gates would all be dropped (every gate tied
-at the threshold) keeps its gates tied at the top (when positive): ties never empty a pathway.
+**Binary pathway and kept_prediction.** ``"percentile"`` (the default) drops the gates at or below
+the global ``sparsity`` percentile, except that a sample whose gates would all be dropped (every
+gate tied at the threshold) keeps its gates tied at the top (when positive): ties never empty a
+pathway; then every layer keeps its ``min_per_layer`` largest positive gates (a closed gate, 0,
+is never reopened), so the threshold does not empty a layer either.
 ``kept_prediction`` is checked on that *binary* pathway: its pathway model must predict the
 target, and a pathway that keeps no unit never counts (nothing of the input passes it).
 
@@ -57,21 +59,26 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, fields, replace
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel, channels_last
-from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
+from neuralpath.methods.base import (
+    FinderConfig,
+    PathwayFinder,
+    make_config,
+    register_finder,
+    require,
+)
 from neuralpath.pathway import (
-    GRANULARITIES,
     Granularity,
     Pathway,
     check_sparsity,
     global_percentile,
+    keep_per_layer,
 )
 from neuralpath.targets import TargetType, resolve_target
 
@@ -82,21 +89,28 @@ MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 
 
 @dataclass(frozen=True)
-class DGRConfig:
-    """Options of :class:`DGR`; the defaults are the released DGR code's.
+class DGRConfig(FinderConfig):
+    """Settings of :class:`DGR` (``dgr``) and :class:`DGRR` (``dgr-r``).
 
-    ``init``: ``"ones"`` (DGR) or ``"uniform"`` (DGR-R: U(0, 1)). ``init_draw`` **[ours]**, for
-    DGR-R: ``"per_sample"`` draws each sample's start from a generator seeded with ``seed`` and a
-    hash of the sample's values, so samples start apart (as in a per-image loop) while results
-    still do not depend on how a data set is split into batches; ``"shared"``: one draw from
-    ``seed`` for every sample (pathways then start alike, which inflates their overlap). ``binarize``: ``"positive"`` keeps gates ``> 0``;
-    ``"percentile"`` keeps the gates above the global ``sparsity`` percentile of all layers
-    (:func:`~neuralpath.pathway.global_percentile`), or the gates tied at the top where that
-    would keep none. ``retries``: how many times a sample none of
-    whose iterates kept the prediction is re-optimised with ``γ`` multiplied by ``retry_factor``.
-    ``memory_format`` **[ours]**: the layout the optimisation runs in; ``"auto"`` runs 4-D inputs
-    channels-last when the model accepts them (:meth:`GatedModel.runs_channels_last`), which is
-    faster on CPU (NCHW max-pooling is slow there); results agree to float tolerance.
+    The optimisation's defaults are the released DGR code's (γ 0.05, lr 0.1, momentum 0.9,
+    30 iterations, clamp 5, gates from 1), with ``granularity="channel"``: Wang et al. gate
+    channels. ``init``: ``"ones"`` (DGR) or ``"uniform"`` (DGR-R: U(0, 1)). ``init_draw``
+    **[ours]**, for DGR-R: ``"per_sample"`` draws each sample's start from a generator seeded
+    with ``seed`` and a hash of the sample's values, so samples start apart (as in a per-image
+    loop) while results still do not depend on how a data set is split into batches;
+    ``"shared"``: one draw from ``seed`` for every sample (pathways then start alike, which
+    inflates their overlap). ``binarize``: ``"percentile"`` (default) keeps the gates above the
+    global ``sparsity`` percentile of all layers (:func:`~neuralpath.pathway.global_percentile`)
+    at ``sparsity=0.9``, the protocol Khakzar et al. compare DGR in (every finder at the same
+    sparsity), or the gates tied at the top where that would keep none; ``"positive"`` keeps
+    every gate ``> 0`` (its own, per-sample sparsity). ``min_per_layer`` **[ours]**, default 1,
+    for ``"percentile"``: every layer keeps its largest positive gates, so one threshold over
+    channels cannot empty a layer (0: the plain percentile rule). ``retries``: how many times a
+    sample none of whose iterates kept the prediction is re-optimised with ``γ`` multiplied by
+    ``retry_factor``. ``memory_format`` **[ours]**: the layout the optimisation runs in;
+    ``"auto"`` runs 4-D inputs channels-last when the model accepts them
+    (:meth:`GatedModel.runs_channels_last`), which is faster on CPU (NCHW max-pooling is slow
+    there); results agree to float tolerance.
     """
 
     gamma: float = 0.05
@@ -107,79 +121,27 @@ class DGRConfig:
     init: InitRule = "ones"
     init_draw: InitDraw = "per_sample"
     granularity: Granularity = "channel"
-    binarize: BinarizeRule = "positive"
+    binarize: BinarizeRule = "percentile"
     sparsity: float = 0.9
+    min_per_layer: int = 1
     retries: int = 0
     retry_factor: float = 0.1
     seed: int = 0
     memory_format: MemoryFormat = "auto"
 
-    def __post_init__(self) -> None:
-        def number(value: object) -> bool:
-            return (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
-
-        checks = [
-            (number(self.gamma) and self.gamma >= 0, f"gamma must be >= 0, got {self.gamma!r}"),
-            (number(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
-            (
-                number(self.momentum) and 0 <= self.momentum < 1,
-                f"momentum must be in [0, 1), got {self.momentum!r}",
-            ),
-            (
-                isinstance(self.iterations, int)
-                and not isinstance(self.iterations, bool)
-                and self.iterations > 0,
-                f"iterations must be a positive integer, got {self.iterations!r}",
-            ),
-            (
-                number(self.clamp_max) and self.clamp_max > 0,
-                f"clamp_max must be > 0, got {self.clamp_max!r}",
-            ),
-            (
-                self.init in ("ones", "uniform"),
-                f"init must be 'ones' or 'uniform', got {self.init!r}",
-            ),
-            (
-                self.init_draw in ("per_sample", "shared"),
-                f"init_draw must be 'per_sample' or 'shared', got {self.init_draw!r}",
-            ),
-            (
-                self.granularity in GRANULARITIES,
-                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}",
-            ),
-            (
-                self.binarize in ("positive", "percentile"),
-                f"binarize must be 'positive' or 'percentile', got {self.binarize!r}",
-            ),
-            (
-                isinstance(self.retries, int)
-                and not isinstance(self.retries, bool)
-                and self.retries >= 0,
-                f"retries must be a non-negative integer, got {self.retries!r}",
-            ),
-            (
-                number(self.retry_factor) and 0 < self.retry_factor < 1,
-                f"retry_factor must be in (0, 1), got {self.retry_factor!r}",
-            ),
-            (
-                isinstance(self.seed, int) and not isinstance(self.seed, bool),
-                f"seed must be an integer, got {self.seed!r}",
-            ),
-            (
-                self.memory_format in ("auto", "channels_last", "contiguous"),
-                (
-                    "memory_format must be 'auto', 'channels_last' or 'contiguous', "
-                    f"got {self.memory_format!r}"
-                ),
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+    def check(self) -> None:
+        require(self.gamma >= 0, f"gamma must be >= 0, got {self.gamma!r}")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        require(
+            self.iterations > 0, f"iterations must be a positive integer, got {self.iterations!r}"
+        )
+        require(self.clamp_max > 0, f"clamp_max must be > 0, got {self.clamp_max!r}")
+        require(self.retries >= 0, f"retries must be a non-negative integer, got {self.retries!r}")
+        require(
+            0 < self.retry_factor < 1, f"retry_factor must be in (0, 1), got {self.retry_factor!r}"
+        )
+        require(self.min_per_layer >= 0, f"min_per_layer must be >= 0, got {self.min_per_layer}")
         check_sparsity(self.sparsity)
 
     @classmethod
@@ -233,6 +195,7 @@ class _Attempt:
     kept: Tensor
 
 
+@register_finder("dgr", DGRConfig, fixed={"init": "ones"})
 class DGR(PathwayFinder):
     """Distillation Guided Routing: per-sample gates by distillation + L1 (see module docstring).
 
@@ -243,11 +206,9 @@ class DGR(PathwayFinder):
 
     name = "dgr"
 
-    def __init__(self, gated: GatedModel, config: DGRConfig | None = None):
+    def __init__(self, gated: GatedModel, config: DGRConfig | None = None, **changes: Any):
         super().__init__(gated)
-        self.config = config if config is not None else DGRConfig()
-        if not isinstance(self.config, DGRConfig):
-            raise InputError(f"config must be a DGRConfig, got {type(self.config).__name__}")
+        self.config = make_config(DGRConfig, config, changes)
         self.sparsity = self.config.sparsity if self.config.binarize == "percentile" else None
 
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
@@ -356,22 +317,25 @@ class DGR(PathwayFinder):
     def _binarize(self, gates: dict[str, Tensor]) -> Pathway:
         """Binary pathway of the continuous ``gates`` per ``config.binarize``; with
         ``"percentile"``, a sample whose gates all tie at or below the threshold keeps the ones
-        tied at its top (when positive) instead of nothing."""
+        tied at its top (when positive) instead of nothing, and every layer keeps its
+        ``min_per_layer`` largest positive gates."""
         cfg = self.config
         if cfg.binarize == "positive":
             return Pathway({name: gate > 0 for name, gate in gates.items()}, cfg.granularity)
         pathway = global_percentile(gates, cfg.sparsity, cfg.granularity)
         empty = pathway.kept_fraction() == 0
-        if not empty.any():
-            return pathway
-        top = torch.stack([g.reshape(g.shape[0], -1).amax(dim=1) for g in gates.values()])
-        top = top.amax(dim=0)  # [B]: each sample's largest gate
-        masks = {}
-        for name, mask in pathway.items():
-            rows = (-1, *([1] * (mask.dim() - 1)))
-            tied = (gates[name] == top.view(rows)) & (top.view(rows) > 0)
-            masks[name] = torch.where(empty.view(rows), tied, mask)
-        return Pathway(masks, cfg.granularity, pathway.metadata)
+        if empty.any():
+            top = torch.stack([g.reshape(g.shape[0], -1).amax(dim=1) for g in gates.values()])
+            top = top.amax(dim=0)  # [B]: each sample's largest gate
+            masks = {}
+            for name, mask in pathway.items():
+                rows = (-1, *([1] * (mask.dim() - 1)))
+                tied = (gates[name] == top.view(rows)) & (top.view(rows) > 0)
+                masks[name] = torch.where(empty.view(rows), tied, mask)
+            pathway = Pathway(masks, cfg.granularity, pathway.metadata)
+        kept = keep_per_layer(pathway, gates, cfg.min_per_layer)
+        masks = {name: mask & (gates[name] > 0) for name, mask in kept.items()}
+        return Pathway(masks, cfg.granularity, kept.metadata)
 
     def _run(
         self,
@@ -467,36 +431,12 @@ def _describe(cfg: DGRConfig) -> dict[str, object]:
     }  # fmt: skip
 
 
+@register_finder("dgr-r", DGRConfig, fixed={"init": "uniform"})
 class DGRR(DGR):
-    """DGR-R: DGR with gates starting from a seeded U(0, 1) draw."""
+    """DGR-R: DGR with gates starting from a seeded U(0, 1) draw (``init`` is always
+    ``"uniform"``)."""
 
     name = "dgr-r"
 
-    def __init__(self, gated: GatedModel, config: DGRConfig | None = None):
-        super().__init__(gated, replace(config or DGRConfig(), init="uniform"))
-
-
-_SETTABLE = tuple(
-    f.name for f in fields(DGRConfig) if f.name not in ("granularity", "sparsity", "seed", "init")
-)
-"""DGRConfig fields a registry user may set (the others come from :class:`FinderOptions`)."""
-
-
-def _from_options(options: FinderOptions, method: str) -> DGRConfig:
-    """Registry defaults: binarised at the CLI's ``--sparsity`` (global percentile), so DGR is
-    compared with the other finders at the same sparsity (Khakzar et al.'s protocol); the
-    released defaults otherwise, changed by ``options.settings``."""
-    settings = {"binarize": "percentile", **options.settings_for(method, _SETTABLE)}
-    return DGRConfig(
-        granularity=options.granularity, sparsity=options.sparsity, seed=options.seed, **settings
-    )
-
-
-@register_finder("dgr")
-def _build_dgr(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    return DGR(gated, _from_options(options, "dgr"))
-
-
-@register_finder("dgr-r")
-def _build_dgr_r(gated: GatedModel, options: FinderOptions) -> PathwayFinder:
-    return DGRR(gated, _from_options(options, "dgr-r"))
+    def __init__(self, gated: GatedModel, config: DGRConfig | None = None, **changes: Any):
+        super().__init__(gated, replace(make_config(DGRConfig, config, changes), init="uniform"))

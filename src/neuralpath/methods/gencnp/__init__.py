@@ -3,10 +3,10 @@
 Finders (registered on import):
 
 * ``gencnp``: one clean forward of the target + one generator pass -> the generator's DAQ masks
-  (instance-specific sparsity). Needs ``FinderOptions.generator`` (a directory written by
+  (instance-specific sparsity). Needs :attr:`GenCNPConfig.generator` (a directory written by
   :func:`fit_gencnp` / ``neuralpath fit-gencnp``).
 * ``gencnp-global``: the same scores, binarised by one global percentile at
-  ``FinderOptions.sparsity`` (the fixed-sparsity ablation).
+  :attr:`GenCNPGlobalConfig.sparsity` (the fixed-sparsity ablation).
 
 >>> generator = fit_gencnp(gated, train_set, FitConfig(epochs=3), out_dir="runs/gen")
 >>> finder = GenCNPFinder(gated, generator)
@@ -20,22 +20,26 @@ Training under mean ablation (dropped channels become their mean map), with the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
-from neuralpath.methods.base import FinderOptions, PathwayFinder, register_finder
+from neuralpath.methods.base import FinderConfig, PathwayFinder, register_finder, require
 from neuralpath.methods.gencnp.checkpoint import load_generator
 from neuralpath.methods.gencnp.generator import GeneratorConfig, GeneratorOutput, PathwayGenerator
 from neuralpath.methods.gencnp.train import FitConfig, fit_gencnp
-from neuralpath.pathway import Pathway, check_sparsity, global_percentile
+from neuralpath.pathway import Granularity, Pathway, check_sparsity, global_percentile
 from neuralpath.targets import TargetType, resolve_target
 
 __all__ = [
     "FitConfig",
+    "GenCNPConfig",
     "GenCNPFinder",
+    "GenCNPGlobalConfig",
     "GeneratorConfig",
     "GeneratorOutput",
     "PathwayGenerator",
@@ -44,11 +48,48 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class GenCNPConfig(FinderConfig):
+    """Settings of ``gencnp``: ``generator``, the directory :func:`fit_gencnp` wrote (required);
+    ``granularity="channel"``, the only one (Lin et al.'s generator predicts channel masks);
+    ``verify_weights``: require the generator to be for these very weights (False: only its
+    layers, for deliberately changed copies such as a sanity check's randomised model). The
+    sparsity is the generator's own, per sample."""
+
+    generator: str | None = None
+    granularity: Granularity = "channel"
+    verify_weights: bool = True
+
+    def check(self) -> None:
+        require(
+            self.granularity == "channel",
+            "granularity must be 'channel' (GEN-CNP predicts channel pathways), "
+            f"got {self.granularity!r}",
+        )
+
+
+@dataclass(frozen=True)
+class GenCNPGlobalConfig(GenCNPConfig):
+    """Settings of ``gencnp-global``: :class:`GenCNPConfig`'s, plus ``sparsity=0.9`` (the other
+    finders' default, so the ablation compares like with like) and ``min_per_layer``
+    **[ours]**, default 1: one global threshold over channels keeps at least that many channels
+    of every layer (:func:`~neuralpath.pathway.keep_per_layer`)."""
+
+    sparsity: float = 0.9
+    min_per_layer: int = 1
+
+    def check(self) -> None:
+        super().check()
+        check_sparsity(self.sparsity)
+        require(self.min_per_layer >= 0, f"min_per_layer must be >= 0, got {self.min_per_layer}")
+
+
 class GenCNPFinder(PathwayFinder):
     """Pathways predicted by a trained :class:`PathwayGenerator` (channel granularity).
 
     ``sparsity=None``: the generator's own binary masks (instance-specific kept fraction);
-    a float: keep the units above the global percentile of the generator's scores instead.
+    a float: keep the units above the global percentile of the generator's scores instead, and
+    at least ``min_per_layer`` channels of every layer.
     ``target`` is only range-checked: the generator is trained to preserve the target's whole
     output distribution, so its pathway does not depend on the explained class.
     """
@@ -56,7 +97,12 @@ class GenCNPFinder(PathwayFinder):
     name = "gencnp"
 
     def __init__(
-        self, gated: GatedModel, generator: PathwayGenerator, sparsity: float | None = None
+        self,
+        gated: GatedModel,
+        generator: PathwayGenerator,
+        sparsity: float | None = None,
+        *,
+        min_per_layer: int = GenCNPGlobalConfig.min_per_layer,
     ):
         super().__init__(gated)
         mine = [(s.name, s.shape) for s in generator.sites]
@@ -68,6 +114,7 @@ class GenCNPFinder(PathwayFinder):
             raise InputError(f"the generator is on {device}, the target on {gated.device}")
         self.generator = generator.eval()
         self.sparsity = None if sparsity is None else check_sparsity(sparsity)
+        self.min_per_layer = min_per_layer
         self._cost: float | None = None
 
     @torch.no_grad()
@@ -83,7 +130,9 @@ class GenCNPFinder(PathwayFinder):
         if self.sparsity is None:
             masks = {name: m > 0.5 for name, m in output.masks.items()}
             return Pathway(masks, "channel", {"method": "gencnp", "sparsity": "instance"})
-        pathway = global_percentile(output.scores, self.sparsity, "channel")
+        pathway = global_percentile(
+            output.scores, self.sparsity, "channel", min_per_layer=self.min_per_layer
+        )
         pathway.metadata.update({"method": "gencnp-global"})
         return pathway
 
@@ -101,26 +150,19 @@ class GenCNPFinder(PathwayFinder):
         return self._cost
 
 
-def _factory(gated: GatedModel, options: FinderOptions, sparsity: float | None) -> GenCNPFinder:
-    options.settings_for("gencnp" if sparsity is None else "gencnp-global", ())
-    if options.generator is None:
+@register_finder("gencnp", GenCNPConfig)
+@register_finder("gencnp-global", GenCNPGlobalConfig)
+def build_gencnp(gated: GatedModel, config: GenCNPConfig) -> GenCNPFinder:
+    """GEN-CNP pathways from ``config.generator``: instance-specific (:class:`GenCNPConfig`) or
+    at one global sparsity (:class:`GenCNPGlobalConfig`, the ablation)."""
+    if config.generator is None:
         raise InputError(
             "gencnp needs a trained generator: pass --generator GDIR "
             "(train one with `neuralpath fit-gencnp`)"
         )
-    if options.granularity != "channel":
-        raise InputError("gencnp predicts channel pathways; use --granularity channel")
-    loaded = load_generator(options.generator, gated, same_weights=options.verify_weights)
-    return GenCNPFinder(gated, loaded.generator, sparsity)
-
-
-@register_finder("gencnp")
-def build_gencnp(gated: GatedModel, options: FinderOptions) -> GenCNPFinder:
-    """Instance-specific GEN-CNP pathways from ``options.generator``."""
-    return _factory(gated, options, None)
-
-
-@register_finder("gencnp-global")
-def build_gencnp_global(gated: GatedModel, options: FinderOptions) -> GenCNPFinder:
-    """GEN-CNP scores binarised by one global percentile at ``options.sparsity`` (ablation)."""
-    return _factory(gated, options, options.sparsity)
+    loaded = load_generator(config.generator, gated, same_weights=config.verify_weights)
+    if isinstance(config, GenCNPGlobalConfig):
+        return GenCNPFinder(
+            gated, loaded.generator, config.sparsity, min_per_layer=config.min_per_layer
+        )
+    return GenCNPFinder(gated, loaded.generator)
