@@ -70,19 +70,19 @@ def zero_maps_at(
     """Per finder with a sparsity knob: all-zero channel-pathway PG maps at ``sparsity``."""
     import warnings
 
-    from neuralpath.attribution import make_attribution_method, zero_maps
+    from neuralpath.attribution import make_explainer, pathway_options, zero_maps
     from neuralpath.errors import ZeroMapsWarning
     from neuralpath.gating import GatedModel
+    from neuralpath.methods import build_finder
 
     gated = GatedModel.discover(model, images[:1])
+    options = pathway_options(sparsity=sparsity, granularity="channel", seed=seed)
     counts = {}
     for finder in finders:
-        method = make_attribution_method(
-            "pathway-gradient", finder=finder, sparsity=sparsity, granularity="channel", seed=seed
-        )
+        explain = make_explainer("pathway-gradient", gated, build_finder(finder, gated, options))
         with warnings.catch_warnings():  # counted here instead
             warnings.simplefilter("ignore", ZeroMapsWarning)
-            counts[finder] = int(zero_maps(method(gated, images)).sum())
+            counts[finder] = int(zero_maps(explain(images, None)).sum())  # type: ignore[arg-type]
     return counts
 
 

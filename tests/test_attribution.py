@@ -12,12 +12,16 @@ from test_critical import ArgmaxNet
 from torch import Tensor, nn
 
 from neuralpath.attribution import (
-    ATTRIBUTION_METHODS,
     METHOD_NAMES,
+    PATHWAY_METHODS,
     PathwayGradCAM,
     PathwayGradient,
+    explainer_factory,
     make_attribution_method,
+    make_explainer,
+    pathway_options,
     quantus_explain_func,
+    rebind_finder,
     signed_max_abs,
     zero_maps,
 )
@@ -65,7 +69,7 @@ def test_full_pathway_equals_plain_gradient_and_captum_saliency() -> None:
         )
         torch.testing.assert_close(pg, saliency, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(
-        ATTRIBUTION_METHODS["gradient"](gated, inputs, None), _input_gradient(model, inputs, cls)
+        make_explainer("gradient", gated)(inputs, None), _input_gradient(model, inputs, cls)
     )
 
 
@@ -189,8 +193,9 @@ def test_contract() -> None:
         check_batch_equals_loop(method.attribute, inputs)
         check_batch_equals_loop(method.attribute, inputs, torch.tensor([0, 2, 1, 1]))
         assert method.attribute(inputs).shape[0] == 4, name
-    for name, run in ATTRIBUTION_METHODS.items():
-        explain = lambda x, t, run=run: run(gated, x, t)  # noqa: E731
+    finder = build_finder("cp-mct", gated, pathway_options())
+    for name in METHOD_NAMES:
+        explain = make_explainer(name, gated, finder if name in PATHWAY_METHODS else None)
         check_leaves_model_unchanged(model, explain, inputs)
         check_batch_equals_loop(explain, inputs)
         assert explain(inputs, None).shape[1] == (1 if "cam" in name else 3)
@@ -206,7 +211,7 @@ def test_pathway_grad_cam_at_sparsity_zero_equals_captum_layer_grad_cam() -> Non
     )
     expected = LayerAttribution.interpolate(layer, (8, 8), interpolate_mode="bilinear")
     torch.testing.assert_close(cam, expected, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(ATTRIBUTION_METHODS["grad-cam"](gated, inputs, None), expected)
+    torch.testing.assert_close(make_explainer("grad-cam", gated)(inputs, None), expected)
 
 
 def test_pathway_grad_cam_uses_gated_activations() -> None:
@@ -291,7 +296,14 @@ def test_bad_inputs() -> None:
     other = GatedModel.discover(tiny_cnn(1), inputs)
     with pytest.raises(InputError, match="different GatedModel"):
         PathwayGradient(gated, NeuronMCT(other))
-    assert set(METHOD_NAMES) == set(ATTRIBUTION_METHODS)
+    with pytest.raises(InputError, match="takes no pathway finder"):
+        make_explainer("gradient", gated, NeuronMCT(gated))
+    with pytest.raises(InputError, match="needs a pathway finder"):
+        make_explainer("pathway-gradient", gated)
+    with pytest.raises(InputError, match="unknown attribution method"):
+        make_explainer("lime", gated)
+    with pytest.raises(InputError, match="unexpected keywords"):
+        make_attribution_method("pathway-gradient", temperature=2)
     # one-sample pathways broadcast over the batch
     one = RandomPathway(gated, sparsity=0.5).find(inputs[:1])
     assert PathwayGradient(gated).attribute(inputs, pathway=one).shape == inputs.shape
@@ -385,7 +397,7 @@ def test_cli_attribute_writes_maps_meta_and_overlays(tmp_path, capsys) -> None:
 
     code = main([
         "attribute", *common, "--method", "pathway-gradient", "--granularity", "channel",
-        "--sparsity", "0.99", "--no-png", "--out", str(tmp_path / "cut"),
+        "--sparsity", "0.99", "--set", "min_per_layer=0", "--no-png", "--out", str(tmp_path / "cut"),
     ])  # fmt: skip
     printed = capsys.readouterr()
     assert code == 0 and __import__("json").loads(printed.out)["zero_maps"] == 3
@@ -415,7 +427,7 @@ def test_grad_cam_on_a_reused_module_call() -> None:
     inputs = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     gated = GatedModel.discover(model, inputs)
     assert gated.site_names == ["relu#0", "relu#1"]
-    cam = ATTRIBUTION_METHODS["grad-cam"](gated, inputs, None)
+    cam = make_explainer("grad-cam", gated)(inputs, None)
     # Captum on an equivalent model with two separate ReLU modules
     twin = nn.Sequential(model.conv1, nn.ReLU(), model.conv2, nn.ReLU())
     full = lambda x: model.fc(twin(x).mean(dim=(2, 3)))  # noqa: E731
@@ -423,3 +435,94 @@ def test_grad_cam_on_a_reused_module_call() -> None:
     layer = LayerGradCam(full, twin[3]).attribute(inputs, target=cls, relu_attributions=True)
     expected = LayerAttribution.interpolate(layer, (8, 8), interpolate_mode="bilinear")
     torch.testing.assert_close(cam, expected, rtol=1e-12, atol=1e-14)
+
+
+class Shifted(nn.Module):
+    """A classifier with a second forward argument (Captum's ``additional_forward_args``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn(7).double()
+
+    def forward(self, x: Tensor, shift: Tensor | None = None) -> Tensor:
+        logits = self.net(x)
+        return logits if shift is None else logits + shift
+
+
+def test_pathway_methods_take_captums_additional_forward_args() -> None:
+    """The extra arguments reach every forward: target resolution, the finder and ``H_P``. A
+    shift that makes another class the prediction explains that class (it is constant in x)."""
+    model = Shifted().eval()
+    inputs = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4)).double()
+    gated = GatedModel.discover(model, inputs)
+    other = (model(inputs).argmax(1) + 1) % 3
+    shift = 1e3 * nn.functional.one_hot(other, 3).double()
+    for method in (
+        PathwayGradient(gated, NeuronMCT(gated, sparsity=0.7)),
+        PathwayGradCAM(gated, NeuronMCT(gated, sparsity=0.7)),
+    ):
+        shifted = method.attribute(inputs, additional_forward_args=shift)
+        torch.testing.assert_close(shifted, method.attribute(inputs, other), rtol=1e-12, atol=1e-14)
+        assert not torch.allclose(shifted, method.attribute(inputs))
+        torch.testing.assert_close(method.attribute(inputs, None, (shift,)), shifted)
+    pg = PathwayGradient(gated, NeuronMCT(gated, sparsity=0.7))
+    smooth = NoiseTunnel(pg).attribute(
+        inputs, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, additional_forward_args=shift
+    )
+    torch.testing.assert_close(smooth, pg.attribute(inputs, other), rtol=1e-12, atol=1e-14)
+    assert model._forward_pre_hooks == {}  # the hook that passes them is removed
+
+
+def test_explainers_are_built_once_per_gated_model(monkeypatch) -> None:
+    import neuralpath.attribution as attribution
+
+    built = []
+    real = attribution.build_finder
+    monkeypatch.setattr(attribution, "build_finder", lambda *a: built.append(a[0]) or real(*a))
+    _, gated, inputs = _setup()
+    method = make_attribution_method("pathway-gradient", finder="cp-intgrad", sparsity=0.6)
+    first = method(gated, inputs)
+    for _ in range(3):
+        torch.testing.assert_close(method(gated, inputs[:2]), first[:2])
+    assert built == ["cp-intgrad"]
+    method(GatedModel.discover(gated.model, inputs), inputs)  # another gated model: built again
+    assert built == ["cp-intgrad", "cp-intgrad"]
+
+
+def test_factory_rebinds_the_finder_and_recomputes_mean_ablation_for_a_copy() -> None:
+    """A changed copy gets the same sites and a rebound finder (nothing rebuilt), and under mean
+    ablation the per-unit means of the copy, not the trained model's."""
+    import copy
+
+    from neuralpath.interventions import MeanAblation
+    from neuralpath.reference import reference_statistics
+
+    model, gated, inputs = _setup(seed=3)
+    images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(8)).double()
+    under = gated.with_intervention(
+        MeanAblation(reference_statistics(gated, images, progress=False))
+    )
+    finder = NeuronMCT(under, sparsity=0.7)
+    factory = explainer_factory("pathway-gradient", under, finder, reference_images=images)
+    assert factory(model) is factory(model)  # the trained model's explainer, built once
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.features[0].weight.mul_(-1.5)
+    got = factory(changed)(inputs, None)
+
+    plain = GatedModel.discover(changed, inputs, include_fc=True)
+    mean = MeanAblation(reference_statistics(plain, images, progress=False))
+    own = plain.with_intervention(mean)
+    expected = PathwayGradient(own, NeuronMCT(own, sparsity=0.7)).attribute(inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    stale = plain.with_intervention(under.intervention)  # the trained model's means
+    assert not torch.allclose(
+        got, PathwayGradient(stale, NeuronMCT(stale, sparsity=0.7)).attribute(inputs)
+    )
+    with pytest.raises(InputError, match="reference images"):
+        explainer_factory("pathway-gradient", under, finder)(changed)
+
+    rebound = rebind_finder(finder, own)
+    assert rebound.gated is own and finder.gated is under and rebound.sparsity == 0.7
+    with pytest.raises(InputError, match="layers"):
+        rebind_finder(finder, GatedModel.discover(model, inputs))  # fewer sites

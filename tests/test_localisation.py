@@ -6,14 +6,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from neuralpath.errors import InputError, ShapeError
 from neuralpath.metrics.localisation import (
+    LocalisationResult,
     PointingGame,
     RelevanceMass,
     dilate,
     localisation_summary,
 )
+
+
+def score(metric: PointingGame | RelevanceMass, maps: torch.Tensor, masks: torch.Tensor):
+    """``metric``'s scores ``[B]`` of given ``maps`` (its call shape: model, inputs, targets,
+    explanation; given maps need neither the model nor the targets)."""
+    channels = maps.shape[1] if maps.dim() == 4 else 1
+    inputs = torch.zeros(maps.shape[0], channels, *maps.shape[-2:])
+    return metric(nn.Identity(), inputs, None, maps, masks=masks).scores
 
 
 def hand_case() -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,36 +40,43 @@ def hand_case() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_pointing_game_hand() -> None:
     maps, masks = hand_case()
-    assert PointingGame()(maps, masks).tolist() == [1.0, 0.0]
-    assert PointingGame(tolerance=1.0)(maps, masks).tolist() == [1.0, 0.0]  # sqrt(2) > 1
-    assert PointingGame(tolerance=1.5)(maps, masks).tolist() == [1.0, 1.0]
+    assert score(PointingGame(), maps, masks).tolist() == [1.0, 0.0]
+    assert score(PointingGame(tolerance=1.0), maps, masks).tolist() == [1.0, 0.0]  # sqrt(2) > 1
+    assert score(PointingGame(tolerance=1.5), maps, masks).tolist() == [1.0, 1.0]
     assert PointingGame.higher_is_better and PointingGame.direction == "higher"
 
 
 def test_pointing_game_uses_magnitude_by_default() -> None:
     maps, masks = hand_case()
     maps[0, 3, 3] = -9.0  # the largest magnitude, outside
-    assert PointingGame()(maps, masks)[0].item() == 0.0
-    assert PointingGame(reduction="sum")(maps, masks)[0].item() == 1.0
+    assert score(PointingGame(), maps, masks)[0].item() == 0.0
+    assert score(PointingGame(reduction="sum"), maps, masks)[0].item() == 1.0
 
 
 def test_pointing_game_ties_take_first_pixel() -> None:
     masks = torch.zeros(1, 3, 3, dtype=torch.bool)
     masks[0, 2, 2] = True
     maps = torch.ones(1, 3, 3)  # all tied: (0, 0) counts
-    assert PointingGame()(maps, masks).item() == 0.0
+    assert score(PointingGame(), maps, masks).item() == 0.0
     masks[0, 0, 0] = True
-    assert PointingGame()(maps, masks).item() == 1.0
+    assert score(PointingGame(), maps, masks).item() == 1.0
 
 
 def test_relevance_mass_hand() -> None:
     maps, masks = hand_case()
-    mass = RelevanceMass()(maps, masks)
+    mass = score(RelevanceMass(), maps, masks)
     # sample 0: positive relevance 5 (in) + 1 (out); the -2 is ignored -> 5/6
     # sample 1: 3 (in) + 4 (out) -> 3/7
     torch.testing.assert_close(mass, torch.tensor([5 / 6, 3 / 7]))
-    assert RelevanceMass()(-maps.abs(), masks).tolist() == [0.0, 0.0]  # no positive relevance
-    summary = localisation_summary(PointingGame()(maps, masks), mass)
+    assert score(RelevanceMass(), -maps.abs(), masks).tolist() == [
+        0.0,
+        0.0,
+    ]  # no positive relevance
+    inputs = torch.zeros(2, 1, 4, 4)
+    hits = PointingGame()(nn.Identity(), inputs, None, maps, masks=masks)
+    both = RelevanceMass()(nn.Identity(), inputs, None, maps, masks=masks)
+    assert isinstance(hits, LocalisationResult) and hits.summary()["score"] == 0.5
+    summary = localisation_summary(hits, both)
     assert summary["pointing_game"] == 0.5 and summary["relevance_mass"] == pytest.approx(
         (5 / 6 + 3 / 7) / 2
     )
@@ -68,8 +85,12 @@ def test_relevance_mass_hand() -> None:
 def test_channel_maps_are_reduced() -> None:
     maps, masks = hand_case()
     three = maps.unsqueeze(1).repeat(1, 3, 1, 1) / 3  # sum over channels gives maps back
-    torch.testing.assert_close(RelevanceMass()(three, masks), RelevanceMass()(maps, masks))
-    assert PointingGame()(three, masks).tolist() == PointingGame()(maps, masks).tolist()
+    torch.testing.assert_close(
+        score(RelevanceMass(), three, masks), score(RelevanceMass(), maps, masks)
+    )
+    assert (
+        score(PointingGame(), three, masks).tolist() == score(PointingGame(), maps, masks).tolist()
+    )
 
 
 def test_dilate_disk() -> None:
@@ -87,28 +108,49 @@ def test_scores_in_range_and_full_mask(batch, side, seed) -> None:
     maps = torch.randn(batch, side, side, generator=gen)
     masks = torch.rand(batch, side, side, generator=gen) > 0.5
     masks[:, 0, 0] = True
-    mass = RelevanceMass()(maps, masks)
+    mass = score(RelevanceMass(), maps, masks)
     assert torch.all((mass >= 0) & (mass <= 1 + 1e-6))
     full = torch.ones_like(masks)
-    assert torch.all(PointingGame()(maps, full) == 1)
+    assert torch.all(score(PointingGame(), maps, full) == 1)
     has_positive = (maps > 0).flatten(1).any(dim=1)
-    torch.testing.assert_close(RelevanceMass()(maps, full), has_positive.float())
+    torch.testing.assert_close(score(RelevanceMass(), maps, full), has_positive.float())
 
 
 def test_bad_input() -> None:
     maps, masks = hand_case()
     with pytest.raises(ShapeError):
-        PointingGame()(maps, masks[:, :3])
+        score(PointingGame(), maps, masks[:, :3])
     with pytest.raises(ShapeError):
-        RelevanceMass()(maps, masks[0])
+        score(RelevanceMass(), maps, masks[0])
     with pytest.raises(InputError):
-        RelevanceMass()(maps[:0], masks[:0])
+        score(RelevanceMass(), maps[:0], masks[:0])
     with pytest.raises(InputError):
-        PointingGame()(maps, torch.zeros_like(masks))  # empty masks
+        score(PointingGame(), maps, torch.zeros_like(masks))  # empty masks
     with pytest.raises(InputError):
         PointingGame(tolerance=-1)
     with pytest.raises(InputError):
-        RelevanceMass()(torch.full_like(maps, float("nan")), masks)
+        score(RelevanceMass(), torch.full_like(maps, float("nan")), masks)
+    with pytest.raises(InputError, match="masks"):
+        PointingGame()(nn.Identity(), torch.zeros(2, 1, 4, 4), None, maps)
+
+
+def test_an_explainer_is_called_on_the_inputs_for_the_targets() -> None:
+    """The one call shape: an explainer instead of maps gets the inputs and the targets (the
+    model's prediction when None)."""
+    maps, masks = hand_case()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    inputs = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def explain(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        seen.append((x, targets))
+        return maps
+
+    result = PointingGame()(model, inputs, None, explain, masks=masks)
+    assert result.scores.tolist() == [1.0, 0.0]
+    assert torch.equal(seen[0][0], inputs) and torch.equal(seen[0][1], model(inputs).argmax(1))
+    RelevanceMass()(model, inputs, torch.tensor([2, 1]), explain, masks=masks)
+    assert seen[1][1].tolist() == [2, 1]
 
 
 def test_cli_end_to_end_on_synthetic(tmp_path) -> None:

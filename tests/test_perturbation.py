@@ -11,14 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from neuralpath.attribution import make_explainer
 from neuralpath.errors import InputError, ShapeError
+from neuralpath.gating import GatedModel
 from neuralpath.metrics.perturbation import (
     Deletion,
+    FastLayout,
     Insertion,
     LeRF,
     MoRF,
-    bind,
-    method_explainer,
     order_ranks,
     pixel_count,
     pixel_relevance,
@@ -60,7 +61,7 @@ def rel_change(z: float) -> float:
 
 
 def test_lerf_hand_values() -> None:
-    result = LeRF([25, 50, 75])(MODEL, X, attributions=RELEVANCE)
+    result = LeRF([25, 50, 75])(MODEL, X, None, RELEVANCE)
     # drop pixel 3 (2.0) -> 0.5; pixels 3, 2 -> 1.5; pixels 3, 2, 1 -> 1.0
     expected = [rel_change(0.5), rel_change(1.5), rel_change(1.0)]
     torch.testing.assert_close(result.curve[0], torch.tensor(expected), rtol=1e-6, atol=1e-7)
@@ -70,7 +71,7 @@ def test_lerf_hand_values() -> None:
 
 
 def test_morf_hand_values() -> None:
-    result = MoRF([25, 50, 75])(MODEL, X, attributions=RELEVANCE)
+    result = MoRF([25, 50, 75])(MODEL, X, None, RELEVANCE)
     # drop pixel 0 (1.0) -> 1.5; pixels 0, 1 -> 1.0; pixels 0, 1, 2 -> 2.0
     expected = [rel_change(1.5), rel_change(1.0), rel_change(2.0)]
     torch.testing.assert_close(result.curve[0], torch.tensor(expected), rtol=1e-6, atol=1e-7)
@@ -78,27 +79,23 @@ def test_morf_hand_values() -> None:
 
 
 def test_baseline_value_and_single_q() -> None:
-    result = MoRF([25])(
-        MODEL,
-        X,
-        attributions=RELEVANCE,
-    )
+    result = MoRF([25])(MODEL, X, None, RELEVANCE)
     assert result.area.item() == pytest.approx(result.curve[0, 0].item())
-    shifted = MoRF([25], baseline=3.0)(MODEL, X, attributions=RELEVANCE)
+    shifted = MoRF([25], baseline=3.0)(MODEL, X, None, RELEVANCE)
     assert shifted.curve[0, 0].item() == pytest.approx(rel_change(2.5 - 1.0 + 3.0), rel=1e-6)
-    per_channel = MoRF([25], baseline=torch.tensor([3.0]))(MODEL, X, attributions=RELEVANCE)
+    per_channel = MoRF([25], baseline=torch.tensor([3.0]))(MODEL, X, None, RELEVANCE)
     torch.testing.assert_close(per_channel.curve, shifted.curve)
 
 
 def test_explicit_target_label() -> None:
     # explaining class 1: p = 1 - sigmoid(2.5); LeRF 25 % -> 1 - sigmoid(0.5)
-    result = LeRF([25])(MODEL, X, torch.tensor([1]), attributions=RELEVANCE)
+    result = LeRF([25])(MODEL, X, torch.tensor([1]), RELEVANCE)
     p = 1 - sigmoid(2.5)
     assert result.curve[0, 0].item() == pytest.approx(abs(p - (1 - sigmoid(0.5))) / p, rel=1e-6)
 
 
 def test_deletion_and_insertion_auc_hand_values() -> None:
-    deletion = Deletion(steps=4)(MODEL, X, attributions=RELEVANCE)
+    deletion = Deletion(steps=4)(MODEL, X, None, RELEVANCE)
     kept_sums = [2.5, 1.5, 1.0, 2.0, 0.0]  # delete pixel 0, then 1, 2, 3
     probs = [sigmoid(z) for z in kept_sums]
     torch.testing.assert_close(deletion.curve[0], torch.tensor(probs), rtol=1e-6, atol=1e-7)
@@ -106,7 +103,7 @@ def test_deletion_and_insertion_auc_hand_values() -> None:
     assert deletion.area.item() == pytest.approx(trapezoid, rel=1e-6)
     torch.testing.assert_close(deletion.fractions, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
 
-    insertion = Insertion(steps=4)(MODEL, X, attributions=RELEVANCE)
+    insertion = Insertion(steps=4)(MODEL, X, None, RELEVANCE)
     inserted_sums = [0.0, 1.0, 1.5, 0.5, 2.5]  # insert pixel 0, then 1, 2, 3 into the zero image
     probs = [sigmoid(z) for z in inserted_sums]
     torch.testing.assert_close(insertion.curve[0], torch.tensor(probs), rtol=1e-6, atol=1e-7)
@@ -118,15 +115,15 @@ def test_deletion_and_insertion_auc_hand_values() -> None:
 
 def test_steps_round_pixel_counts() -> None:
     # 4 pixels in 3 steps: counts round(k * 4 / 3) = 0, 1, 3, 4
-    curve = Deletion(steps=3)(MODEL, X, attributions=RELEVANCE).curve[0]
+    curve = Deletion(steps=3)(MODEL, X, None, RELEVANCE).curve[0]
     expected = [sigmoid(2.5), sigmoid(1.5), sigmoid(2.0), sigmoid(0.0)]
     torch.testing.assert_close(curve, torch.tensor(expected), rtol=1e-6, atol=1e-7)
 
 
 def test_ties_follow_row_major_order() -> None:
     flat = torch.ones(1, 1, 2, 2)
-    morf = MoRF([25])(MODEL, X, attributions=flat)
-    lerf = LeRF([25])(MODEL, X, attributions=flat)
+    morf = MoRF([25])(MODEL, X, None, flat)
+    lerf = LeRF([25])(MODEL, X, None, flat)
     # both remove pixel 0 first
     assert morf.curve[0, 0].item() == pytest.approx(rel_change(1.5), rel=1e-6)
     assert lerf.curve[0, 0].item() == pytest.approx(rel_change(1.5), rel=1e-6)
@@ -168,8 +165,8 @@ def test_curves_monotone_and_morf_dominates_lerf(case) -> None:
     contributions = (w * x).view(1, 1, 1, -1)
     if model(inputs).argmax().item() != 0:
         return  # w . x == 0: the prediction is a tie
-    morf = MoRF(qs)(model, inputs, attributions=contributions).curve[0]
-    lerf = LeRF(qs)(model, inputs, attributions=contributions).curve[0]
+    morf = MoRF(qs)(model, inputs, None, contributions).curve[0]
+    lerf = LeRF(qs)(model, inputs, None, contributions).curve[0]
     assert torch.all(morf[1:] >= morf[:-1] - 1e-6)
     assert torch.all(lerf[1:] >= lerf[:-1] - 1e-6)
     assert torch.all(morf >= lerf - 1e-6)
@@ -183,7 +180,7 @@ def test_auc_in_unit_interval(batch, side, steps, seed) -> None:
     x = torch.randn(batch, 1, side, side, generator=gen)
     a = torch.randn(batch, 1, side, side, generator=gen)
     for metric in (Deletion(steps), Insertion(steps)):
-        result = metric(model, x, attributions=a)
+        result = metric(model, x, None, a)
         assert torch.all((result.area >= 0) & (result.area <= 1))
         assert result.curve.shape == (batch, steps + 1)
 
@@ -219,23 +216,23 @@ def test_bad_input() -> None:
     with pytest.raises(InputError):
         Deletion(steps=0)
     with pytest.raises(ShapeError):
-        LeRF()(MODEL, X, attributions=torch.ones(1, 1, 3, 3))
+        LeRF()(MODEL, X, None, torch.ones(1, 1, 3, 3))
     with pytest.raises(InputError):
-        LeRF()(MODEL, X[:0], attributions=RELEVANCE[:0])
+        LeRF()(MODEL, X[:0], None, RELEVANCE[:0])
+    with pytest.raises(InputError, match="explanation must be maps"):
+        LeRF()(MODEL, X, None, "maps")  # neither maps nor an explainer
     with pytest.raises(InputError):
-        LeRF()(MODEL, X)  # neither attributions nor explain
-    with pytest.raises(InputError):
-        LeRF()(MODEL, X, attributions=torch.full_like(RELEVANCE, float("nan")))
+        LeRF()(MODEL, X, None, torch.full_like(RELEVANCE, float("nan")))
     with pytest.raises(ShapeError):
-        MoRF(baseline=torch.ones(5))(MODEL, X, attributions=RELEVANCE)
+        MoRF(baseline=torch.ones(5))(MODEL, X, None, RELEVANCE)
 
 
 def _tiny_run(metric):
     model = tiny_cnn()
-    explain = bind(method_explainer("gradient"), model)
+    explain = make_explainer("gradient", GatedModel.discover(model, torch.zeros(1, 3, 8, 8)))
 
     def run(inputs, target):
-        return metric(model, inputs, target, explain=explain).curve
+        return metric(model, inputs, target, explain).curve
 
     return model, run
 
@@ -250,3 +247,26 @@ def test_contract(metric) -> None:
     check_cleans_up_after_raise(model, model.features[2], run, inputs)
     check_batch_equals_loop(run, inputs, torch.tensor([0, 1, 2]))
     check_batch_equals_loop(run, inputs, None)
+
+
+class ViewNet(nn.Module):
+    """Flattens with ``view``, which a channels-last tensor refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv(x))
+        return self.fc(a.view(a.shape[0], -1))
+
+
+def test_fast_layout_gives_the_models_outputs() -> None:
+    """Channels-last copies where the model accepts them (same values to rounding), the inputs
+    unchanged where it does not."""
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    for model in (tiny_cnn(), ViewNet().eval()):
+        fast = FastLayout(GatedModel.discover(model, x[:1]))
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-6)
+    assert not GatedModel.discover(ViewNet().eval(), x[:1]).runs_channels_last()

@@ -13,16 +13,16 @@ from quantus.functions.perturb_func import noisy_linear_imputation as quantus_im
 from torch import nn
 
 import neuralpath.metrics.roar as roar_module
+from neuralpath.attribution import make_explainer
 from neuralpath.data import ImageDataset
 from neuralpath.errors import InputError, ShapeError
+from neuralpath.gating import GatedModel
 from neuralpath.metrics.perturbation import (
     DEFAULT_NOISE_STD,
     Deletion,
     Insertion,
     LeRF,
     MoRF,
-    bind,
-    method_explainer,
     noisy_linear_imputation,
     order_ranks,
     pixel_count,
@@ -182,20 +182,20 @@ def test_remove_pixels_modes_and_bad_settings() -> None:
 def test_curves_with_noisy_linear_removal_on_a_toy_model() -> None:
     model = tiny_cnn(seed=0)
     x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    explain = bind(method_explainer("gradient"), model)
+    explain = make_explainer("gradient", GatedModel.discover(model, x[:1]))
     for make in (LeRF, MoRF):
         metric = make([5, 20, 50], removal="noisy-linear")
-        result = metric(model, x, explain=explain)
+        result = metric(model, x, None, explain)
         assert result.curve.shape == (6, 3)
         # |p - p'| / p is bounded by 1 whenever p' <= 2 p, which holds for this fixed toy
         assert torch.all((result.curve >= 0) & (result.curve <= 1))
-        assert torch.equal(result.curve, metric(model, x, explain=explain).curve)
-        check_batch_equals_loop(lambda i, t, m=metric: m(model, i, t, explain=explain).curve, x)
-    baseline = LeRF([5, 20, 50])(model, x, explain=explain).curve
-    imputed = LeRF([5, 20, 50], removal="noisy-linear")(model, x, explain=explain).curve
+        assert torch.equal(result.curve, metric(model, x, None, explain).curve)
+        check_batch_equals_loop(lambda i, t, m=metric: m(model, i, t, explain).curve, x)
+    baseline = LeRF([5, 20, 50])(model, x, None, explain).curve
+    imputed = LeRF([5, 20, 50], removal="noisy-linear")(model, x, None, explain).curve
     assert not torch.equal(baseline, imputed)
     for make in (Deletion, Insertion):  # their ends remove every pixel: the fill plus noise
-        result = make(steps=4, removal="noisy-linear")(model, x, explain=explain)
+        result = make(steps=4, removal="noisy-linear")(model, x, None, explain)
         assert torch.all((result.curve >= 0) & (result.curve <= 1))
         assert torch.all((result.area >= 0) & (result.area <= 1))
 
@@ -327,7 +327,7 @@ def test_road_accuracies_equal_quantus_road() -> None:
             batch_size=32,
         )
     ranks = order_ranks(relevance_order(pixel_relevance(maps)))
-    morf = MoRF(percentages, removal="noisy-linear", noise_std=0.0)(model, x, attributions=maps)
+    morf = MoRF(percentages, removal="noisy-linear", noise_std=0.0)(model, x, None, maps)
     p = model(x).softmax(1).gather(1, y[:, None]).squeeze(1)
     ours = {}
     for column, q in enumerate(percentages):

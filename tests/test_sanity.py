@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import rankdata, spearmanr
 
+from neuralpath.attribution import explainer_factory
 from neuralpath.errors import InputError, LayerError, ShapeError
-from neuralpath.metrics.perturbation import method_explainer
+from neuralpath.gating import GatedModel
 from neuralpath.metrics.sanity import (
     CascadingRandomisation,
     average_ranks,
@@ -79,23 +80,24 @@ def test_ranks_and_spearman_match_scipy(values, seed) -> None:
         assert got == pytest.approx(expected, abs=1e-9)
 
 
-def gradient_explain():
-    return method_explainer("gradient")
+def gradient_explain(model: torch.nn.Module):
+    """Captum's input gradient as an explainer factory (built for each model it is given)."""
+    return explainer_factory("gradient", GatedModel.discover(model, torch.zeros(1, 3, 8, 8)))
 
 
 def test_layers_randomised_in_order_from_the_output() -> None:
     model = tiny_cnn()
     original = {k: v.clone() for k, v in model.state_dict().items()}
     changed_per_call: list[list[str]] = []
-    explain = gradient_explain()
+    factory = gradient_explain(model)
 
-    def recording(m, inputs, targets):
+    def recording(m):
         state = m.state_dict()
         changed = sorted(
             {k.rsplit(".", 1)[0] for k, v in state.items() if not torch.equal(v, original[k])}
         )
         changed_per_call.append(changed)
-        return explain(m, inputs, targets)
+        return factory(m)
 
     result = CascadingRandomisation()(model, torch.randn(2, 3, 8, 8), None, recording)
     assert result.layers == ["classifier.4", "classifier.1", "features.2", "features.0"]
@@ -112,12 +114,33 @@ def test_layers_randomised_in_order_from_the_output() -> None:
     assert summary["higher_is_better"] is False and len(summary["similarity"]["ssim"]) == 4
     assert summary["zero_maps"] == [0, 0, 0, 0]
 
-    def blank_first(m, inputs, targets):  # the randomised copies explain sample 0 by zeros
-        maps = explain(m, inputs, targets)
-        return maps if m is model else torch.cat([maps[:1] * 0, maps[1:]])
+    def blank_first(m):  # the randomised copies explain sample 0 by zeros
+        explain = factory(m)
+        if m is model:
+            return explain
+        return lambda inputs, targets: torch.cat([explain(inputs, targets)[:1] * 0,
+                                                  explain(inputs, targets)[1:]])  # fmt: skip
 
     blanked = CascadingRandomisation()(model, torch.randn(2, 3, 8, 8), None, blank_first)
     assert blanked.zero_maps == [1, 1, 1, 1]
+
+
+def test_explainers_are_called_in_batches() -> None:
+    model = tiny_cnn()
+    sizes = []
+    factory = gradient_explain(model)
+
+    def counting(m):
+        explain = factory(m)
+        return lambda inputs, targets: sizes.append(inputs.shape[0]) or explain(inputs, targets)
+
+    x = torch.randn(5, 3, 8, 8)
+    whole = CascadingRandomisation(measures=("spearman",))(model, x, None, factory)
+    batched = CascadingRandomisation(measures=("spearman",), batch_size=2)(model, x, None, counting)
+    assert sizes == [2, 2, 1] * 5  # the trained model, then 4 randomised copies
+    torch.testing.assert_close(batched.scores["spearman"], whole.scores["spearman"])
+    with pytest.raises(InputError, match="batch_size"):
+        CascadingRandomisation(batch_size=0)
 
 
 def test_seeded_and_model_untouched() -> None:
@@ -126,7 +149,7 @@ def test_seeded_and_model_untouched() -> None:
     metric = CascadingRandomisation(seed=3)
 
     def run(inputs, target):
-        result = metric(model, inputs, target, gradient_explain())
+        result = metric(model, inputs, target, gradient_explain(model))
         return torch.stack(
             [result.scores[m] for m in ("spearman", "spearman_abs", "ssim")], dim=-1
         ).transpose(0, 1)
@@ -135,7 +158,9 @@ def test_seeded_and_model_untouched() -> None:
     check_cleans_up_after_raise(model, model.features[2], run, x)
     check_batch_equals_loop(run, x, torch.tensor([0, 1, 2]), atol=1e-6)
     torch.testing.assert_close(run(x, None), run(x, None))
-    other = CascadingRandomisation(seed=4)(model, x, None, gradient_explain()).scores["spearman"]
+    other = CascadingRandomisation(seed=4)(model, x, None, gradient_explain(model)).scores[
+        "spearman"
+    ]
     assert not torch.equal(other, run(x, None)[..., 0].T)
 
 
@@ -143,9 +168,11 @@ def test_randomised_gradient_loses_similarity_but_edge_detector_does_not() -> No
     """Adebayo's point: a model-independent map (here the input itself) stays identical."""
     model = tiny_cnn()
     x = torch.nn.functional.interpolate(torch.randn(4, 3, 4, 4), size=(8, 8), mode="bilinear")
-    result = CascadingRandomisation(measures=("spearman",))(model, x, None, lambda m, i, t: i * 2)
+    result = CascadingRandomisation(measures=("spearman",))(
+        model, x, None, lambda m: lambda i, t: i * 2
+    )
     torch.testing.assert_close(result.scores["spearman"], torch.ones(4, 4, dtype=torch.float64))
-    grad = CascadingRandomisation(measures=("spearman",))(model, x, None, gradient_explain())
+    grad = CascadingRandomisation(measures=("spearman",))(model, x, None, gradient_explain(model))
     assert grad.scores["spearman"][-1].abs().mean() < 0.9
 
 
@@ -153,7 +180,7 @@ def test_explicit_layers_and_bad_input() -> None:
     model = tiny_cnn()
     x = torch.randn(2, 3, 8, 8)
     result = CascadingRandomisation(layers=["classifier.4", "features.3"], measures=("spearman",))(
-        model, x, None, gradient_explain()
+        model, x, None, gradient_explain(model)
     )
     assert result.layers == ["classifier.4", "features.3"]
     assert weight_layers(model, x[:1]) == [
@@ -163,10 +190,47 @@ def test_explicit_layers_and_bad_input() -> None:
         "classifier.4",
     ]
     with pytest.raises(LayerError):
-        CascadingRandomisation(layers=["nope"])(model, x, None, gradient_explain())
+        CascadingRandomisation(layers=["nope"])(model, x, None, gradient_explain(model))
     with pytest.raises(InputError):
         CascadingRandomisation(measures=("psnr",))
     with pytest.raises(InputError):
-        CascadingRandomisation()(model, x[:0], None, gradient_explain())
+        CascadingRandomisation()(model, x[:0], None, gradient_explain(model))
     with pytest.raises(ShapeError):
-        CascadingRandomisation()(model, x, None, lambda m, i, t: torch.ones(2, 5, 5))
+        CascadingRandomisation()(model, x, None, lambda m: lambda i, t: torch.ones(2, 5, 5))
+
+
+def test_mean_ablation_means_are_recomputed_for_every_randomised_model(monkeypatch) -> None:
+    """The trained model's per-unit means do not describe a randomised copy: under mean ablation
+    each randomised model gets its own, over the same reference images, once per step."""
+    import neuralpath.attribution as attribution
+    from neuralpath.attribution import pathway_options
+    from neuralpath.interventions import MeanAblation
+    from neuralpath.methods import build_finder
+    from neuralpath.reference import reference_statistics
+
+    model = tiny_cnn()
+    images = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    gated = GatedModel.discover(model, images[:1])
+    trained = reference_statistics(gated, images, progress=False)
+    under = gated.with_intervention(MeanAblation(trained))
+    finder = build_finder("cp-mct", under, pathway_options(sparsity=0.5))
+    computed = []
+
+    def spy(plain, data, **options):
+        statistics = reference_statistics(plain, data, **options)
+        computed.append((plain.model, data, statistics))
+        return statistics
+
+    monkeypatch.setattr(attribution, "reference_statistics", spy)
+    factory = explainer_factory("pathway-gradient", under, finder, reference_images=images)
+    metric = CascadingRandomisation(measures=("spearman",), batch_size=2)
+    result = metric(model, images[:3], None, factory)
+    assert len(computed) == len(result.layers) == 4  # once per step, not per batch
+    assert all(copy is not model and data is images for copy, data, _ in computed)
+    randomised = computed[-1][2].means  # every layer randomised
+    assert all(not torch.allclose(randomised[n], trained.means[n]) for n in trained.means)
+    assert computed[-1][2].source["recomputed_for"] == "changed copy of the target"
+
+    bare = explainer_factory("pathway-gradient", under, finder)  # no reference images
+    with pytest.raises(InputError, match="reference images"):
+        metric(model, images[:2], None, bare)

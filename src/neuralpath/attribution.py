@@ -1,25 +1,39 @@
-"""Pathway Gradient and Grad-CAM on the pathway model (spec §3), Captum- and Quantus-compatible.
+"""Pathway Gradient and Grad-CAM on the pathway model (spec §3), and one explain signature for
+every saliency method, ours and Captum's.
 
 * :class:`PathwayGradient`: ``PG(x) = ∇_x y_c(H_P(x))`` with the pathway ``P`` found by a finder on
   the same inputs and then held fixed: removed units pass neither signal nor gradient.
 * :class:`PathwayGradCAM`: Grad-CAM computed from the gated activations and gradients of ``H_P``.
 
-Both are :class:`captum.attr.GradientAttribution` subclasses, so they work inside
-``captum.attr.NoiseTunnel``; :func:`quantus_explain_func` exposes every method of
-:data:`ATTRIBUTION_METHODS` with Quantus' ``explain_func`` signature. :func:`signed_max_abs` is
-the display reduction of a map to ``[B, H, W]``. :func:`attribute_dataset`,
-:meth:`AttributionRun.save` and :func:`save_overlays` explain a data set (``neuralpath attribute``).
+Both are :class:`captum.attr.GradientAttribution` subclasses: they work inside
+``captum.attr.NoiseTunnel`` and take Captum's ``additional_forward_args``.
+
+**Build once, explain many.** Attribution, the perturbation metrics, sanity checks and ROAR use
+every method through one signature, an :data:`~neuralpath.metrics.perturbation.Explainer`
+``explain(inputs [B, C, H, W], targets [B]) -> maps [B, C|1, H, W]``, built once per model by
+:func:`make_explainer` from a method name, a gated model and a finder built once
+(:func:`~neuralpath.methods.build_finder`). :func:`explainer_factory` builds the same method for
+a changed copy of the model (a sanity check's randomised model): the copy gets its own
+:class:`GatedModel` and the finder rebound to it (:func:`rebind_finder`; nothing is rebuilt or
+reloaded), and under mean ablation the per-unit means of the copy. :func:`quantus_explain_func`
+adapts every method of :data:`METHOD_NAMES` to Quantus' ``explain_func``; :func:`signed_max_abs`
+is the display reduction of a map to ``[B, H, W]``; :func:`attribute_dataset`,
+:meth:`AttributionRun.save` and :func:`save_overlays` explain a data set
+(``neuralpath attribute``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,14 +53,20 @@ from tqdm.auto import tqdm
 
 from neuralpath.errors import InputError, LayerError, ZeroMapsWarning
 from neuralpath.gating import GatedModel, frozen
+from neuralpath.interventions import Intervention, MeanAblation
 from neuralpath.io import atomic_path, save_tensors, write_json_atomic
 from neuralpath.methods.base import FinderOptions, PathwayFinder, build_finder
 from neuralpath.methods.critical import CriticalPathwayFinder
 from neuralpath.pathway import Granularity, Pathway, check_sparsity
+from neuralpath.reference import reference_statistics
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
+if TYPE_CHECKING:
+    from neuralpath.metrics.perturbation import Explainer, ExplainerFactory
+
 AttributionMethod = Callable[[GatedModel, Tensor, TargetType], Tensor]
-"""``(gated, inputs [B, C, H, W], target) -> map``: ``[B, C, H, W]``, or ``[B, 1, H, W]`` (CAMs)."""
+"""``(gated, inputs [B, C, H, W], target) -> maps``: the by-name adapter of
+:func:`make_attribution_method` for callers that hold no state between calls (Quantus)."""
 
 _NO_GRADIENT = (
     "no gradient path from the inputs to the output: the model's forward is not differentiable "
@@ -72,8 +92,42 @@ def _check_tensor_inputs(gated: GatedModel, inputs: object) -> Tensor:
     return inputs  # type: ignore[return-value]
 
 
+@contextmanager
+def forward_args(model: nn.Module, additional_forward_args: object = None) -> Iterator[None]:
+    """Inside the block every call ``model(x)`` runs as ``model(x, *additional_forward_args)``
+    (Captum's convention: one extra argument, or a tuple of them; None adds nothing), so finders,
+    target resolution and the pathway model's forward all see them."""
+    if additional_forward_args is None:
+        yield
+        return
+    extra = (
+        additional_forward_args
+        if isinstance(additional_forward_args, tuple)
+        else (additional_forward_args,)
+    )
+    handle = model.register_forward_pre_hook(lambda _module, args: (*args, *extra))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _PathwayForward(NamedTuple):
+    """One forward of the pathway model: the input leaf, the summed target logit, the pathway
+    and the recording (site outputs, when asked for)."""
+
+    inputs: Tensor
+    objective: Tensor
+    pathway: Pathway
+    recording: Any
+
+
 class _PathwayAttribution(GradientAttribution):
-    """Shared machinery: resolve the target and the fixed pathway for a batch."""
+    """Shared machinery: resolve the target and the fixed pathway for a batch, run ``H_P``;
+    subclasses turn that forward into maps (:meth:`_maps`)."""
+
+    records = False
+    """Whether the maps need the site outputs of the forward."""
 
     def __init__(self, gated: GatedModel, finder: PathwayFinder | None = None):
         if not isinstance(gated, GatedModel):
@@ -113,6 +167,48 @@ class _PathwayAttribution(GradientAttribution):
             cls = resolve_target(self.gated.forward(inputs), target)
         return pathway.detach(), cls
 
+    @log_usage()
+    @torch.enable_grad()
+    def attribute(
+        self,
+        inputs: Tensor,
+        target: TargetType = None,
+        additional_forward_args: object = None,
+        *,
+        pathway: Pathway | None = None,
+    ) -> Tensor:
+        """Maps of ``inputs`` ``[B, *input_shape]`` (their shape: see the class).
+
+        ``target``: None (the model's prediction), an int, or ``[B]`` classes.
+        ``additional_forward_args``: passed after the inputs to every forward of the model
+        (Captum's convention). ``pathway``: use this fixed pathway (``[B]`` or one sample
+        broadcast) instead of running the finder.
+        """
+        return self._maps(self._forward(inputs, target, additional_forward_args, pathway))
+
+    def _maps(self, run: _PathwayForward) -> Tensor:
+        """The maps of one forward of ``H_P`` (:meth:`_forward`)."""
+        raise NotImplementedError
+
+    def _forward(
+        self,
+        inputs: object,
+        target: TargetType,
+        additional_forward_args: object,
+        pathway: Pathway | None,
+    ) -> _PathwayForward:
+        """Find (or take) the pathway, then one differentiable forward of ``H_P`` (site outputs
+        recorded where the maps need them)."""
+        checked = _check_tensor_inputs(self.gated, inputs)
+        with forward_args(self.gated.model, additional_forward_args):
+            pathway, cls = self.pathway_and_target(checked, target, pathway)
+            x = checked.detach().requires_grad_(True)
+            with self.gated.gate(pathway, record=self.records) as recording:
+                logits = self.gated.model(x)
+        if not logits.requires_grad:
+            raise InputError(_NO_GRADIENT)
+        return _PathwayForward(x, select_logit(logits, cls).sum(), pathway, recording)
+
 
 class PathwayGradient(_PathwayAttribution):
     """``∇_x y_c(H_P(x))`` with ``P`` found by ``finder`` on the same inputs, then fixed.
@@ -122,29 +218,14 @@ class PathwayGradient(_PathwayAttribution):
     >>> smooth = NoiseTunnel(pg).attribute(images, nt_type="smoothgrad", stdevs=0.1)
     """
 
-    @log_usage()
-    @torch.enable_grad()
-    def attribute(  # type: ignore[override]
-        self, inputs: Tensor, target: TargetType = None, pathway: Pathway | None = None
-    ) -> Tensor:
-        """Pathway Gradient of ``inputs`` ``[B, *input_shape]``: same shape and dtype.
-
-        ``target``: None (the model's prediction), an int, or ``[B]`` classes. ``pathway``: use
-        this fixed pathway (``[B]`` or one sample broadcast) instead of running the finder.
-        """
-        inputs = _check_tensor_inputs(self.gated, inputs)
-        pathway, cls = self.pathway_and_target(inputs, target, pathway)
-        x = inputs.detach().requires_grad_(True)
-        with self.gated.gate(pathway):
-            logits = self.gated.model(x)
-        if not logits.requires_grad:
-            raise InputError(_NO_GRADIENT)
-        (grad,) = torch.autograd.grad(select_logit(logits, cls).sum(), x, allow_unused=True)
+    def _maps(self, run: _PathwayForward) -> Tensor:
+        """Pathway Gradient: same shape and dtype as the inputs."""
+        (grad,) = torch.autograd.grad(run.objective, run.inputs, allow_unused=True)
         if grad is None:
             raise InputError(_NO_GRADIENT)
         _warn_about_zero_maps(
             grad,
-            pathway,
+            run.pathway,
             "Pathway Gradient",
             "no gradient reaches the input through their pathways",
         )
@@ -176,10 +257,10 @@ def _warn_about_zero_maps(maps: Tensor, pathway: Pathway, method: str, otherwise
         )
     else:
         cause = f" ({otherwise})"
-    warnings.warn(  # stacklevel: past attribute() and its two decorators, to the caller
+    warnings.warn(  # stacklevel: past _maps(), attribute() and its two decorators
         f"{int(zero.sum())} of {zero.shape[0]} {method} maps are all zero{cause}",
         ZeroMapsWarning,
-        stacklevel=5,
+        stacklevel=6,
     )
 
 
@@ -199,6 +280,8 @@ class PathwayGradCAM(_PathwayAttribution):
     :class:`~neuralpath.errors.ZeroMapsWarning` naming the layers their pathways empty.
     """
 
+    records = True
+
     def __init__(
         self, gated: GatedModel, finder: PathwayFinder | None = None, layer: str | None = None
     ):
@@ -207,30 +290,18 @@ class PathwayGradCAM(_PathwayAttribution):
         if len(gated.site(self.layer).shape) != 3:
             raise LayerError(f"Grad-CAM layer {self.layer!r} has no spatial [C, H, W] output")
 
-    @log_usage()
-    @torch.enable_grad()
-    def attribute(  # type: ignore[override]
-        self, inputs: Tensor, target: TargetType = None, pathway: Pathway | None = None
-    ) -> Tensor:
-        """Grad-CAM of ``H_P`` for ``inputs`` ``[B, C, H, W]``: ``[B, 1, H, W]``, >= 0."""
-        inputs = _check_tensor_inputs(self.gated, inputs)
-        pathway, cls = self.pathway_and_target(inputs, target, pathway)
-        x = inputs.detach().requires_grad_(True)  # puts the site outputs in the graph
-        with self.gated.gate(pathway, record=True) as recording:
-            logits = self.gated.model(x)
-        activation = recording.activations[self.layer]
-        if not logits.requires_grad:
-            raise InputError(_NO_GRADIENT)
-        (grad,) = torch.autograd.grad(
-            select_logit(logits, cls).sum(), activation, allow_unused=True
-        )
+    def _maps(self, run: _PathwayForward) -> Tensor:
+        """Grad-CAM of ``H_P``: ``[B, 1, H, W]``, >= 0."""
+        activation = run.recording.activations[self.layer]
+        (grad,) = torch.autograd.grad(run.objective, activation, allow_unused=True)
         if grad is None:
             raise InputError(f"no gradient reaches layer {self.layer!r} from the output")
         weights = grad.mean(dim=(2, 3), keepdim=True)
         cam = (weights * activation.detach()).sum(dim=1, keepdim=True).clamp_min(0)
-        cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        size = run.inputs.shape[-2:]
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
         _warn_about_zero_maps(
-            cam, pathway, "Pathway Grad-CAM", f"Grad-CAM at {self.layer} is nowhere positive"
+            cam, run.pathway, "Pathway Grad-CAM", f"Grad-CAM at {self.layer} is nowhere positive"
         )
         return cam
 
@@ -246,7 +317,7 @@ def signed_max_abs(attributions: Tensor) -> Tensor:
     return picked / scale.view(-1, 1, 1)
 
 
-# Registry of attribution methods ------------------------------------------------------------
+# One explain signature: explainers built once per model ------------------------------------
 
 PATHWAY_METHODS = ("pathway-gradient", "pathway-grad-cam")
 CAPTUM_METHODS = (
@@ -259,98 +330,251 @@ CAPTUM_METHODS = (
 METHOD_NAMES: tuple[str, ...] = PATHWAY_METHODS + CAPTUM_METHODS
 
 
+def check_method(name: str) -> str:
+    """``name`` if it is one of :data:`METHOD_NAMES`, else a clear :class:`InputError`."""
+    if name not in METHOD_NAMES:
+        raise InputError(
+            f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}"
+        )
+    return name
+
+
 def _target_tensor(gated: GatedModel, inputs: Tensor, target: TargetType) -> Tensor:
     with torch.no_grad():
         return resolve_target(gated.forward(inputs), _as_target(target))
 
 
-def _captum_method(name: str, layer: str | None) -> AttributionMethod:
-    def run(gated: GatedModel, inputs: Tensor, target: TargetType = None) -> Tensor:
-        gated.check_inputs(inputs)
-        cls = _target_tensor(gated, inputs, target)
-        x = inputs.detach().clone().requires_grad_(True)
-        model = gated.model
-        with frozen(model):
-            if name == "gradient":
-                return Saliency(model).attribute(x, target=cls, abs=False)
-            if name == "input-x-gradient":
-                return InputXGradient(model).attribute(x, target=cls)
-            if name == "integrated-gradients":
-                ig = IntegratedGradients(model)
-                return ig.attribute(x, target=cls, n_steps=50, internal_batch_size=x.shape[0])
-            if name == "guided-backprop":
-                with warnings.catch_warnings():  # Captum announces its temporary ReLU hooks
-                    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                    return GuidedBackprop(model).attribute(x, target=cls)
-            return _captum_grad_cam(gated, x, cls, layer)
-
-    run.__doc__ = f"Captum's {name} for ``(gated, inputs, target)``."
-    run.__name__ = name
-    return run
+Attribute = Callable[[Tensor, Tensor], Tensor]
+"""``attribute(x [B, C, H, W] requiring grad, classes [B]) -> maps``: one Captum method's call."""
 
 
-def _captum_grad_cam(
-    gated: GatedModel, inputs: Tensor, target: Tensor, layer: str | None
-) -> Tensor:
+def _captum_attribute(name: str, gated: GatedModel, layer: str | None) -> Attribute:
+    """The Captum object of method ``name``, built once, as an :data:`Attribute`. Integrated
+    Gradients: 50 steps from an all-zero baseline, in passes of ``B`` rows."""
+    model = gated.model
+    if name == "gradient":
+        saliency = Saliency(model)
+        return lambda x, cls: saliency.attribute(x, target=cls, abs=False)
+    if name == "input-x-gradient":
+        input_x_gradient = InputXGradient(model)
+        return lambda x, cls: input_x_gradient.attribute(x, target=cls)
+    if name == "integrated-gradients":
+        ig = IntegratedGradients(model)
+        return lambda x, cls: ig.attribute(
+            x, target=cls, n_steps=50, internal_batch_size=x.shape[0]
+        )
+    if name == "guided-backprop":
+        guided = GuidedBackprop(model)
+
+        def guided_backprop(x: Tensor, cls: Tensor) -> Tensor:
+            with warnings.catch_warnings():  # Captum announces its temporary ReLU hooks
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                return guided.attribute(x, target=cls)
+
+        return guided_backprop
+    return _grad_cam(gated, layer)
+
+
+def _grad_cam(gated: GatedModel, layer: str | None) -> Attribute:
+    """Captum's Grad-CAM at gate site ``layer`` (default: the last spatial one), upsampled."""
     site = gated.site(default_cam_layer(gated) if layer is None else layer)
     if site.name != site.module_name:
         # Captum hooks a module, not one call of a reused module (ResNet's relu): the same
         # Grad-CAM through our per-call gates, with every unit kept.
         keep_all = Pathway({site.name: torch.ones(1, site.units, dtype=torch.bool)}, "channel")
-        return PathwayGradCAM(gated, layer=site.name).attribute(inputs, target, pathway=keep_all)
+        cam = PathwayGradCAM(gated, layer=site.name)
+        return lambda x, cls: cam.attribute(x, cls, pathway=keep_all)
     module = gated.model.get_submodule(site.module_name)
-    cam = LayerGradCam(gated.model, module).attribute(inputs, target=target, relu_attributions=True)
-    return F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+    layer_cam = LayerGradCam(gated.model, module)
+
+    def grad_cam(x: Tensor, cls: Tensor) -> Tensor:
+        maps = layer_cam.attribute(x, target=cls, relu_attributions=True)
+        return F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    return grad_cam
+
+
+def make_explainer(
+    name: str,
+    gated: GatedModel,
+    finder: PathwayFinder | None = None,
+    *,
+    layer: str | None = None,
+) -> Explainer:
+    """The :data:`~neuralpath.metrics.perturbation.Explainer` of method ``name`` for ``gated``,
+    built once: ``explain(inputs [B, C, H, W], targets) -> maps`` (detached; ``[B, C, H, W]``,
+    ``[B, 1, H, W]`` for the CAMs). ``targets``: ``[B]`` classes (None or an int work too).
+
+    Pathway methods need ``finder`` (built once on ``gated``, whose intervention their pathway
+    model runs under); Captum's take none and ignore the intervention. ``layer``: the Grad-CAM
+    gate site (default: the last spatial site).
+    """
+    check_method(name)
+    if name in CAPTUM_METHODS:
+        if finder is not None:
+            raise InputError(f"{name!r} takes no pathway finder")
+        attribute = _captum_attribute(name, gated, layer)
+
+        def explain_captum(inputs: Tensor, targets: TargetType) -> Tensor:
+            gated.check_inputs(inputs)
+            cls = _target_tensor(gated, inputs, targets)
+            with frozen(gated.model):
+                return attribute(inputs.detach().clone().requires_grad_(True), cls).detach()
+
+        return explain_captum
+    if finder is None:
+        raise InputError(f"{name!r} needs a pathway finder (build one with build_finder)")
+    method = (
+        PathwayGradient(gated, finder)
+        if name == "pathway-gradient"
+        else PathwayGradCAM(gated, finder, layer)
+    )
+
+    def explain_pathway(inputs: Tensor, targets: TargetType) -> Tensor:
+        return method.attribute(inputs, targets).detach()
+
+    return explain_pathway
+
+
+def rebind_finder(finder: PathwayFinder, gated: GatedModel) -> PathwayFinder:
+    """``finder``'s configuration on ``gated``, another model with the same gate sites (a
+    randomised copy): a shallow copy whose ``gated`` is replaced. Finders keep all their
+    model-specific state in ``gated``, so nothing is rebuilt; trained parts (GEN-CNP's
+    generator) are shared, not reloaded nor checked against the copy's weights again."""
+    mine = [(site.name, site.shape) for site in finder.gated.sites]
+    theirs = [(site.name, site.shape) for site in gated.sites]
+    if mine != theirs:
+        raise InputError(f"the finder was built for layers {mine}; this model has {theirs}")
+    rebound = copy.copy(finder)
+    rebound.gated = gated
+    return rebound
+
+
+def _same_sites(gated: GatedModel, model: nn.Module) -> GatedModel:
+    """A plain :class:`GatedModel` of ``model`` (a copy of ``gated.model``) with ``gated``'s
+    sites: nothing is traced again."""
+    calls = gated.calls_per_forward
+    known = None if any(count is None for count in calls.values()) else calls
+    return GatedModel(model, gated.sites, gated.input_shape, calls_per_forward=known)  # type: ignore[arg-type]
+
+
+def _copy_intervention(
+    intervention: Intervention, plain: GatedModel, reference_images: Tensor | None
+) -> Intervention:
+    """The intervention of ``gated`` for its changed copy ``plain``. Zero ablation needs
+    nothing and resample ablation's donors run through the copy itself; mean ablation's per-unit
+    means describe the trained weights only, so they are recomputed for the copy over the same
+    ``reference_images`` (one pass) [ours]."""
+    if not isinstance(intervention, MeanAblation):
+        return intervention
+    if reference_images is None:
+        raise InputError(_MEAN_NEEDS_IMAGES)
+    source = {**intervention.statistics.source, "recomputed_for": "changed copy of the target"}
+    return MeanAblation(
+        reference_statistics(plain, reference_images, progress=False, source=source)
+    )
+
+
+_MEAN_NEEDS_IMAGES = (
+    "mean ablation on a changed copy of the model (a sanity check's randomised model) needs the "
+    "reference images, to recompute the per-unit means of the copy"
+)
+
+
+def explainer_factory(
+    name: str,
+    gated: GatedModel,
+    finder: PathwayFinder | None = None,
+    *,
+    layer: str | None = None,
+    reference_images: Tensor | None = None,
+) -> ExplainerFactory:
+    """An :data:`~neuralpath.metrics.perturbation.ExplainerFactory`: ``for_model(model)`` is
+    the explainer of ``name`` (see :func:`make_explainer`) for ``model``, either ``gated.model``
+    (the explainer built here, once) or a changed copy of it with the same modules (a sanity
+    check's randomised model, called once per randomisation step). A copy gets a
+    :class:`GatedModel` with ``gated``'s sites, ``finder`` rebound (:func:`rebind_finder`) and
+    ``gated``'s intervention, whose per-unit means, under mean ablation, are recomputed for the
+    copy over ``reference_images`` ``[N, *input_shape]`` (required then: without them, building
+    for a copy raises :class:`InputError`).
+    """
+    built = make_explainer(name, gated, finder, layer=layer)
+
+    def for_model(model: nn.Module) -> Explainer:
+        if model is gated.model:
+            return built
+        plain = _same_sites(gated, model)
+        changed = plain.with_intervention(
+            _copy_intervention(gated.intervention, plain, reference_images)
+        )
+        rebound = None if finder is None else rebind_finder(finder, changed)
+        return make_explainer(name, changed, rebound, layer=layer)
+
+    return for_model
+
+
+def pathway_options(
+    *,
+    sparsity: float | None = None,
+    granularity: Granularity | None = None,
+    seed: int | None = None,
+    generator: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    verify_weights: bool = True,
+) -> FinderOptions:
+    """The finder options of a pathway method (None: the finder's own default, e.g. ``cp-mct``'s
+    0.9 and element units); ``settings`` as in ``neuralpath find --set``."""
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    return FinderOptions(
+        sparsity=sparsity,
+        granularity=granularity,
+        generator=generator,
+        seed=seed,
+        settings=dict(settings or {}),
+        verify_weights=verify_weights,
+    )
+
+
+_OPTION_KEYWORDS = ("sparsity", "granularity", "seed", "generator", "settings", "verify_weights")
+"""The keywords of :func:`pathway_options`."""
 
 
 def make_attribution_method(
     name: str,
     *,
     finder: str = "cp-mct",
-    sparsity: float = 0.9,
-    granularity: Granularity = "element",
-    seed: int = 0,
     layer: str | None = None,
-    generator: str | None = None,
-    settings: Mapping[str, Any] | None = None,
-    verify_weights: bool = True,
+    **options: Any,
 ) -> AttributionMethod:
-    """An :data:`AttributionMethod` by name (see :data:`METHOD_NAMES`).
-
-    ``finder``/``sparsity``/``granularity``/``seed``/``generator``/``settings``/``verify_weights``
-    configure the pathway methods (any registered finder, see :class:`FinderOptions`; ``settings``
-    as in ``neuralpath find --set``);
-    ``layer`` is the Grad-CAM gate site (default: the last spatial site). Integrated Gradients
-    uses 50 steps from an all-zero baseline, in passes of ``B`` rows.
+    """An :data:`AttributionMethod` ``(gated, inputs, target) -> maps`` by name, for callers
+    that keep no state between calls: the explainer (:func:`make_explainer`) and its finder are
+    built on first use with each gated model and reused after. ``options``: the keywords of
+    :func:`pathway_options` (pathway methods only); ``finder``: a registered finder name.
     """
-    if name not in METHOD_NAMES:
+    check_method(name)
+    unknown = sorted(set(options) - set(_OPTION_KEYWORDS))
+    if unknown:
         raise InputError(
-            f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}"
+            f"unexpected keywords {unknown} for {name!r}; expected some of {_OPTION_KEYWORDS}"
         )
-    if name in CAPTUM_METHODS:
-        if settings or generator:
-            raise InputError(f"{name!r} has no pathway finder to take settings or a generator")
-        return _captum_method(name, layer)
-    check_sparsity(sparsity)
-    options = FinderOptions(
-        sparsity, granularity, generator, seed, dict(settings or {}), verify_weights
-    )
+    finder_options = None
+    if name in PATHWAY_METHODS:
+        finder_options = pathway_options(**options)
+    elif options.get("settings") or options.get("generator"):
+        raise InputError(f"{name!r} has no pathway finder to take settings or a generator")
+    built: weakref.WeakKeyDictionary[GatedModel, Explainer] = weakref.WeakKeyDictionary()
 
     def run(gated: GatedModel, inputs: Tensor, target: TargetType = None) -> Tensor:
-        path_finder = build_finder(finder, gated, options)
-        if name == "pathway-gradient":
-            return PathwayGradient(gated, path_finder).attribute(inputs, target)
-        return PathwayGradCAM(gated, path_finder, layer).attribute(inputs, target)
+        if gated not in built:
+            path_finder = None
+            if finder_options is not None:
+                path_finder = build_finder(finder, gated, finder_options)
+            built[gated] = make_explainer(name, gated, path_finder, layer=layer)
+        return built[gated](inputs, target)  # type: ignore[arg-type]
 
-    run.__doc__ = f"{name} with the {finder!r} finder at sparsity {sparsity} ({granularity})."
     run.__name__ = name
     return run
-
-
-ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
-    n: make_attribution_method(n) for n in METHOD_NAMES
-}
-"""Every method with its defaults (pathway methods: ``cp-mct``, element units, sparsity 0.9)."""
 
 
 def quantus_explain_func(
@@ -360,25 +584,21 @@ def quantus_explain_func(
     *,
     method: str = "pathway-gradient",
     finder: str = "cp-mct",
-    sparsity: float = 0.9,
-    granularity: Granularity = "element",
     layers: Sequence[str] | None = None,
-    seed: int = 0,
-    generator: str | None = None,
-    settings: Mapping[str, Any] | None = None,
-    verify_weights: bool = True,
     device: str | torch.device | None = None,
-    **unused: Any,
+    **options: Any,
 ) -> np.ndarray:
     """Quantus ``explain_func``: maps of ``inputs`` ``[B, C, H, W]`` as a float32 numpy array.
 
-    Gate sites are discovered on ``model`` (``layers`` as in :meth:`GatedModel.discover`); the
-    other keywords select the method (:func:`make_attribution_method`; Quantus' randomisation
-    tests with ``finder="gencnp"`` need ``verify_weights=False``). Output ``[B, C, H, W]``
-    (``[B, 1, H, W]`` for Grad-CAM). Unknown keywords raise :class:`InputError`.
+    Quantus passes the model on every call (its randomisation tests pass changed copies), so
+    gate sites are discovered and the method built per call (``layers`` as in
+    :meth:`GatedModel.discover`); ``method``, ``finder`` and ``options`` (``sparsity``,
+    ``granularity``, ``seed``, ``generator``, ``settings``, ``verify_weights``: see
+    :func:`pathway_options`; Quantus' randomisation tests with ``finder="gencnp"`` need
+    ``verify_weights=False``) select the method. Output ``[B, C, H, W]`` (``[B, 1, H, W]`` for
+    Grad-CAM). Unknown keywords raise :class:`InputError`.
     """
-    if unused:
-        raise InputError(f"quantus_explain_func got unexpected keywords: {sorted(unused)}")
+    explain = make_attribution_method(method, finder=finder, **options)  # checks the keywords
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     first = next(model.parameters(), None)
@@ -394,16 +614,6 @@ def quantus_explain_func(
     if targets is not None:
         target = torch.as_tensor(targets, device=where).long().reshape(-1)
     gated = GatedModel.discover(model, x[:1], layers=layers)
-    explain = make_attribution_method(
-        method,
-        finder=finder,
-        sparsity=sparsity,
-        granularity=granularity,
-        seed=seed,
-        generator=generator,
-        settings=settings,
-        verify_weights=verify_weights,
-    )
     return explain(gated, x, target).detach().cpu().float().numpy()
 
 
@@ -463,9 +673,10 @@ class AttributionRun:
 
 def attribute_dataset(
     gated: GatedModel,
-    method: str | AttributionMethod,
-    dataset: Dataset,
+    method: Explainer,
+    dataset: Dataset[Any],
     *,
+    name: str = "custom",
     batch_size: int = 32,
     limit: int | None = None,
     explain: str = "prediction",
@@ -473,16 +684,14 @@ def attribute_dataset(
 ) -> AttributionRun:
     """Explain the first ``limit`` items ``(image, label)`` of ``dataset`` in batches.
 
-    ``method``: a name of :data:`ATTRIBUTION_METHODS` or an :data:`AttributionMethod`;
-    ``explain``: the class to explain, the model's ``"prediction"`` or the true ``"label"``.
-    Timing covers the attribution calls only.
+    ``method``: an :data:`~neuralpath.metrics.perturbation.Explainer` built once for ``gated``
+    (:func:`make_explainer`), recorded as ``name``; ``explain``: the class to explain, the
+    model's ``"prediction"`` or the true ``"label"``. Timing covers the explainer calls only.
     """
     if explain not in EXPLAIN_CLASSES:
         raise InputError(f"explain must be one of {EXPLAIN_CLASSES}, got {explain!r}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
-    run = make_attribution_method(method) if isinstance(method, str) else method
     total = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
     if total <= 0:
         raise InputError("no samples to explain (empty data set or limit <= 0)")
@@ -497,7 +706,7 @@ def attribute_dataset(
             predicted = gated.forward(images).argmax(dim=1)
         cls = predicted if explain == "prediction" else batch_labels.to(device)
         start = time.perf_counter()
-        result = run(gated, images, cls).detach()
+        result = method(images, cls).detach()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start

@@ -1,12 +1,25 @@
 """Score saliency methods: LeRF/MoRF, deletion/insertion, ROAR, sanity checks and localisation.
 
 :func:`evaluate_attribution` runs the chosen metrics for several attribution methods on one
-target and returns a JSON-ready payload; :func:`markdown_table` and :func:`plot_results` turn it
-into a report. ``neuralpath evaluate-attribution`` and ``benchmarks/attribution_quality.py`` are
-thin wrappers around it.
+target and returns a JSON-ready payload, in steps a reader can follow:
+
+1. :func:`check_request`: metrics, methods and data make sense, before any work;
+2. :func:`build_methods`: every method built once on the target (:class:`BuiltMethod`: its
+   finder, a GEN-CNP generator loaded and checked against the target's weights, its explainer,
+   and the factory that rebuilds it for the sanity check's randomised copies);
+3. :func:`score_method`: per method, its maps in batches (timed), the perturbation and
+   localisation metrics on them, and the sanity check;
+4. the payload, then ROAR over all methods at once (:func:`run_roar`).
+
+:func:`markdown_table` and :func:`plot_results` turn the payload into a report.
+``neuralpath evaluate-attribution`` and ``benchmarks/attribution_quality.py`` are thin wrappers.
 
 Method specs: a name of :data:`neuralpath.attribution.METHOD_NAMES`, optionally with a finder
-for the pathway methods after a colon: ``pathway-gradient:cp-intgrad``.
+for the pathway methods after a colon: ``pathway-gradient:cp-intgrad`` (default ``cp-mct``).
+Interventions: given a :class:`~neuralpath.gating.GatedModel` with an intervention, the pathway
+methods' pathway model runs under it (Captum's methods have none); the sanity check's randomised
+copies get it too, mean ablation with per-unit means recomputed for each randomised model over
+the same reference images (see :func:`neuralpath.attribution.explainer_factory`).
 """
 
 from __future__ import annotations
@@ -20,11 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
 
     from neuralpath.data import ImageDataset
+    from neuralpath.gating import GatedModel
+    from neuralpath.interventions import Intervention
+    from neuralpath.methods import PathwayFinder
+    from neuralpath.metrics.perturbation import AttributionMetric, Explainer, ExplainerFactory
 
 METRICS = ("lerf", "morf", "deletion", "insertion", "roar", "sanity", "localisation")
+CURVES = ("lerf", "morf", "deletion", "insertion")
 DEFAULT_METHODS = (
     "pathway-gradient:cp-mct",
     "pathway-gradient:cp-intgrad",
@@ -47,8 +65,8 @@ class EvaluationConfig:
     removal: str = "baseline"
     target: str = "prediction"
     batch_size: int = 64
-    sparsity: float = 0.9
-    granularity: str = "element"
+    sparsity: float | None = None
+    granularity: str | None = None
     seed: int = 0
     sanity_limit: int = 50
     tolerance: float = 0.0
@@ -62,197 +80,297 @@ class EvaluationConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name[:finder]"`` -> (method name, options for ``make_attribution_method``)."""
-    from neuralpath.attribution import METHOD_NAMES, PATHWAY_METHODS
+def parse_method(spec: str) -> tuple[str, str | None]:
+    """``"name[:finder]"`` -> (method name, finder: ``cp-mct`` by default for the pathway
+    methods, None for Captum's)."""
+    from neuralpath.attribution import PATHWAY_METHODS, check_method
     from neuralpath.errors import InputError
 
     name, _, finder = spec.partition(":")
-    if name not in METHOD_NAMES:
-        raise InputError(
-            f"unknown attribution method {name!r}; available: {', '.join(METHOD_NAMES)}"
-        )
-    if finder and name not in PATHWAY_METHODS:
-        raise InputError(f"{name!r} takes no finder (only {', '.join(PATHWAY_METHODS)} do)")
-    return name, ({"finder": finder} if finder else {})
+    check_method(name)
+    if name not in PATHWAY_METHODS:
+        if finder:
+            raise InputError(f"{name!r} takes no finder (only {', '.join(PATHWAY_METHODS)} do)")
+        return name, None
+    return name, finder or "cp-mct"
 
 
-def evaluate_attribution(
-    model: nn.Module,
+def check_request(
     test_set: ImageDataset,
     methods: Sequence[str],
     config: EvaluationConfig,
     *,
-    train_set: ImageDataset | None = None,
-    arch: str | None = None,
-    arch_args: Mapping[str, Any] | None = None,
-    roar_test_set: ImageDataset | None = None,
-) -> dict[str, Any]:
-    """Run ``config.metrics`` for every method spec on ``test_set`` (an ``ImageDataset``).
-
-    ROAR also needs ``train_set``, ``arch``/``arch_args`` (to retrain) and
-    ``config.roar_work_dir``, and tests on ``roar_test_set`` (default ``test_set``);
-    localisation needs ``test_set.masks``. Returns the JSON payload.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from neuralpath.attribution import PATHWAY_METHODS, zero_maps
-    from neuralpath.errors import DataError, InputError, ZeroMapsWarning
-    from neuralpath.gating import GatedModel
-    from neuralpath.methods import FinderOptions, build_finder
-    from neuralpath.metrics.localisation import PointingGame, RelevanceMass
-    from neuralpath.metrics.perturbation import (
-        DEFAULT_NOISE_STD,
-        Deletion,
-        Insertion,
-        LeRF,
-        MoRF,
-        bind,
-        method_explainer,
-        model_device,
-        resolve_targets,
-    )
-    from neuralpath.metrics.roar import ROAR
-    from neuralpath.metrics.sanity import CascadingRandomisation
+    roar_ready: bool,
+    mean_without_images: bool,
+) -> None:
+    """Raise a clear error for a request that cannot run, before any work: unknown metrics, no
+    method, localisation without masks, ROAR without its inputs (``roar_ready``), a sanity check
+    under mean ablation without the reference images (``mean_without_images``)."""
+    from neuralpath.errors import DataError, InputError
 
     unknown = [m for m in config.metrics if m not in METRICS]
     if unknown or not config.metrics:
         raise InputError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
     if not methods:
         raise InputError("need at least one attribution method")
+    for spec in methods:
+        parse_method(spec)
     if "localisation" in config.metrics and test_set.masks is None:
         raise DataError(
             f"localisation needs ground-truth masks; {test_set.name!r} has none (use synthetic)"
         )
-    if "roar" in config.metrics and (
-        train_set is None or arch is None or arch_args is None or not config.roar_work_dir
-    ):
+    if "roar" in config.metrics and not roar_ready:
         raise InputError("ROAR needs the training split, the architecture and a work directory")
+    if "sanity" in config.metrics and mean_without_images:
+        raise InputError(
+            "the sanity check under mean ablation recomputes the per-unit means of each "
+            "randomised model: pass the reference images"
+        )
 
-    device = model_device(model)
-    explainers = {}
-    method_settings: dict[str, dict[str, Any]] = {}
-    finder_of: dict[str, str] = {}
-    for spec in methods:
-        name, options = parse_method(spec)
-        if name in PATHWAY_METHODS:
-            finder = options.get("finder", "cp-mct")
-            finder_of[spec] = finder
-            options = {
-                "sparsity": config.sparsity,
-                "granularity": config.granularity,
-                "seed": config.seed,
-                "generator": config.generator,
-                "settings": config.finder_settings.get(finder, {}),
-                **options,
-            }
-            method_settings[spec] = options
-            # a generator's weights are checked once, below, on `model`, which no metric changes
-            # (the sanity check explains randomised copies of it)
-            explainers[spec] = method_explainer(name, **options, verify_weights=False)
-        else:
-            explainers[spec] = method_explainer(name, **options)
-    finders = set(finder_of.values())
+
+@dataclass(frozen=True)
+class BuiltMethod:
+    """A method spec built once on the target: ``explain`` (its explainer), ``for_model`` (the
+    same method for a changed copy of the target), ``finder`` (pathway methods) and
+    ``settings``, what its maps depend on beyond the spec (ROAR's cache key)."""
+
+    spec: str
+    explain: Explainer
+    for_model: ExplainerFactory
+    finder: PathwayFinder | None
+    settings: dict[str, Any]
+
+
+def build_methods(
+    gated: GatedModel,
+    specs: Sequence[str],
+    config: EvaluationConfig,
+    reference_images: Tensor | None = None,
+) -> dict[str, BuiltMethod]:
+    """Every spec built once on ``gated`` (its intervention for the pathway methods): bad finder
+    settings or a generator trained for other weights fail here, before any work."""
+    from neuralpath.errors import InputError
+
+    parsed = {spec: parse_method(spec) for spec in specs}
+    finders = {finder for _, finder in parsed.values() if finder is not None}
     stray = sorted(set(config.finder_settings) - finders)
     if stray:
         raise InputError(
             f"settings for finder(s) no method uses: {', '.join(stray)} (finders in use: "
             f"{', '.join(sorted(finders)) or 'none'})"
         )
+    return {
+        spec: _build_method(spec, name, finder, gated, config, reference_images)
+        for spec, (name, finder) in parsed.items()
+    }
 
-    inputs = test_set.images.to(device)
-    labels = test_set.labels.to(device)
-    targets = resolve_targets(model, inputs, labels if config.target == "label" else None)
-    curve_settings: dict[str, Any] = {
+
+def _build_method(
+    spec: str,
+    name: str,
+    finder: str | None,
+    gated: GatedModel,
+    config: EvaluationConfig,
+    reference_images: Tensor | None,
+) -> BuiltMethod:
+    from neuralpath.attribution import explainer_factory, pathway_options
+    from neuralpath.interventions import ZeroAblation
+    from neuralpath.methods import build_finder
+
+    if finder is None:  # Captum's methods: no pathway model for an intervention to act on
+        factory = explainer_factory(name, gated.with_intervention(ZeroAblation()))
+        return BuiltMethod(spec, factory(gated.model), factory, None, {})
+    options = pathway_options(
+        sparsity=config.sparsity,
+        granularity=config.granularity,  # type: ignore[arg-type]
+        seed=config.seed,
+        generator=config.generator,
+        settings=config.finder_settings.get(finder, {}),
+    )
+    built = build_finder(finder, gated, options)
+    factory = explainer_factory(name, gated, built, reference_images=reference_images)
+    settings: dict[str, Any] = {
+        "sparsity": config.sparsity,
+        "granularity": config.granularity,
+        "seed": config.seed,
+        "generator": config.generator,
+        "settings": config.finder_settings.get(finder, {}),
+    }
+    if ":" in spec:  # as recorded before the finder had a default here (ROAR caches)
+        settings["finder"] = finder
+    if gated.intervention.name != "zero":
+        settings["ablation"] = gated.intervention.name
+    return BuiltMethod(spec, factory(gated.model), factory, built, settings)
+
+
+def curve_metrics(config: EvaluationConfig) -> dict[str, AttributionMetric]:
+    """The perturbation metrics of ``config.metrics``, built once for every method."""
+    from neuralpath.metrics.perturbation import Deletion, Insertion, LeRF, MoRF
+
+    settings: dict[str, Any] = {
         "reduction": config.reduction,
         "batch_size": config.batch_size,
         "removal": config.removal,
         "seed": config.seed,
     }
-    perturbation = {
-        "lerf": LeRF(config.percentages, **curve_settings),
-        "morf": MoRF(config.percentages, **curve_settings),
-        "deletion": Deletion(config.steps, **curve_settings),
-        "insertion": Insertion(config.steps, **curve_settings),
+    metrics = {
+        "lerf": lambda: LeRF(config.percentages, **settings),
+        "morf": lambda: MoRF(config.percentages, **settings),
+        "deletion": lambda: Deletion(config.steps, **settings),
+        "insertion": lambda: Insertion(config.steps, **settings),
     }
-    wanted = [m for m in perturbation if m in config.metrics]
-    results: dict[str, dict[str, Any]] = {spec: {} for spec in methods}
-    if finder_of:  # each finder once up front: bad settings or a wrong generator fail early
-        gated = GatedModel.discover(model, inputs[:1])
-        for spec, finder in finder_of.items():
-            options = method_settings[spec]
-            built = build_finder(
-                finder,
-                gated,
-                FinderOptions(
-                    options["sparsity"],
-                    options["granularity"],
-                    options["generator"],
-                    options["seed"],
-                    options["settings"],
-                ),
-            )
-            results[spec]["finder_sparsity"] = built.sparsity
-    needs_maps = bool(wanted) or "localisation" in config.metrics
-    with warnings.catch_warnings():  # counted per method below, not warned per batch
-        warnings.simplefilter("ignore", ZeroMapsWarning)
-        for spec in tqdm(methods, desc="methods", disable=not config.progress):
-            explain = explainers[spec]
-            if needs_maps:
-                started = time.perf_counter()
-                maps = torch.cat(
-                    [
-                        explain(
-                            model,
-                            inputs[i : i + config.batch_size],
-                            targets[i : i + config.batch_size],
-                        )
-                        for i in range(0, inputs.shape[0], config.batch_size)
-                    ]
-                )
-                elapsed = time.perf_counter() - started
-                results[spec]["seconds_per_image"] = elapsed / inputs.shape[0]
-                results[spec]["zero_maps"] = int(zero_maps(maps).sum())  # no ranking: ties removed
-                for metric in wanted:
-                    results[spec][metric] = perturbation[metric](
-                        model, inputs, targets, attributions=maps
-                    ).summary()
-                if "localisation" in config.metrics:
-                    masks = test_set.masks.to(device)
-                    hits = PointingGame(config.tolerance)(maps, masks)
-                    mass = RelevanceMass()(maps, masks)
-                    results[spec]["localisation"] = {
-                        "pointing_game": hits.mean().item(),
-                        "relevance_mass": mass.mean().item(),
-                        "higher_is_better": True,
-                        "tolerance": config.tolerance,
-                    }
-            if "sanity" in config.metrics:
-                count = min(config.sanity_limit, inputs.shape[0])
-                sanity = CascadingRandomisation(seed=config.seed)
-                results[spec]["sanity"] = sanity(
-                    model, inputs[:count], targets[:count], explain
-                ).summary()
+    return {name: make() for name, make in metrics.items() if name in config.metrics}
+
+
+def score_method(
+    method: BuiltMethod,
+    model: nn.Module,
+    fast: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    masks: Tensor | None,
+    config: EvaluationConfig,
+) -> dict[str, Any]:
+    """One method's row of results: its maps of ``inputs [N, C, H, W]`` for ``targets [N]`` in
+    batches (timed; all-zero maps counted), the perturbation metrics on ``fast`` (``model`` fed
+    channels-last, :class:`~neuralpath.metrics.perturbation.FastLayout`), localisation against
+    ``masks [N, H, W]``, and the sanity check on the first ``config.sanity_limit`` images."""
+    from neuralpath.attribution import zero_maps
+    from neuralpath.metrics.localisation import PointingGame, RelevanceMass, localisation_summary
+    from neuralpath.metrics.perturbation import explain_in_batches
+    from neuralpath.metrics.sanity import CascadingRandomisation
+
+    row: dict[str, Any] = {}
+    if method.finder is not None:
+        row["finder_sparsity"] = method.finder.sparsity
+    if set(config.metrics) & {*CURVES, "localisation"}:
+        started = time.perf_counter()
+        maps = explain_in_batches(method.explain, inputs, targets, config.batch_size)
+        row["seconds_per_image"] = (time.perf_counter() - started) / inputs.shape[0]
+        row["zero_maps"] = int(zero_maps(maps).sum())  # no ranking: ties removed
+        for name, metric in curve_metrics(config).items():
+            row[name] = metric(fast, inputs, targets, maps).summary()
+        if "localisation" in config.metrics:
+            hits = PointingGame(config.tolerance)(fast, inputs, targets, maps, masks=masks)
+            mass = RelevanceMass()(fast, inputs, targets, maps, masks=masks)
+            row["localisation"] = {
+                **localisation_summary(hits, mass),
+                "tolerance": config.tolerance,
+            }
+    if "sanity" in config.metrics:
+        count = min(config.sanity_limit, inputs.shape[0])
+        sanity = CascadingRandomisation(seed=config.seed, batch_size=config.batch_size)
+        row["sanity"] = sanity(model, inputs[:count], targets[:count], method.for_model).summary()
+    return row
+
+
+def _warn_about_zero_maps(results: Mapping[str, Mapping[str, Any]], samples: int) -> None:
+    """One warning for the run naming the methods with all-zero maps (not one per batch)."""
+    from neuralpath.errors import ZeroMapsWarning
+
     zeroed = [
-        f"{spec} ({results[spec]['zero_maps']} of {inputs.shape[0]})"
-        for spec in methods
-        if results[spec].get("zero_maps")
+        f"{spec} ({row['zero_maps']} of {samples})"
+        for spec, row in results.items()
+        if row.get("zero_maps")
     ]
     if zeroed:
         warnings.warn(
             f"all-zero maps, whose pixel rankings are ties only: {', '.join(zeroed)}",
             ZeroMapsWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
 
-    payload: dict[str, Any] = {
+
+def sanity_reference(intervention: Intervention, reference_images: Tensor | None) -> str:
+    """How the sanity check's randomised models get ``intervention`` (recorded in the payload)."""
+    if intervention.name == "mean":
+        count = 0 if reference_images is None else int(reference_images.shape[0])
+        return (
+            f"per-unit means recomputed for each randomised model over the same {count} "
+            "reference images"
+        )
+    if intervention.name == "resample":
+        return "donor activations from each randomised model itself"
+    return "none needed (dropped units are 0)"
+
+
+def evaluate_attribution(
+    model: nn.Module | GatedModel,
+    test_set: ImageDataset,
+    methods: Sequence[str],
+    config: EvaluationConfig,
+    *,
+    reference_images: Tensor | None = None,
+    train_set: ImageDataset | None = None,
+    arch: str | None = None,
+    arch_args: Mapping[str, Any] | None = None,
+    roar_test_set: ImageDataset | None = None,
+) -> dict[str, Any]:
+    """Run ``config.metrics`` for every method spec on ``test_set``; returns the JSON payload.
+
+    ``model``: the target, or its :class:`GatedModel` whose intervention the pathway methods
+    run under (``gated.with_intervention``, e.g. from the CLI's ``--ablation``);
+    ``reference_images`` ``[N, *input_shape]``: what mean ablation's statistics were computed
+    over (the sanity check recomputes them per randomised model). ROAR also needs
+    ``train_set``, ``arch``/``arch_args`` (to retrain) and ``config.roar_work_dir``, and tests
+    on ``roar_test_set`` (default ``test_set``); localisation needs ``test_set.masks``.
+    """
+    from tqdm.auto import tqdm
+
+    from neuralpath.errors import ZeroMapsWarning
+    from neuralpath.gating import GatedModel
+    from neuralpath.metrics.perturbation import FastLayout, model_device, resolve_targets
+
+    target = model.model if isinstance(model, GatedModel) else model
+    inputs = test_set.images.to(model_device(target))
+    gated = model if isinstance(model, GatedModel) else GatedModel.discover(target, inputs[:1])
+    roar_inputs = (train_set, arch, arch_args, config.roar_work_dir)
+    roar_ready = all(given is not None for given in roar_inputs) and bool(config.roar_work_dir)
+    mean_without_images = gated.intervention.name == "mean" and reference_images is None
+    check_request(
+        test_set, methods, config, roar_ready=roar_ready, mean_without_images=mean_without_images
+    )
+    built = build_methods(gated, methods, config, reference_images)
+    fast = FastLayout(gated)
+    labels = test_set.labels.to(inputs.device) if config.target == "label" else None
+    targets = resolve_targets(fast, inputs, labels)
+    masks = None if test_set.masks is None else test_set.masks.to(inputs.device)
+    with warnings.catch_warnings():  # counted per method, warned once below
+        warnings.simplefilter("ignore", ZeroMapsWarning)
+        results = {
+            spec: score_method(built[spec], target, fast, inputs, targets, masks, config)
+            for spec in tqdm(methods, desc="methods", disable=not config.progress)
+        }
+    _warn_about_zero_maps(results, inputs.shape[0])
+    payload = _payload(test_set, methods, config, results, gated, reference_images)
+    if "roar" in config.metrics:
+        roar_test = test_set if roar_test_set is None else roar_test_set
+        payload["roar"] = run_roar(target, built, config, train_set, roar_test, arch, arch_args)  # type: ignore[arg-type]
+        for spec in methods:
+            results[spec]["roar"] = dict(payload["roar"]["accuracy"][spec])
+    return payload
+
+
+def _payload(
+    test_set: ImageDataset,
+    methods: Sequence[str],
+    config: EvaluationConfig,
+    results: dict[str, dict[str, Any]],
+    gated: GatedModel,
+    reference_images: Tensor | None,
+) -> dict[str, Any]:
+    """The JSON payload of :func:`evaluate_attribution` (ROAR added after)."""
+    from neuralpath.metrics.perturbation import DEFAULT_NOISE_STD
+
+    samples = len(test_set)
+    return {
         "data": test_set.name,
         "split": test_set.split,
-        "samples": int(inputs.shape[0]),
+        "samples": samples,
         "target": config.target,
         "methods": list(methods),
         "metrics": list(config.metrics),
+        "ablation": gated.intervention.name,
         "config": {
             "percentages": list(config.percentages),
             "steps": config.steps,
@@ -263,41 +381,46 @@ def evaluate_attribution(
             "sparsity": config.sparsity,
             "granularity": config.granularity,
             "seed": config.seed,
-            "sanity_samples": min(config.sanity_limit, int(inputs.shape[0])),
+            "sanity_samples": min(config.sanity_limit, samples),
             "generator": config.generator,
             "finder_settings": config.finder_settings,
+            "intervention": gated.intervention.describe(),
+            "sanity_intervention": sanity_reference(gated.intervention, reference_images),
             **config.extra,
         },
         "results": results,
     }
-    if "roar" in config.metrics:
-        roar = ROAR(
-            config.roar_work_dir,
-            percentages=config.roar_percentages,
-            epochs=config.roar_epochs,
-            train_limit=config.roar_train_limit,
-            seed=config.seed,
-            target=config.target,
-            reduction=config.reduction,
-            removal=config.removal,
-            explain_batch_size=config.batch_size,
-            progress=config.progress,
-        )
-        roar_test = test_set if roar_test_set is None else roar_test_set
-        payload["roar"] = {"test_samples": len(roar_test), "train_samples": len(train_set)}
-        outcome = roar(
-            model,
-            arch,
-            arch_args,
-            train_set,
-            roar_test,
-            {spec: bind(explainers[spec], model) for spec in methods},
-            method_settings,
-        )
-        payload["roar"].update(outcome.summary())
-        for spec in methods:
-            results[spec]["roar"] = {f"{q:g}": acc for q, acc in outcome.accuracy[spec].items()}
-    return payload
+
+
+def run_roar(
+    model: nn.Module,
+    built: Mapping[str, BuiltMethod],
+    config: EvaluationConfig,
+    train_set: ImageDataset,
+    test_set: ImageDataset,
+    arch: str,
+    arch_args: Mapping[str, Any],
+) -> dict[str, Any]:
+    """ROAR (resumable, in ``config.roar_work_dir``) for every built method at once; the
+    ``roar`` entry of the payload."""
+    from neuralpath.metrics.roar import ROAR
+
+    roar = ROAR(
+        config.roar_work_dir,  # type: ignore[arg-type]
+        percentages=config.roar_percentages,
+        epochs=config.roar_epochs,
+        train_limit=config.roar_train_limit,
+        seed=config.seed,
+        target=config.target,
+        reduction=config.reduction,
+        removal=config.removal,  # type: ignore[arg-type]
+        explain_batch_size=config.batch_size,
+        progress=config.progress,
+    )
+    explainers = {spec: method.explain for spec, method in built.items()}
+    settings = {spec: method.settings for spec, method in built.items()}
+    outcome = roar(model, arch, arch_args, train_set, test_set, explainers, settings)
+    return {"test_samples": len(test_set), "train_samples": len(train_set), **outcome.summary()}
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -362,62 +485,78 @@ def plot_results(payload: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     from neuralpath.io import atomic_path
 
     out = Path(out_dir)
-    results, metrics = payload["results"], payload["metrics"]
+    metrics = payload["metrics"]
     written: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
+    plots = (
+        ("perturbation_curves.png", _plot_curves, any(m in metrics for m in CURVES)),
+        ("roar.png", _plot_roar, "roar" in metrics),
+        ("sanity_ssim.png", _plot_sanity, "sanity" in metrics),
+    )
+    for name, plot, wanted in plots:
+        if not wanted:
+            continue
+        fig = plot(plt, payload)
         with atomic_path(out / name) as tmp:
             fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(out / name)
+    return written
 
-    curves = [m for m in ("lerf", "morf", "deletion", "insertion") if m in metrics]
-    if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
-        for ax, metric in zip(axes[0], curves, strict=True):
-            for method, row in results.items():
-                ax.plot(
-                    [100 * f for f in row[metric]["fractions"]],
-                    row[metric]["curve"],
-                    marker=".",
-                    label=method,
-                )
-            ax.set_xlabel("% pixels " + ("inserted" if metric == "insertion" else "removed"))
-            ax.set_ylabel("|p - p'| / p" if metric in ("lerf", "morf") else "p (target class)")
-            ax.set_title(metric.upper() if metric in ("lerf", "morf") else metric)
-        axes[0][0].legend(fontsize=7)
-        save(fig, "perturbation_curves.png")
-    if "roar" in metrics:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        qs = payload["roar"]["percentages"]
-        for method, row in results.items():
-            ax.plot(qs, [row["roar"][f"{q:g}"] for q in qs], marker="o", label=method)
-        if payload["roar"].get("unperturbed_accuracy") is not None:
-            ax.axhline(
-                payload["roar"]["unperturbed_accuracy"],
-                color="grey",
-                linestyle="--",
-                label="unperturbed",
-            )
-        ax.set_xlabel("% most relevant pixels removed")
-        ax.set_ylabel("test accuracy after retraining")
-        ax.set_title("ROAR (lower is better)")
-        ax.legend(fontsize=7)
-        save(fig, "roar.png")
-    if "sanity" in metrics:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for method, row in results.items():
-            layers = row["sanity"]["layers"]
+
+def _plot_curves(plt: Any, payload: Mapping[str, Any]) -> Any:
+    """One panel per perturbation curve, one line per method."""
+    curves = [m for m in CURVES if m in payload["metrics"]]
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], curves, strict=True):
+        for method, row in payload["results"].items():
             ax.plot(
-                range(len(layers) + 1),
-                [1.0, *row["sanity"]["similarity"]["ssim"]],
-                marker="o",
+                [100 * f for f in row[metric]["fractions"]],
+                row[metric]["curve"],
+                marker=".",
                 label=method,
             )
-        ax.set_xticks(range(len(layers) + 1), ["none", *layers], rotation=60, fontsize=7)
-        ax.set_xlabel("randomised down to layer (cascading, from the output)")
-        ax.set_ylabel("SSIM to the trained model's map")
-        ax.set_title("Sanity check (lower is better)")
-        ax.legend(fontsize=7)
-        save(fig, "sanity_ssim.png")
-    return written
+        ax.set_xlabel("% pixels " + ("inserted" if metric == "insertion" else "removed"))
+        ax.set_ylabel("|p - p'| / p" if metric in ("lerf", "morf") else "p (target class)")
+        ax.set_title(metric.upper() if metric in ("lerf", "morf") else metric)
+    axes[0][0].legend(fontsize=7)
+    return fig
+
+
+def _plot_roar(plt: Any, payload: Mapping[str, Any]) -> Any:
+    """Test accuracy after retraining vs q, one line per method."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    qs = payload["roar"]["percentages"]
+    for method, row in payload["results"].items():
+        ax.plot(qs, [row["roar"][f"{q:g}"] for q in qs], marker="o", label=method)
+    if payload["roar"].get("unperturbed_accuracy") is not None:
+        ax.axhline(
+            payload["roar"]["unperturbed_accuracy"],
+            color="grey",
+            linestyle="--",
+            label="unperturbed",
+        )
+    ax.set_xlabel("% most relevant pixels removed")
+    ax.set_ylabel("test accuracy after retraining")
+    ax.set_title("ROAR (lower is better)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _plot_sanity(plt: Any, payload: Mapping[str, Any]) -> Any:
+    """SSIM to the trained model's map vs the layers randomised, one line per method."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    layers: list[str] = []
+    for method, row in payload["results"].items():
+        layers = row["sanity"]["layers"]
+        ax.plot(
+            range(len(layers) + 1),
+            [1.0, *row["sanity"]["similarity"]["ssim"]],
+            marker="o",
+            label=method,
+        )
+    ax.set_xticks(range(len(layers) + 1), ["none", *layers], rotation=60, fontsize=7)
+    ax.set_xlabel("randomised down to layer (cascading, from the output)")
+    ax.set_ylabel("SSIM to the trained model's map")
+    ax.set_title("Sanity check (lower is better)")
+    ax.legend(fontsize=7)
+    return fig

@@ -7,21 +7,34 @@
   ``Σ_{mask} max(r, 0) / Σ max(r, 0)``; 0 for a map without positive relevance. Default
   relevance: ``"sum"`` over channels (signed evidence).
 
-Masks are boolean ``[B, H, W]`` (e.g. :attr:`neuralpath.data.ImageDataset.masks` of the
-``synthetic`` data set); an empty mask is an error.
+Both take the metrics' one call shape, ``metric(model, inputs, targets, explanation, masks=...)``
+(see :mod:`~neuralpath.metrics.perturbation`; given maps need neither the model nor the targets),
+and return a :class:`LocalisationResult`. Masks are boolean ``[B, H, W]`` (e.g.
+:attr:`neuralpath.data.ImageDataset.masks` of the ``synthetic`` data set); an empty mask is an
+error.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from neuralpath.errors import InputError, ShapeError
-from neuralpath.metrics.perturbation import REDUCTIONS, pixel_relevance
+from neuralpath.metrics.perturbation import (
+    REDUCTIONS,
+    Explainer,
+    check_batch,
+    maps_of,
+    model_device,
+    pixel_relevance,
+    resolve_targets,
+)
 
 
 def _checked(attributions: Tensor, masks: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
@@ -56,59 +69,101 @@ def dilate(masks: Tensor, radius: float) -> Tensor:
     return hits.squeeze(1) > 0.5
 
 
-class PointingGame:
-    """Is the maximum-relevance pixel inside the (dilated) mask? ``[B]`` of 0./1."""
+@dataclass
+class LocalisationResult:
+    """``scores [B]`` of localisation metric ``name`` (higher is better)."""
 
-    name = "pointing_game"
+    name: str
+    scores: Tensor
+    higher_is_better: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready mean over the batch."""
+        return {
+            "metric": self.name,
+            "higher_is_better": self.higher_is_better,
+            "score": self.scores.mean().item(),
+            "samples": int(self.scores.shape[0]),
+        }
+
+
+class _Localisation(ABC):
+    """A localisation metric: the call shape of every metric plus ground-truth ``masks``."""
+
+    name = "localisation"
     higher_is_better = True
     direction = "higher"
 
-    def __init__(self, tolerance: float = 0.0, *, reduction: str = "sum-abs"):
-        if not tolerance >= 0:
-            raise InputError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
+    def __init__(self, reduction: str):
         if reduction not in REDUCTIONS:
             raise InputError(
                 f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
             )
-        self.tolerance = float(tolerance)
         self.reduction = reduction
 
-    def __call__(self, attributions: Tensor, masks: Tensor) -> Tensor:
-        """``attributions [B, C, H, W]`` or ``[B, H, W]``, ``masks [B, H, W]`` -> hits ``[B]``."""
-        relevance, masks = _checked(attributions, masks, self.reduction)
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Any,
+        explanation: Tensor | Explainer,
+        *,
+        masks: Tensor | None = None,
+    ) -> LocalisationResult:
+        """Scores ``[B]`` of the maps ``explanation`` (``[B, C|1, H, W]`` / ``[B, H, W]``, or an
+        explainer called on ``inputs [B, C, H, W]`` and ``targets``, None: ``model``'s
+        prediction) against ``masks [B, H, W]``."""
+        if masks is None:
+            raise InputError(f"{self.name} needs ground-truth masks=[B, H, W]")
+        check_batch(inputs)
+        if not isinstance(explanation, Tensor):
+            inputs = inputs.to(model_device(model))
+            targets = resolve_targets(model, inputs, targets)
+        relevance, masks = _checked(maps_of(explanation, inputs, targets), masks, self.reduction)
+        return LocalisationResult(self.name, self._scores(relevance, masks))
+
+    @abstractmethod
+    def _scores(self, relevance: Tensor, masks: Tensor) -> Tensor:
+        """``[B]`` from pixel ``relevance [B, H, W]`` and non-empty bool ``masks [B, H, W]``."""
+
+
+class PointingGame(_Localisation):
+    """Is the maximum-relevance pixel inside the (dilated) mask? ``[B]`` of 0./1."""
+
+    name = "pointing_game"
+
+    def __init__(self, tolerance: float = 0.0, *, reduction: str = "sum-abs"):
+        if not tolerance >= 0:
+            raise InputError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
+        super().__init__(reduction)
+        self.tolerance = float(tolerance)
+
+    def _scores(self, relevance: Tensor, masks: Tensor) -> Tensor:
         target = dilate(masks, self.tolerance).flatten(1)
         best = relevance.flatten(1).argmax(dim=1, keepdim=True)  # first maximum in row-major order
         return target.gather(1, best).squeeze(1).float()
 
 
-class RelevanceMass:
+class RelevanceMass(_Localisation):
     """Share of positive relevance inside the mask, ``[B]`` in [0, 1]."""
 
     name = "relevance_mass"
-    higher_is_better = True
-    direction = "higher"
 
     def __init__(self, *, reduction: str = "sum"):
-        if reduction not in REDUCTIONS:
-            raise InputError(
-                f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
-            )
-        self.reduction = reduction
+        super().__init__(reduction)
 
-    def __call__(self, attributions: Tensor, masks: Tensor) -> Tensor:
-        """``attributions [B, C, H, W]`` or ``[B, H, W]``, ``masks [B, H, W]`` -> ``[B]``."""
-        relevance, masks = _checked(attributions, masks, self.reduction)
+    def _scores(self, relevance: Tensor, masks: Tensor) -> Tensor:
         positive = relevance.clamp(min=0).flatten(1)
         inside = (positive * masks.flatten(1)).sum(dim=1)
         total = positive.sum(dim=1)
         return torch.where(total > 0, inside / total.clamp(min=torch.finfo(total.dtype).tiny), 0.0)
 
 
-def localisation_summary(hits: Tensor, mass: Tensor) -> dict[str, Any]:
-    """Means over the batch of :class:`PointingGame` and :class:`RelevanceMass` scores."""
+def localisation_summary(hits: LocalisationResult, mass: LocalisationResult) -> dict[str, Any]:
+    """Means over the batch of a :class:`PointingGame` and a :class:`RelevanceMass` result."""
     return {
-        "pointing_game": hits.mean().item(),
-        "relevance_mass": mass.mean().item(),
+        "pointing_game": hits.scores.mean().item(),
+        "relevance_mass": mass.scores.mean().item(),
         "higher_is_better": True,
-        "samples": int(hits.shape[0]),
+        "samples": int(hits.scores.shape[0]),
     }

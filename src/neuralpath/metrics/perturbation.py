@@ -1,8 +1,16 @@
-"""Pixel-perturbation metrics for saliency maps: LeRF/MoRF curves, deletion and insertion AUC.
+"""Pixel-perturbation metrics for saliency maps: LeRF/MoRF curves, deletion and insertion AUC,
+and the protocols every saliency metric of :mod:`neuralpath.metrics` shares.
 
-Every metric takes a classifier, a batch ``inputs [B, C, H, W]`` and either precomputed
-``attributions`` (``[B, C, H, W]`` or ``[B, H, W]``) or an ``explain(inputs, targets)``
-function (ours from :data:`neuralpath.attribution.ATTRIBUTION_METHODS`, or Captum's).
+**One explain signature**: an :data:`Explainer` ``explain(inputs [B, C, H, W], targets [B]) ->
+maps`` (``[B, C, H, W]``, ``[B, 1, H, W]`` or ``[B, H, W]``) is built once per model (ours and
+Captum's: :func:`neuralpath.attribution.make_explainer`, or any function of that shape); an
+:data:`ExplainerFactory` builds one for another model (the sanity check's randomised copies).
+
+**One call shape** (:class:`AttributionMetric`): ``metric(model, inputs, targets, explanation)
+-> result``, ``targets`` ``[B]`` classes or None (the model's prediction), ``explanation`` the
+maps or an :data:`Explainer` (the sanity check: an :data:`ExplainerFactory`); localisation
+metrics also take ``masks=``. Every metric and result says its direction in
+``higher_is_better``; results give a JSON-ready ``summary()``.
 
 Conventions, shared by :mod:`~neuralpath.metrics.roar`:
 
@@ -37,19 +45,44 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from neuralpath.errors import InputError, ShapeError
-from neuralpath.gating import check_inputs, frozen
+from neuralpath.gating import GatedModel, check_inputs, frozen
 from neuralpath.seeding import sample_seed
 from neuralpath.targets import resolve_target
 
-Explain = Callable[[Tensor, Tensor], Tensor]
-"""``explain(inputs [B, C, H, W], targets [B]) -> attributions [B, C, H, W] or [B, H, W]``."""
+Explainer = Callable[[Tensor, Tensor], Tensor]
+"""``explain(inputs [B, C, H, W], targets [B]) -> maps [B, C|1, H, W] or [B, H, W]``, built once
+per model and called per batch."""
+ExplainerFactory = Callable[[nn.Module], Explainer]
+"""``for_model(model) -> Explainer``: the same method built for ``model`` (the target or a changed
+copy with the same modules); called once per model state, not per batch."""
+
+
+class MetricResult(Protocol):
+    """What every metric returns: its direction and a JSON-ready summary."""
+
+    higher_is_better: bool
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+class AttributionMetric(Protocol):
+    """``metric(model, inputs [B, C, H, W], targets [B] | None, explanation) -> MetricResult``;
+    ``higher_is_better``: the metric's direction."""
+
+    name: str
+    higher_is_better: bool
+
+    def __call__(
+        self, model: nn.Module, inputs: Tensor, targets: Any, explanation: Any, /
+    ) -> MetricResult: ...
+
 
 Reduction = Literal["sum-abs", "sum", "max-abs", "signed-max-abs"]
 REDUCTIONS: tuple[str, ...] = ("sum-abs", "sum", "max-abs", "signed-max-abs")
@@ -328,6 +361,21 @@ def predict_proba(model: nn.Module, inputs: Tensor, batch_size: int = 256) -> Te
     return torch.cat(parts)
 
 
+class FastLayout(nn.Module):
+    """``gated.model`` fed channels-last copies of its inputs when it accepts them
+    (:meth:`~neuralpath.gating.GatedModel.fast_layout`): the same outputs to float rounding,
+    and on CPU faster convolutions and pooling, for the many forwards of the metrics."""
+
+    def __init__(self, gated: GatedModel):
+        super().__init__()
+        self.model = gated.model
+        self.layout = gated.fast_layout
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Logits ``[B, K]`` of ``inputs [B, C, H, W]``."""
+        return self.model(self.layout(inputs))
+
+
 def model_device(model: nn.Module) -> torch.device:
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
@@ -341,21 +389,44 @@ def resolve_targets(
     return resolve_target(probs, targets)
 
 
-def relevance_for(
-    inputs: Tensor,
-    targets: Tensor,
-    attributions: Tensor | None,
-    explain: Explain | None,
-    reduction: str,
+def explain_in_batches(
+    explain: Explainer, inputs: Tensor, targets: Tensor, batch_size: int | None = None
 ) -> Tensor:
-    """Pixel relevance ``[B, H, W]`` from given ``attributions`` or by calling ``explain`` once on
-    the whole batch (callers that hold many images pass ``attributions`` computed in chunks)."""
-    if (attributions is None) == (explain is None):
-        raise InputError("pass exactly one of attributions= or explain=")
-    if attributions is None:
-        assert explain is not None
-        attributions = explain(inputs, targets)
-    check_map_shape(attributions, inputs)
+    """Maps of ``inputs [B, C, H, W]`` for ``targets [B]``, ``explain`` called on at most
+    ``batch_size`` samples at a time (None: all at once), concatenated and detached."""
+    if batch_size is None or batch_size >= inputs.shape[0]:
+        return explain(inputs, targets).detach()
+    _check_positive_int("batch_size", batch_size)
+    return torch.cat(
+        [
+            explain(inputs[i : i + batch_size], targets[i : i + batch_size]).detach()
+            for i in range(0, inputs.shape[0], batch_size)
+        ]
+    )
+
+
+def maps_of(explanation: Tensor | Explainer, inputs: Tensor, targets: Tensor) -> Tensor:
+    """The maps an ``explanation`` stands for: itself (given maps), or an :data:`Explainer`
+    called once on the whole batch (callers that hold many images pass maps computed with
+    :func:`explain_in_batches`); their shape checked against ``inputs``."""
+    if isinstance(explanation, Tensor):
+        maps = explanation
+    elif callable(explanation):
+        maps = explanation(inputs, targets)
+    else:
+        raise InputError(
+            f"explanation must be maps (a tensor) or an explain(inputs, targets) function, got "
+            f"{type(explanation).__name__}"
+        )
+    check_map_shape(maps, inputs)
+    return maps
+
+
+def relevance_for(
+    inputs: Tensor, targets: Tensor, explanation: Tensor | Explainer, reduction: str
+) -> Tensor:
+    """Pixel relevance ``[B, H, W]`` of an ``explanation`` (see :func:`maps_of`)."""
+    attributions = maps_of(explanation, inputs, targets)
     relevance = pixel_relevance(attributions.to(inputs.device), reduction)
     if not torch.isfinite(relevance).all():
         raise InputError("attributions contain NaN or infinite values")
@@ -440,20 +511,16 @@ class _PixelCurve(ABC):
         return "higher" if self.higher_is_better else "lower"
 
     def __call__(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        targets: Any = None,
-        *,
-        attributions: Tensor | None = None,
-        explain: Explain | None = None,
+        self, model: nn.Module, inputs: Tensor, targets: Any, explanation: Tensor | Explainer
     ) -> CurveResult:
-        """Curves ``[B, Q]`` for ``inputs [B, C, H, W]`` on ``model``'s device."""
+        """Curves ``[B, Q]`` for ``inputs [B, C, H, W]`` on ``model``'s device; ``targets``:
+        ``[B]`` classes, an int or None (the prediction); ``explanation``: maps ``[B, C|1, H, W]``
+        / ``[B, H, W]`` or an :data:`Explainer`."""
         check_batch(inputs)
         inputs = inputs.to(model_device(model))
         probs = predict_proba(model, inputs, self.batch_size)
         target = resolve_target(probs, targets)
-        relevance = relevance_for(inputs, target, attributions, explain, self.reduction)
+        relevance = relevance_for(inputs, target, explanation, self.reduction)
         ranks = order_ranks(
             relevance_order(relevance, most_relevant_first=self.most_relevant_first)
         )
@@ -583,33 +650,3 @@ class Insertion(_ProgressiveCurve):
     name = "insertion"
     higher_is_better = True
     insert = True
-
-
-def method_explainer(
-    method: str, *, layers: Sequence[str] | None = None, **options: Any
-) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
-    """``explain(model, inputs, targets)`` for a method of :data:`neuralpath.attribution.METHOD_NAMES`.
-
-    ``options`` go to :func:`neuralpath.attribution.make_attribution_method` (``finder``,
-    ``sparsity``, ``granularity``, ``seed``, ``layer``); gate sites (``layers``) are discovered on
-    whichever model is passed, so the function also serves randomised copies (sanity checks).
-    """
-    from neuralpath.attribution import make_attribution_method
-    from neuralpath.gating import GatedModel
-
-    run = make_attribution_method(method, **options)
-
-    def explain(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        gated = GatedModel.discover(model, inputs[:1].detach(), layers=layers)
-        return run(gated, inputs, targets).detach()
-
-    return explain
-
-
-def bind(explain: Callable[[nn.Module, Tensor, Tensor], Tensor], model: nn.Module) -> Explain:
-    """Fix the model of a model-taking ``explain``: ``explain(inputs, targets)``."""
-
-    def bound(inputs: Tensor, targets: Tensor) -> Tensor:
-        return explain(model, inputs, targets)
-
-    return bound

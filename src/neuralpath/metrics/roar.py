@@ -48,7 +48,7 @@ from neuralpath.metrics.perturbation import (
     DEFAULT_NOISE_STD,
     REDUCTIONS,
     Baseline,
-    Explain,
+    Explainer,
     Removal,
     check_percentages,
     check_removal,
@@ -173,6 +173,12 @@ class ROAR:
     ``removal``: ``"baseline"`` (default, as in Hooker et al.) or ``"noisy-linear"`` (ROAD) with
     ``noise_std`` (seeded by ``seed``), see :mod:`~neuralpath.metrics.perturbation`;
     ``trainer``: replaces the default :func:`make_trainer` (e.g. to count or log trainings).
+
+    Unlike the batch metrics (``metric(model, inputs, targets, explanation)``, see
+    :mod:`~neuralpath.metrics.perturbation`), ROAR retrains models on whole perturbed splits and
+    shares the unperturbed retraining between methods, so its call takes the splits and every
+    method's :data:`~neuralpath.metrics.perturbation.Explainer` at once; its result says its
+    direction like theirs.
     """
 
     name = "roar"
@@ -292,7 +298,7 @@ class ROAR:
         """Refuse a work dir whose cached maps of ``method`` were made with other ``settings``."""
         path = self._ranks_path(method)
         if path.exists():
-            saved = load_tensors(path)[1].get("settings", {})
+            saved = (load_tensors(path)[1] or {}).get("settings", {})
             if saved != json.loads(json.dumps(settings)):
                 raise CheckpointError(
                     f"ROAR work dir {self.work_dir} holds {method!r} maps made with other settings "
@@ -302,7 +308,7 @@ class ROAR:
     def _ranks(
         self,
         method: str,
-        explain: Explain,
+        explain: Explainer,
         model: nn.Module,
         splits: Mapping[str, ImageDataset],
         settings: Mapping[str, Any],
@@ -311,9 +317,8 @@ class ROAR:
         if path.exists():
             tensors, meta = load_tensors(path)
             sizes = {name: len(ds) for name, ds in splits.items()}
-            if (meta.get("method"), meta.get("sizes")) != (method, sizes) or set(tensors) != set(
-                splits
-            ):
+            stored = (meta or {}).get("method"), (meta or {}).get("sizes")
+            if stored != (method, sizes) or set(tensors) != set(splits):
                 raise CheckpointError(f"{path} does not belong to this ROAR run; delete it")
             return tensors
         ranks = {}
@@ -328,7 +333,7 @@ class ROAR:
                     t = dataset.labels[start : start + self.explain_batch_size].to(x.device)
                 else:
                     t = predict_proba(model, x).argmax(dim=1)
-                relevance = relevance_for(x, t, None, explain, self.reduction)
+                relevance = relevance_for(x, t, explain, self.reduction)
                 order = relevance_order(relevance, most_relevant_first=True)
                 parts.append(order.to(torch.int16 if order.shape[1] < 2**15 else torch.int32).cpu())
             ranks[split] = torch.cat(parts)
@@ -363,7 +368,7 @@ class ROAR:
         arch_args: Mapping[str, Any],
         train_set: ImageDataset,
         test_set: ImageDataset,
-        explainers: Mapping[str, Explain],
+        explainers: Mapping[str, Explainer],
         settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> RoarResult:
         """Run (or resume) every missing (method, q) cell; ``model``: the target, used for the maps.
@@ -379,10 +384,11 @@ class ROAR:
         for name in explainers:
             _slug(name)
             self._check_settings(name, settings.get(name, {}))
-        methods = dict(explainers)
-        train = subset(train_set, self.train_limit, self.seed)
-        test = subset(test_set, self.test_limit, self.seed)
-        config = self._config(model, arch, arch_args, train, test)
+        splits = {
+            "train": subset(train_set, self.train_limit, self.seed),
+            "test": subset(test_set, self.test_limit, self.seed),
+        }
+        config = self._config(model, arch, arch_args, splits["train"], splits["test"])
         self._check_config(config)
         trainer = self.trainer or make_trainer(
             arch,
@@ -392,49 +398,68 @@ class ROAR:
             lr=self.lr,
             device=model_device(model),
         )
-        trained = 0
-        cells: list[tuple[str, float]] = [(m, q) for m in methods for q in self.percentages]
-        todo = [(m, q) for m, q in cells if not self._cell_path(m, q).exists()]
         unperturbed_path = self.work_dir / "results" / self.training_key / f"{UNPERTURBED}.json"
-        bar = tqdm(
-            total=len(todo) + int(self.include_unperturbed and not unperturbed_path.exists()),
-            desc="ROAR retraining",
-            disable=not self.progress,
+        trained = self._train_missing(
+            trainer, model, splits, explainers, settings, unperturbed_path
         )
-        with bar:
-            if self.include_unperturbed and not unperturbed_path.exists():
-                started = time.perf_counter()
-                accuracy = trainer(train, test, self.seed)
-                trained += 1
-                write_json_atomic(
-                    unperturbed_path,
-                    {"accuracy": accuracy, "seconds": round(time.perf_counter() - started, 2)},
-                )
+        return self._result(list(explainers), unperturbed_path, config, trained)
+
+    def _train_missing(
+        self,
+        trainer: Trainer,
+        model: nn.Module,
+        splits: Mapping[str, ImageDataset],
+        explainers: Mapping[str, Explainer],
+        settings: Mapping[str, Mapping[str, Any]],
+        unperturbed_path: Path,
+    ) -> int:
+        """Train every cell without a result file (the unperturbed one first); how many."""
+        todo = [
+            (m, q)
+            for m in explainers
+            for q in self.percentages
+            if not self._cell_path(m, q).exists()
+        ]
+        retrain_clean = self.include_unperturbed and not unperturbed_path.exists()
+        total = len(todo) + int(retrain_clean)
+        with tqdm(total=total, desc="ROAR retraining", disable=not self.progress) as bar:
+            if retrain_clean:
+                self._train_cell(trainer, splits["train"], splits["test"], unperturbed_path, {})
                 bar.update()
             for method in dict.fromkeys(m for m, _ in todo):
-                splits = {"train": train, "test": test}
                 ranks = self._ranks(
-                    method, methods[method], model, splits, settings.get(method, {})
+                    method, explainers[method], model, splits, settings.get(method, {})
                 )
                 for q in (q for m, q in todo if m == method):
-                    started = time.perf_counter()
                     bar.set_postfix(method=method, q=f"{q:g}")
-                    accuracy = trainer(
-                        self._perturbed(train, ranks["train"], q),
-                        self._perturbed(test, ranks["test"], q),
-                        self.seed,
-                    )
-                    trained += 1
-                    write_json_atomic(
+                    self._train_cell(
+                        trainer,
+                        self._perturbed(splits["train"], ranks["train"], q),
+                        self._perturbed(splits["test"], ranks["test"], q),
                         self._cell_path(method, q),
-                        {
-                            "method": method,
-                            "percentage": q,
-                            "accuracy": accuracy,
-                            "seconds": round(time.perf_counter() - started, 2),
-                        },
+                        {"method": method, "percentage": q},
                     )
                     bar.update()
+        return total
+
+    def _train_cell(
+        self,
+        trainer: Trainer,
+        train: ImageDataset,
+        test: ImageDataset,
+        path: Path,
+        cell: dict[str, Any],
+    ) -> None:
+        """Train on ``train``, test on ``test`` and write ``cell`` with the accuracy to ``path``."""
+        started = time.perf_counter()
+        accuracy = trainer(train, test, self.seed)
+        seconds = round(time.perf_counter() - started, 2)
+        write_json_atomic(path, {**cell, "accuracy": accuracy, "seconds": seconds})
+
+    def _result(
+        self, methods: list[str], unperturbed_path: Path, config: dict[str, Any], trained: int
+    ) -> RoarResult:
+        """Every cell's accuracy read back from the work directory."""
         accuracy_table = {
             m: {q: read_json(self._cell_path(m, q))["accuracy"] for q in self.percentages}
             for m in methods

@@ -18,13 +18,18 @@ A correlation with a constant map is undefined and reported as NaN (summaries us
 Layers: by default every ``nn.Conv*``/``nn.Linear`` module, in the order the forward calls them;
 re-initialisation uses the module's own ``reset_parameters()`` under a seeded RNG fork (other
 parameterised modules, when named explicitly, get Gaussian noise with their parameters' std).
+
+Maps come from an :data:`~neuralpath.metrics.perturbation.ExplainerFactory`: the explainer of
+the trained model, then one built for the randomised copy after each step (a pathway method's
+copy gets its own gated model and rebound finder, and under mean ablation the per-unit means of
+that randomised copy: :func:`neuralpath.attribution.explainer_factory`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,20 +37,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from neuralpath.attribution import zero_maps
 from neuralpath.errors import InputError, LayerError
 from neuralpath.gating import frozen
 from neuralpath.metrics.perturbation import (
     REDUCTIONS,
+    Explainer,
+    ExplainerFactory,
     check_batch,
     check_map_shape,
+    explain_in_batches,
     model_device,
     pixel_relevance,
     resolve_targets,
 )
-
-ModelExplain = Callable[[nn.Module, Tensor, Tensor], Tensor]
-"""``explain(model, inputs [B, C, H, W], targets [B]) -> attributions`` for any model."""
 
 MEASURES: tuple[str, ...] = ("ssim", "spearman", "spearman_abs", "hog")
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -221,7 +225,13 @@ class SanityResult:
 
 
 class CascadingRandomisation:
-    """Cascading model-parameter randomisation test; similarities per step (lower is better)."""
+    """Cascading model-parameter randomisation test; similarities per step (lower is better).
+
+    ``layers``: the modules to randomise, output first (default: every conv/linear layer);
+    ``seed``: step ``i`` re-initialises under seed ``seed + i``; ``measures``: of :data:`MEASURES`;
+    ``reduction``: channels to a 2-D map; ``batch_size``: explainer calls on at most this many
+    samples (None: the whole batch at once).
+    """
 
     name = "sanity"
     higher_is_better = False
@@ -234,6 +244,7 @@ class CascadingRandomisation:
         seed: int = 0,
         measures: Sequence[str] = MEASURES,
         reduction: str = "signed-max-abs",
+        batch_size: int | None = None,
     ):
         unknown = [m for m in measures if m not in MEASURES]
         if unknown or not measures:
@@ -244,8 +255,11 @@ class CascadingRandomisation:
             raise InputError(
                 f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
             )
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise InputError(f"batch_size must be None or a positive integer, got {batch_size!r}")
         self.layers = None if layers is None else list(layers)
         self.seed = seed
+        self.batch_size = batch_size
         self.measures = tuple(measures)
         self.reduction = reduction
 
@@ -260,31 +274,35 @@ class CascadingRandomisation:
         return list(self.layers)
 
     def __call__(
-        self, model: nn.Module, inputs: Tensor, targets: Any, explain: ModelExplain
+        self, model: nn.Module, inputs: Tensor, targets: Any, explanation: ExplainerFactory
     ) -> SanityResult:
         """Similarities ``[L, B]`` per measure for ``inputs [B, C, H, W]``.
 
         ``targets``: None (the trained model's predictions), an int or ``[B]`` labels; kept fixed
-        for every randomised model. ``explain`` receives the (copied, randomised) model.
+        for every randomised model. ``explanation``: builds the explainer of a model; called with
+        ``model`` for the reference maps, then once per step with the randomised copy (``model``
+        itself is never changed).
         """
         check_batch(inputs)
         inputs = inputs.to(model_device(model))
         targets = resolve_targets(model, inputs, targets)
         layers = self.cascade(model, inputs[:1])
-        reference_maps = explain(model, inputs, targets)
-        check_map_shape(reference_maps, inputs)
-        reference = normalised_maps(reference_maps, self.reduction)
+        reference = normalised_maps(self._maps(explanation(model), inputs, targets), self.reduction)
         work = copy.deepcopy(model)
         modules = dict(work.named_modules())
         scores: dict[str, list[Tensor]] = {m: [] for m in self.measures}
         zero = []
         for step, name in enumerate(layers):
             randomise_(modules[name], self.seed + step)
-            maps = explain(work, inputs, targets)
-            check_map_shape(maps, inputs)
-            zero.append(int(zero_maps(maps).sum()))
+            maps = self._maps(explanation(work), inputs, targets)
+            zero.append(int((maps == 0).flatten(1).all(dim=1).sum()))
             for measure, value in similarities(
                 reference, normalised_maps(maps, self.reduction), self.measures
             ).items():
                 scores[measure].append(value)
         return SanityResult(layers, {m: torch.stack(v) for m, v in scores.items()}, zero)
+
+    def _maps(self, explain: Explainer, inputs: Tensor, targets: Tensor) -> Tensor:
+        maps = explain_in_batches(explain, inputs, targets, self.batch_size)
+        check_map_shape(maps, inputs)
+        return maps
