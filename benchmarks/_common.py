@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -74,3 +76,19 @@ def load_batch(count: int) -> tuple[torch.Tensor, str]:
     except DataError:
         noise = torch.randn(count, 1, 32, 32, generator=torch.Generator().manual_seed(0))
         return noise, "random inputs"
+
+
+def command_line(script: str, argv: Sequence[str] | None = None, env: str = "") -> str:
+    """The command line that runs ``benchmarks/<script>`` with ``argv`` (``sys.argv[1:]`` when
+    None), as the section printed beside its numbers shows it: ``env`` (e.g.
+    ``"OMP_NUM_THREADS=1"``) first, then ``.venv/bin/python benchmarks/<script>`` and the
+    arguments, shell-quoted. tests/test_results_doc.py checks that it parses."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    words = [env] if env else []
+    words += [".venv/bin/python", f"benchmarks/{Path(script).name}", *map(shlex.quote, args)]
+    return " ".join(words)
+
+
+def in_repository(path: Path) -> bool:
+    """Whether ``path`` lies inside the repository (figures the docs link to must)."""
+    return path.resolve().is_relative_to(ROOT)

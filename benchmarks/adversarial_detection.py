@@ -31,9 +31,10 @@ from neuralpath.methods.dgr import DGR, DGRConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_section  # noqa: E402
+from _common import command_line, shown, write_section  # noqa: E402
 
 SECTION = "## Adversarial detection"
+PGD_STEPS = 10
 
 
 def ensure_target(checkpoint: Path, own: Path, wait: float) -> Path:
@@ -53,7 +54,8 @@ def ensure_target(checkpoint: Path, own: Path, wait: float) -> Path:
     return own
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark (built without running anything)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "vgg11-fmnist")
     parser.add_argument(
@@ -69,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(args.threads)
     checkpoint = ensure_target(args.checkpoint, args.own_target, args.wait)
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for attack in ("fgsm", "pgd"):
         start = time.perf_counter()
-        config = Attack(attack, args.eps, data.mean, data.std, steps=10, seed=args.seed)
+        config = Attack(attack, args.eps, data.mean, data.std, steps=PGD_STEPS, seed=args.seed)
         attacked = attack_images(gated, data.images, data.labels, config)
         clean = gate_features(finder, attacked.images)
         adversarial = gate_features(finder, attacked.adversarial)
@@ -113,17 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if not args.no_write:
-        cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adversarial_detection.py" + (
-            f" --eps {args.eps}" if args.eps != 0.1 else ""
-        )
+        cmd = command_line(__file__, argv, env="OMP_NUM_THREADS=1")
         accuracy = target.meta.test_accuracy
         accuracy_text = "?" if accuracy is None else f"{100 * accuracy:.2f} %"
         description = (
-            f"Command: `{cmd}` (CPU). Target: `{checkpoint.relative_to(ROOT)}` (VGG-11, "
+            f"Command: `{cmd}` (CPU). Target: `{shown(checkpoint)}` (VGG-11, "
             f"test accuracy {accuracy_text}); {args.limit} Fashion-MNIST test images (seeded "
-            f"subset, seed {args.seed}); L∞ ε = {args.eps} in pixel units ([0, 1]); PGD: 10 "
-            "steps of 2.5ε/10, random start. Features: continuous DGR gates (released defaults, "
-            f"T = 30) of all {rows[0]['features']} channels; detector: "
+            f"subset, seed {args.seed}); L∞ ε = {args.eps} in pixel units ([0, 1]); PGD: "
+            f"{PGD_STEPS} steps of 2.5ε/{PGD_STEPS}, random start. Features: continuous DGR gates (released defaults, "
+            f"T = {finder.config.iterations}) of all {rows[0]['features']} channels; detector: "
             "`RandomForestClassifier(n_estimators=50)`, 70/30 split of image pairs (the clean and "
             "attacked version of an image are on the same side). Attack success rate: share of "
             "the correctly classified clean images the attack made misclassified. Baseline: the "

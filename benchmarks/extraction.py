@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_section  # noqa: E402
+from _common import command_line, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,12 +47,35 @@ def _run(argv: list[str], processes: int) -> tuple[float, dict]:
     return seconds, json.loads(result.stdout)
 
 
-def main() -> None:
+def record_columns(store: str) -> tuple[float, list[str]]:
+    """Bytes per sample of the first shard's columns besides the packed pathway, and their
+    names (read from the store just written, so the text follows the store format)."""
+    from safetensors import safe_open
+
+    first = sorted(Path(store).glob("shard-*.safetensors"))[0]
+    with safe_open(str(first), "pt") as shard:
+        rows = shard.get_slice("packed").get_shape()[0]
+        names = [key for key in shard.keys() if key != "packed"]
+        size = sum(t.numel() * t.element_size() for t in map(shard.get_tensor, names))
+    return size / max(1, rows), names
+
+
+SHARD_SIZE = 1024
+BATCH_SIZE = 128
+SPARSITY = 0.9
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark (built without running anything)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="runs/vgg11-fmnist")
     parser.add_argument("--generator", help="GEN-CNP generator of the target (adds gencnp)")
     parser.add_argument("--limit", type=int, help="samples (default: the whole split)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from neuralpath.store import store_digest
 
     methods = ["cp-mct"] + (["gencnp"] if args.generator else [])
@@ -66,7 +89,7 @@ def main() -> None:
                 "--method",
                 method,
                 "--sparsity",
-                "0.9",
+                str(SPARSITY),
                 "--data",
                 "fashion-mnist",
                 "--split",
@@ -75,9 +98,9 @@ def main() -> None:
                 "--device",
                 "cpu",
                 "--shard-size",
-                "1024",
+                str(SHARD_SIZE),
                 "--batch-size",
-                "128",
+                str(BATCH_SIZE),
             ]
             if args.generator:
                 argv += ["--generator", args.generator]
@@ -86,6 +109,7 @@ def main() -> None:
             one_s, one = _run([*argv, "--out", f"{tmp}/{method}-1"], 1)
             two_s, two = _run([*argv, "--out", f"{tmp}/{method}-2"], 2)
             identical = store_digest(f"{tmp}/{method}-1") == store_digest(f"{tmp}/{method}-2")
+            columns = record_columns(f"{tmp}/{method}-1")
             rows.append(
                 (
                     method,
@@ -99,12 +123,11 @@ def main() -> None:
                 )
             )
             print(rows[-1], flush=True)
+    cores = os.cpu_count() or 1
     lines = [
-        f"Command: `.venv/bin/python benchmarks/extraction.py --target {args.target}"
-        + (f" --generator {args.generator}" if args.generator else "")
-        + "` (CPU, OMP_NUM_THREADS=1 per "
-        "process, shards of 1024, batch 128, sparsity 0.9 for cp-mct; the 2-core machine was shared "
-        "with other jobs, so throughputs are indicative).",
+        f"Command: `{command_line(__file__, argv)}` (CPU, OMP_NUM_THREADS=1 per process, shards of "
+        f"{SHARD_SIZE}, batch {BATCH_SIZE}, sparsity {SPARSITY} for cp-mct; the {cores}-core "
+        "machine may have been shared with other jobs, so throughputs are indicative).",
         "",
         "| method | samples | bytes / sample | images/s (extraction, 1 process) | wall s, 1 process | "
         "wall s, torchrun ×2 | kept fraction | 2 processes byte-identical |",
@@ -115,10 +138,12 @@ def main() -> None:
             f"| {method} | {n} | {size:.1f} | {rate:.0f} | {one_s:.1f} | {two_s:.1f} | "
             f"{kept:.3f} | {'yes' if same else 'NO'} |"
         )
+    column_bytes, column_names = columns
     lines += [
         "",
         "Bytes per sample count the whole shard files: the bit-packed pathway "
-        "(units / 8 bytes) plus id, label, prediction and kept fraction (28 bytes) and the "
+        f"(units / 8 bytes) plus {len(column_names)} per-sample columns "
+        f"({', '.join(f'`{name}`' for name in column_names)}: {column_bytes:.0f} bytes) and the "
         "safetensors header. Wall times include process start-up and model loading.",
     ]
     write_section(ROOT / "docs" / "results.md", "## Extraction\n\n" + "\n".join(lines))

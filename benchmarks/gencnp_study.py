@@ -17,7 +17,9 @@ its own snapshot under ``--out/targets``):
    cp-mct at each matched sparsity, plotted as ``docs/figures/gencnp_frontier.png``.
 
 Everything goes to ``--out`` (generators, ``results.json``) and the ``## GEN-CNP study`` section
-of ``docs/results.md``.
+of ``docs/results.md``: every table, the design paragraph and the findings are rendered from
+``results.json`` (``--report-only`` renders them again without running anything); nothing is
+typed in by hand.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gencnp_study.py
 """
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 
 from neuralpath.data import load_dataset
+from neuralpath.errors import CheckpointError
 from neuralpath.gating import GatedModel
 from neuralpath.io import atomic_path, write_json_atomic
 from neuralpath.methods import FinderOptions, build_finder
@@ -46,9 +49,11 @@ from neuralpath.transfer import build_class_pathways, evaluate_transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_section  # noqa: E402
+from _common import command_line, in_repository, shown, write_section  # noqa: E402
 
 SECTION = "## GEN-CNP study"
+NOISE = 1.0
+"""Differences below this many points (of a % metric) are read as noise in the findings."""
 KEYS = (
     "agreement",
     "accuracy",
@@ -61,8 +66,8 @@ KEYS = (
 )
 
 
-def ensure_target(directory: Path, args: argparse.Namespace) -> Path:
-    """The study's own snapshot of a target, ``--out/targets/<name>``.
+def ensure_target(directory: Path, args: argparse.Namespace) -> tuple[Path, str]:
+    """The study's own snapshot of a target, ``--out/targets/<name>``, and where it came from.
 
     Made once: a copy of the shared checkpoint (waited for up to ``--wait`` seconds), or, when it
     never appears, a target trained here (``--target-train-limit`` images, 2 epochs). Generators
@@ -71,17 +76,23 @@ def ensure_target(directory: Path, args: argparse.Namespace) -> Path:
     """
     own = args.out / "targets" / directory.name
     if (own / "meta.json").exists():
-        return own
+        return own, f"the snapshot already in `{shown(own)}`"
+    if directory.resolve() == own.resolve():
+        raise SystemExit(f"target {directory} not found")
     deadline = time.time() + args.wait
     while not (directory / "meta.json").exists() and time.time() < deadline:
         time.sleep(10)
     if (directory / "meta.json").exists():
         shutil.copytree(directory, own)
-        return own
+        return own, f"a copy of `{shown(directory)}` taken when the study ran"
     from neuralpath.train import train_target
 
     arch = directory.name.split("-")[0]
     print(f"[study] {directory} absent: training {arch} into {own}", file=sys.stderr)
+    source = (
+        f"trained by the study ({arch}, 2 epochs on {args.target_train_limit} training images, "
+        f"seed 0), `{shown(directory)}` being absent"
+    )
     train_target(
         arch,
         "fashion-mnist",
@@ -92,7 +103,7 @@ def ensure_target(directory: Path, args: argparse.Namespace) -> Path:
         limit=args.target_train_limit,
         progress=False,
     )
-    return own
+    return own, source
 
 
 def fit(
@@ -103,8 +114,15 @@ def fit(
     target_meta: dict[str, Any],
     progress: bool,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Fit (or finish / reuse) the generator in ``out``; returns the directory and history."""
+    """Fit (or finish / reuse) the generator in ``out``; returns the directory and history.
+
+    The history's last entry carries ``reused``: whether a complete generator from an earlier
+    run was taken as it was (the report says how many were)."""
     started = time.perf_counter()
+    try:
+        reused = len(read_meta(out).get("history", [])) >= config.epochs
+    except (CheckpointError, OSError, ValueError):  # absent or unreadable: fit_gencnp decides
+        reused = False
     fit_gencnp(
         gated,
         train,
@@ -121,6 +139,7 @@ def fit(
         f"last epoch {history[-1]}",
         file=sys.stderr,
     )
+    history[-1] = {**history[-1], "reused": reused}
     return out, history
 
 
@@ -154,7 +173,21 @@ def matched(kept: float) -> float:
     return min(0.99, max(0.0, 1.0 - kept))
 
 
-def study_target(directory: Path, args: argparse.Namespace, first: bool) -> dict[str, Any]:
+def base_fit_config(args: argparse.Namespace) -> FitConfig:
+    """The generator training configuration of every fit (ablations change one field)."""
+    return FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        alpha=args.alpha,
+        seed=args.seed,
+        generator=GeneratorConfig(),
+    )
+
+
+def study_target(
+    directory: Path, source: str, args: argparse.Namespace, first: bool
+) -> dict[str, Any]:
     target, gated = open_target(str(directory), "cpu")
     size = target.meta.input_shape[-1]
     train = load_dataset(
@@ -163,17 +196,12 @@ def study_target(directory: Path, args: argparse.Namespace, first: bool) -> dict
     test = load_dataset("fashion-mnist", "test", image_size=size)
     work = args.out / directory.name
     meta = target.meta.to_dict()
-    base = FitConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        alpha=args.alpha,
-        seed=args.seed,
-        generator=GeneratorConfig(),
-    )
+    base = base_fit_config(args)
     gdir, history = fit(gated, train, work / "gen-default", base, meta, args.progress)
     result: dict[str, Any] = {
-        "target": str(directory),
+        "target": shown(directory),
+        "target_source": source,
+        "target_epochs": target.meta.epochs,
         "target_test_accuracy": target.meta.test_accuracy,
         "sites": [[s.name, s.units] for s in gated.sites],
         "generator_history": history,
@@ -245,7 +273,7 @@ def study_target(directory: Path, args: argparse.Namespace, first: bool) -> dict
             if math.isclose(alpha, args.alpha):
                 gen_summary, sdir = methods["gencnp"], gdir
             else:
-                sdir, _ = fit(
+                sdir, shist = fit(
                     gated,
                     train,
                     work / f"gen-alpha-{alpha:g}",
@@ -254,6 +282,7 @@ def study_target(directory: Path, args: argparse.Namespace, first: bool) -> dict
                     args.progress,
                 )
                 gen_summary = evaluate("gencnp", gated, test, args, generator=sdir)
+                result.setdefault("sweep_histories", {})[f"{alpha:g}"] = shist
             mct = evaluate(
                 "cp-mct", gated, test, args, sparsity=matched(gen_summary["kept_fraction_mean"])
             )
@@ -324,37 +353,230 @@ def fmt(summary: dict[str, Any], spread: bool = True) -> str:
     )
 
 
-DESIGN_NOTES = [
-    (
-        "Design of the generator (names and roles from the paper; shapes and training choices "
-        "[ours], all configurable in `GeneratorConfig`/`FitConfig`): RFE = stride-2 conv 3×3 + "
-        "GroupNorm + ReLU (16 channels) repeated down to S×S (S = min(4, smallest site side)), 1×1 "
-        "projection to D = 64, flattened to one token per layer; PDN = one pre-norm transformer "
-        "encoder layer over the L layer tokens + learned layer embedding (every layer's importance "
-        "can read every deeper layer's features with one shared set of weights); RPD = a GRU cell "
-        "carried over the layers in forward order with a linear head per layer, score logits "
-        "initialised around 3 ± 1 so the first pathways keep almost every unit; DAQ (β = 2, σ = 1) "
-        "binarises exactly in the forward pass. Loss T²·KL + α·Σ‖s_l‖²/ΣC_l, Adam with a cosine "
-        "learning-rate decay, the last epoch's generator is used (no selection on validation)."
-    ),
-]
-
 HEADER = [
     "| method | agreement % | accuracy % | mIC % | mDC % ↓ | acIOU % | kept % (mean ± sd) |",
     "|---|---|---|---|---|---|---|",
 ]
 
 
-def report(results: dict[str, Any], command: str) -> str:
+def design_notes(results: dict[str, Any]) -> str:
+    """The generator's design, from the configuration the study ran with."""
+    gen = {**GeneratorConfig().to_dict(), **results["config"].get("generator_config", {})}
+    fit_cfg = {**FitConfig().__dict__, **results["config"].get("fit_config", {})}
+    fit_cfg.pop("generator", None)
+    pdn = (
+        f"{gen['pdn_depth']} pre-norm transformer encoder layer(s) ({gen['heads']} heads) over "
+        "the L layer tokens + learned layer embedding (every layer's importance can read every "
+        "deeper layer's features with one shared set of weights)"
+    )
+    return (
+        "Design of the generator (names and roles from the paper; shapes and training choices "
+        "[ours], all configurable in `GeneratorConfig`/`FitConfig`; "
+        + ("values as run" if "generator_config" in results["config"] else "library defaults")
+        + "): RFE = "
+        + (
+            f"stride-2 conv 3×3 + GroupNorm + ReLU ({gen['rfe_width']} channels) repeated down "
+            f"to S×S (S = min({gen['resolution']}, smallest site side)), 1×1 projection to "
+            f"D = {gen['width']}"
+            if gen["rfe"] == "conv"
+            else f"an MLP to D = {gen['width']}"
+        )
+        + ", flattened to one token per layer; PDN = "
+        + (pdn if gen["pdn"] == "shared" else "one network per layer")
+        + "; RPD = a GRU cell carried over the layers in forward order with a linear head per "
+        f"layer, score logits initialised around {gen['init_logit']:g} ± {gen['init_spread']:g} "
+        "so the first pathways keep almost every unit; DAQ "
+        f"(β = {gen['daq_beta']:g}, σ = {gen['daq_sigma']:g}) binarises exactly in the forward "
+        f"pass. Loss T²·{fit_cfg['distillation'].upper()} + α·Σ‖s_l‖²/ΣC_l "
+        f"(T = {fit_cfg['temperature']:g}), Adam with a {fit_cfg['schedule']} learning-rate "
+        "schedule, the last epoch's generator is used (no selection on validation)."
+    )
+
+
+def _pct(summary: dict[str, Any], key: str) -> float:
+    """A metric in %: agreement and accuracy are stored as fractions, the others in %."""
+    return 100 * summary[key] if key in ("agreement", "accuracy") else summary[key]
+
+
+def _versus(
+    results: dict[str, Any], key: str, a: str, b: str, digits: int = 1
+) -> tuple[list[str], list[float]]:
+    """``target a vs b %`` per target, and the differences a − b."""
+    texts, diffs = [], []
+    for name, res in results["targets"].items():
+        x, y = _pct(res["methods"][a], key), _pct(res["methods"][b], key)
+        texts.append(f"{name} {x:.{digits}f} vs {y:.{digits}f} %")
+        diffs.append(x - y)
+    return texts, diffs
+
+
+def _tally(diffs: list[float], goal: str) -> str:
+    """``k of n target(s)`` on which the difference is beyond the noise level in the direction
+    ``goal`` (``"higher"`` or ``"lower"``), with how many are within noise."""
+    n = len(diffs)
+    sign = 1.0 if goal == "higher" else -1.0
+    beyond = sum(sign * d > NOISE for d in diffs)
+    noise = sum(abs(d) <= NOISE for d in diffs)
+    return f"{beyond} of {n} target(s)" + (f" ({noise} within noise)" if noise else "")
+
+
+def _pair(label_a: str, a: dict[str, Any], label_b: str, b: dict[str, Any]) -> str:
+    """Two GEN-CNP variants side by side: kept fraction, mDC, acIOU, and a verdict."""
+    kept_a, kept_b = 100 * a["kept_fraction_mean"], 100 * b["kept_fraction_mean"]
+    verdict = []
+    if abs(kept_a - kept_b) > NOISE:
+        verdict.append(f"{label_a if kept_a < kept_b else label_b} sparser")
+    if abs(a["mdc"] - b["mdc"]) > NOISE:
+        verdict.append(f"{label_a if a['mdc'] < b['mdc'] else label_b} more faithful")
+    if abs(a["aciou"] - b["aciou"]) > NOISE:
+        verdict.append(f"{label_a if a['aciou'] > b['aciou'] else label_b} higher acIOU")
+    return (
+        f"{label_a}: {kept_a:.1f} % kept, mDC {a['mdc']:.2f}, acIOU {a['aciou']:.1f}; "
+        f"{label_b}: {kept_b:.1f} % kept, mDC {b['mdc']:.2f}, acIOU {b['aciou']:.1f} "
+        f"({'; '.join(verdict) or 'no difference beyond noise'})"
+    )
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """The findings paragraph, every figure taken from ``results`` (the tables above)."""
+    targets = results["targets"]
     cfg = results["config"]
+    out = [
+        f"Findings (generated from the tables above; one seed, {cfg['eval_limit']} test images, "
+        f"no confidence intervals; differences of {NOISE:g} point or less are read as noise):",
+        "",
+    ]
+    texts, diffs = _versus(results, "aciou", "gencnp", "dgr-r")
+    dgr_texts, dgr_diffs = _versus(results, "aciou", "gencnp", "dgr")
+    agree = ", ".join(
+        f"{n} {100 * r['methods']['dgr-r']['agreement']:.1f} %" for n, r in targets.items()
+    )
+    out.append(
+        "- **acIOU vs DGR-R (paper: GEN-CNP clearly higher): GEN-CNP higher on "
+        f"{_tally(diffs, 'higher')}** ({'; '.join(texts)}); higher than DGR's on "
+        f"{_tally(dgr_diffs, 'higher')} ({'; '.join(dgr_texts)}). DGR-R starts from "
+        "U(0, 1) gates drawn per image; its binarised pathways keep the prediction for "
+        f"{agree} of the images at this sparsity."
+    )
+    texts, diffs = _versus(results, "mdc", "gencnp", "dgr", digits=2)
+    no_worse = sum(d <= NOISE for d in diffs)
+    cost = ", ".join(
+        f"{n} {r['methods']['dgr']['seconds_per_image'] / r['methods']['gencnp']['seconds_per_image']:.0f}×"
+        for n, r in targets.items()
+        if r["methods"]["gencnp"].get("seconds_per_image")
+    )
+    effort = "DGR optimises every image"
+    if cost:
+        effort += f" (its time per image over GEN-CNP's in this run: {cost})"
+    out.append(
+        f"- **mDC vs DGR (goal: no worse): no worse, noise included, on {no_worse} of "
+        f"{len(diffs)} target(s)** ({'; '.join(texts)}). {effort}."
+    )
+    texts, diffs = _versus(results, "mdc", "gencnp", "cp-mct", digits=2)
+    line = (
+        "- **GEN-CNP vs critical pathways (cp-mct) at the same sparsity:** GEN-CNP's mDC lower "
+        f"on {_tally(diffs, 'lower')} ({'; '.join(texts)})."
+    )
+    sweep = next((r["alpha_sweep"] for r in targets.values() if "alpha_sweep" in r), None)
+    if sweep:
+        points = [
+            f"α = {row['alpha']:g} ({100 * (1 - row['gencnp']['kept_fraction_mean']):.0f} % "
+            f"dropped): mDC {row['gencnp']['mdc']:.2f} vs {row['cp-mct']['mdc']:.2f} %, agreement "
+            f"{100 * row['gencnp']['agreement']:.1f} vs {100 * row['cp-mct']['agreement']:.1f} %"
+            for row in sweep
+        ]
+        wins = [
+            f"{row['alpha']:g}"
+            for row in sweep
+            if row["cp-mct"]["mdc"] < row["gencnp"]["mdc"] - NOISE
+        ]
+        line += f" α sweep on {next(iter(targets))}: {'; '.join(points)}; cp-mct is the more "
+        line += (
+            f"faithful at α = {', '.join(wins)}." if wins else "faithful at no α (beyond noise)."
+        )
+    out.append(line)
+    texts, diffs = _versus(results, "mdc", "gencnp", "gencnp-global", digits=2)
+    out.append(
+        "- **Instance-specific vs one global sparsity** (same scores, same mean kept fraction): "
+        f"instance-specific more faithful (lower mDC) on {_tally(diffs, 'lower')} "
+        f"(mDC {'; '.join(texts)})."
+    )
+    for name, res in targets.items():
+        if "ablations" not in res:
+            continue
+        gencnp = res["methods"]["gencnp"]
+        for label, (ours, theirs) in (
+            ("Shared vs per-layer PDN", ("shared PDN", "per-layer PDN")),
+            ("Conv vs MLP RFE", ("conv RFE", "MLP RFE")),
+        ):
+            if theirs in res["ablations"]:
+                pair = _pair(ours, gencnp, theirs, res["ablations"][theirs])
+                out.append(f"- **{label}** ({name}): {pair}.")
+    for name, res in targets.items():
+        parts = []
+        for method, tr in res["transfer"].items():
+            inst, cls = tr["instance"], tr["transfer"]
+            parts.append(
+                f"{method}: class mDC {cls['mdc']:.2f} vs instance {inst['mdc']:.2f} %, "
+                f"agreement {100 * cls['agreement']:.1f} vs {100 * inst['agreement']:.1f} %, "
+                f"Jaccard(instance, class) {tr['instance_class_jaccard']:.1f} %"
+            )
+        out.append(
+            f"- **Transfer** ({name}): {'; '.join(parts)}. The acIOU of transferred "
+            "pathways is 100 % by construction."
+        )
+    sources = [
+        f"{name}: {res['target_source']} ({res['target_epochs']} epoch(s))"
+        for name, res in targets.items()
+        if "target_source" in res
+    ]
+    if sources:
+        out.append(
+            f"- Targets: {'; '.join(sources)}. Generators are tied to the snapshot weights "
+            "(SHA-256 fingerprint in their `meta.json`), so a rerun reuses the snapshots."
+        )
+    return out
+
+
+def _reused(results: dict[str, Any]) -> tuple[int, int]:
+    """How many of the run's generators were reused from an earlier run, of how many."""
+    histories = []
+    for res in results["targets"].values():
+        histories.append(res.get("generator_history", []))
+        histories += [a.get("history", []) for a in res.get("ablations", {}).values()]
+        histories += list(res.get("sweep_histories", {}).values())
+    flags = [h[-1].get("reused") for h in histories if h]
+    return sum(bool(f) for f in flags), len(flags)
+
+
+def report(results: dict[str, Any], command: str, rendered_by: str | None = None) -> str:
+    """The ``## GEN-CNP study`` section, rendered from ``results`` alone."""
+    cfg = results["config"]
+    timing = f"CPU, {cfg['threads']} thread(s)"
+    if "seconds" in results:
+        timing += f"; {results['seconds'] / 60:.1f} min"
+        reused, total = _reused(results)
+        if reused:
+            timing += f", {reused} of {total} generators reused from an earlier run"
+    rendered = (
+        f"; section rendered from its `results.json` by `{rendered_by}`" if rendered_by else ""
+    )
+    figure = Path(results.get("figure", cfg.get("figure", "")))
+    figure_text = (
+        f"`{shown(figure)}`"
+        if in_repository(figure)
+        else f"figure written to {figure}, outside the repository"
+    )
     lines = [
         f"{SECTION}\n",
-        f"Command: `{command}` (CPU, {cfg['threads']} thread(s)"
-        + (f"; total {results['seconds'] / 60:.1f} min)." if "seconds" in results else ")."),
+        f"Command: `{command}` ({timing}){rendered}.",
         (
             f"Budget: generator trained for {cfg['epochs']} epochs on a seeded {cfg['train_limit']}-image "
-            "subset of the Fashion-MNIST training split (10 % of it held out for validation), "
-            f"batch {cfg['batch_size']}, Adam lr {cfg['lr']}, α = {cfg['alpha']}, T = 1; evaluation "
+            "subset of the Fashion-MNIST training split "
+            f"({100 * cfg.get('fit_config', {}).get('val_fraction', FitConfig().val_fraction):g} % "
+            "of it held out for validation), "
+            f"batch {cfg['batch_size']}, Adam lr {cfg['lr']}, α = {cfg['alpha']}, "
+            f"T = {cfg.get('fit_config', {}).get('temperature', FitConfig().temperature):g}; evaluation "
             f"on the first {cfg['eval_limit']} test images. Baselines at the matched sparsity "
             "1 − GEN-CNP's mean kept fraction (DGR/DGR-R: released defaults, gates binarised by the "
             "global percentile; ties at the threshold are dropped too, so their kept fraction can be "
@@ -412,7 +634,7 @@ def report(results: dict[str, Any], command: str) -> str:
             ]
             lines += [
                 "",
-                "α sweep (`docs/figures/gencnp_frontier.png`; cp-mct at each matched sparsity):",
+                f"α sweep ({figure_text}; cp-mct at each matched sparsity):",
                 "",
                 (
                     "| α | kept % | mDC % ↓ | agreement % | acIOU % | cp-mct mDC % | "
@@ -428,11 +650,12 @@ def report(results: dict[str, Any], command: str) -> str:
                     f"{g['aciou']:.1f} | {m['mdc']:.2f} | {100 * m['agreement']:.1f} | {m['aciou']:.1f} |"
                 )
         lines.append("")
-    lines += [*DESIGN_NOTES, "", *results.get("notes", [])]
+    lines += [design_notes(results), "", *findings(results)]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark (built without running anything)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--targets",
@@ -465,26 +688,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--figure", type=Path, default=ROOT / "docs" / "figures" / "gencnp_frontier.png"
     )
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--notes", type=Path, help="markdown file appended to the section")
+    parser.add_argument("--no-write", action="store_true", help="do not write docs/results.md")
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="re-render the section from --out/results.json without running",
+        help="re-render the section (and the figure) from --out/results.json without running",
     )
-    args = parser.parse_args(argv)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gencnp_study.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = command_line(__file__, argv, env="OMP_NUM_THREADS=1")
     if args.report_only:
         results = json.loads((args.out / "results.json").read_text())
-        if args.notes is not None:
-            results["notes"] = args.notes.read_text().splitlines()
-        body = report(results, results.get("command", command.strip()))
+        if not args.no_write:
+            plot_sweep(results, args)
+            results["figure"] = str(args.figure)
+        body = report(results, results.get("command", command), rendered_by=command)
         print(body)
         if not args.no_write:
             write_section(args.results, body)
-            plot_sweep(results, args)
         return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -492,19 +716,19 @@ def main(argv: list[str] | None = None) -> int:
         k: [str(p) for p in v] if k == "targets" else str(v) if isinstance(v, Path) else v
         for k, v in vars(args).items()
     }
-    results: dict[str, Any] = {"config": config, "targets": {}}
+    fit_config = {**base_fit_config(args).__dict__}
+    config["generator_config"] = fit_config.pop("generator").to_dict()
+    config["fit_config"] = fit_config
+    results: dict[str, Any] = {"config": config, "targets": {}, "command": command}
     for i, directory in enumerate(args.targets):
-        results["targets"][directory.name] = study_target(
-            ensure_target(directory, args), args, i == 0
-        )
+        own, source = ensure_target(directory, args)
+        results["targets"][directory.name] = study_target(own, source, args, i == 0)
         write_json_atomic(args.out / "results.json", results)
     plot_sweep(results, args)
+    results["figure"] = str(args.figure)
     results["seconds"] = time.perf_counter() - started
-    results["command"] = command.strip()
-    if args.notes is not None:
-        results["notes"] = args.notes.read_text().splitlines()
     write_json_atomic(args.out / "results.json", results)
-    body = report(results, command.strip())
+    body = report(results, command)
     print(body)
     if not args.no_write:
         write_section(args.results, body)

@@ -23,7 +23,7 @@ from neuralpath import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import shown, write_section  # noqa: E402
+from _common import command_line, shown, write_section  # noqa: E402
 
 SECTION = "## Seed variation"
 ARCHS = ("vgg11", "alexnet")
@@ -82,13 +82,34 @@ def reading(per_seed: dict[str, list[dict]], n_seeds: int) -> list[str]:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
+def demo_minutes(bases: list[Path]) -> str:
+    """What one seed's demo run cost, from the ``demo/timing.json`` each run writes: the mean
+    over the runs that started from nothing (a rerun that skipped finished steps is faster)."""
+    runs = []
+    for base in bases:
+        path = base / "demo" / "timing.json"
+        if path.exists():
+            timing = json.loads(path.read_text())
+            if timing.get("from_scratch"):
+                runs.append(timing["seconds"] / 60)
+    if not runs:
+        return "(no from-scratch timing recorded in `demo/timing.json`)"
+    return f"(mean {statistics.mean(runs):.1f} min over {len(runs)} from-scratch run(s))"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark (built without running anything)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "seeds")
     parser.add_argument("--seed0-runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
         parser.error("need at least two different seeds")
@@ -111,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         SECTION,
         "",
-        f"Command: `.venv/bin/python benchmarks/seed_variation.py --seeds "
-        f"{' '.join(map(str, args.seeds))}` (the whole `make demo` study once per seed, every "
+        f"Command: `{command_line(__file__, argv)}` (the whole `make demo` study once per seed, every "
         f"step with `--seed N`; seed 0 is `{shown(args.seed0_runs)}`, the others "
         f"`{shown(args.out)}/seed<N>`). Mean ± sd over {len(args.seeds)} seeds; each seed trains "
         "its own targets and generators, so the spread covers training as well as the methods. "
-        "Each seed costs one demo run (≈ 8 min on this machine).",
+        "Each seed costs one demo run "
+        + demo_minutes([runs_dir(seed, args) for seed in args.seeds])
+        + ".",
         "",
     ]
     for arch in ARCHS:

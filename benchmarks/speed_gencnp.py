@@ -29,6 +29,7 @@ import torch
 from neuralpath.errors import CheckpointError
 from neuralpath.gating import GatedModel
 from neuralpath.methods import FinderOptions, build_finder
+from neuralpath.methods.dgr import DGRConfig
 from neuralpath.methods.gencnp import (
     GenCNPFinder,
     GeneratorConfig,
@@ -38,12 +39,20 @@ from neuralpath.methods.gencnp import (
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_batch, load_model, median_seconds, shown, write_section  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    load_batch,
+    load_model,
+    median_seconds,
+    shown,
+    write_section,
+)
 
 SECTION = "## GEN-CNP speed"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark (built without running anything)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint",
@@ -62,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(args.threads)
     model, model_source = load_model(args.checkpoint)
@@ -108,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result, indent=2))
     if not args.no_write:
-        cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed_gencnp.py" + (
-            f" --threads {args.threads}" if args.threads != 1 else ""
-        )
+        cmd = command_line(__file__, argv, env="OMP_NUM_THREADS=1")
+        iterations = getattr(getattr(dgr, "config", None), "iterations", DGRConfig().iterations)
         body = (
             f"{SECTION}\n\n"
             f"Command: `{cmd}` (CPU, {args.threads} thread(s); medians of {4 * args.repeats} runs "
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "| measurement | value |\n|---|---|\n"
             f"| target forward of the batch | {result['forward_ms']} ms |\n"
             f"| GEN-CNP pathways (clean forward + generator) | {result['gencnp_ms']} ms |\n"
-            f"| DGR pathways (T = 30) | {result['dgr_ms']} ms |\n"
+            f"| DGR pathways (T = {iterations}) | {result['dgr_ms']} ms |\n"
             f"| **GEN-CNP / forward** (claim <= 2) | **{result['gencnp_over_forward']}×** |\n"
             f"| **DGR / GEN-CNP** (claim >= 30) | **{result['dgr_over_gencnp']}×** |\n"
             f"| GEN-CNP cost by FLOPs (1 + generator / target) | {result['gencnp_forward_equivalents_flops']} |\n"
