@@ -352,7 +352,8 @@ def render(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comman
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (nothing runs)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", default="vgg11,alexnet")
     parser.add_argument(
@@ -385,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/results.md")
     parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.skip = [s for s in args.skip.split(",") if s]
     args.methods = [m for m in args.methods.split(",") if m]

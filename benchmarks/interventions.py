@@ -136,7 +136,9 @@ def pathways_at(method: str, gated: GatedModel, images: Tensor) -> dict[float, P
         gates = DGR(gated, DGRConfig()).optimise(images).gates
         return {k: global_percentile(dict(gates), 1.0 - k) for k in KEPT}
     return {
-        k: build_finder(method, gated, FinderOptions(sparsity=1.0 - k, seed=0)).find(images)
+        k: build_finder(
+            method, gated, FinderOptions(sparsity=1.0 - k, granularity="channel", seed=0)
+        ).find(images)
         for k in KEPT
     }
 
@@ -231,7 +233,8 @@ def frontier_section(targets: list[Path], limit: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (nothing runs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="demo runs (runs/)")
     parser.add_argument("--batch", type=int, default=64)
@@ -239,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=200, help="test images for the frontier")
     parser.add_argument("--skip-frontier", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     section = cost_section(args.runs / "vgg11-fmnist", args.batch, args.repeats)
     print(section)

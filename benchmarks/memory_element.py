@@ -51,11 +51,16 @@ print(json.dumps({"seconds": seconds, "peak_extra_mib": peak - before,
 """
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (nothing runs)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=1)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     import json
     import tempfile
 

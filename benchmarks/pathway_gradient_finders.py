@@ -38,7 +38,8 @@ PER_SAMPLE = ("gencnp", "active")  # finders without a sparsity knob
 DEFAULT_SPARSITY = 0.9  # the CLI's --sparsity default
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (nothing runs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs", help="the demo's output directory (runs)")
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
@@ -51,7 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default="runs/pathway-gradient-finders")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     parser.add_argument("--no-write", action="store_true", help="print, do not touch --doc")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def matched_sparsity(target: Any, generator: Path, images: torch.Tensor) -> float:

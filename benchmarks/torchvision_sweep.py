@@ -110,9 +110,15 @@ def section(outcomes: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (nothing runs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     collector = Collector()
     code = pytest.main(["-q", "-p", "no:cacheprovider", "-m", "", str(SWEEP)], plugins=[collector])
