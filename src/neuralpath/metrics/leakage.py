@@ -159,10 +159,11 @@ def leak_warning(summary: dict[str, object], what: str) -> str | None:
     follows = summary.get("swap_follows_mask")
     if isinstance(follows, float) and follows > LEAK_WARNING_THRESHOLD:
         ablation = summary.get("ablation", "zero")
+        hint = "try --ablation mean" if ablation == "zero" else "compare another --ablation"
         return (
             f"{what}: the pathway model follows the mask, not the input, for {follows:.0%} of "
             f"swapped samples under {ablation} ablation (threshold {LEAK_WARNING_THRESHOLD:.0%}): "
-            "its faithfulness measures the mask; try --ablation mean"
+            f"its faithfulness measures the mask; {hint}"
         )
     return None
 
