@@ -95,7 +95,20 @@ def _transfer_holds(results: Mapping[str, Any]) -> tuple[str, bool] | None:
     return f"agreement {agreement:.2f}, forced {forced:.2f}", agreement >= 0.9 and forced <= 0.2
 
 
+def _follows_input(method: str, limit: float = 0.1) -> Callable:
+    def judge(results: Mapping[str, Any]) -> tuple[str, bool] | None:
+        follows = _value(results, method, "swap_follows_mask")
+        blank = _value(results, method, "blank_agreement")
+        if follows is None or blank is None:
+            return None
+        return f"swap→mask {follows:.2f}, blank {blank:.2f}", follows <= limit and blank <= limit
+
+    return judge
+
+
 CLAIMS: tuple[Claim, ...] = (
+    ("control: GEN-CNP's pathways compute from the input (both ≤ 0.1)", _follows_input("gencnp")),
+    ("control: DGR's pathways compute from the input (both ≤ 0.1)", _follows_input("dgr")),
     ("GEN-CNP's acIOU above DGR-R's", _compare("gencnp", "dgr-r", "aciou", "above")),
     ("GEN-CNP's acIOU above DGR's", _compare("gencnp", "dgr", "aciou", "above")),
     ("GEN-CNP's mIC above DGR's", _compare("gencnp", "dgr", "mic", "above", "{:.2f}")),
