@@ -20,7 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import shown, write_section  # noqa: E402
+from _common import command_line, shown, write_section  # noqa: E402
 
 SECTION = "## Demo study (`make demo`)"
 ARCHS = (("vgg11", "VGG-11"), ("alexnet", "AlexNet"))
@@ -203,8 +203,9 @@ def section(runs: Path) -> str:
     lines = [
         SECTION,
         "",
-        "Command: `make demo`, then `.venv/bin/python benchmarks/demo_study.py` (writes this "
-        "section from `runs/demo/*/results.json`). The study runs every method on the first "
+        f"Command: `make demo` (or `python -m neuralpath.demo --runs {shown(runs)}`), then "
+        f"`{command_line('demo_study.py')}` (writes this section from "
+        f"`{shown(runs)}/demo/*/results.json`). The study runs every method on the first "
         f"{config['limit']} Fashion-MNIST test images under each of: "
         + ", ".join(f"**{a}**" for a in ablations)
         + " ablation (dropped units become 0, or their mean activation over 2000 training "
