@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from neuralpath.daq import DAQ, daq, daq_soft
 from neuralpath.errors import InputError
+from neuralpath.methods.gencnp.daq import DAQ, daq, daq_soft
 
 
 def test_forward_is_exactly_the_rounded_level() -> None:

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from neuralpath.data import ImageDataset
+from neuralpath.data import ImageDataset, subset
 from neuralpath.errors import CheckpointError, InputError
-from neuralpath.metrics.roar import ROAR, make_trainer, subset
+from neuralpath.metrics.roar import ROAR, make_trainer
 from neuralpath.models import build_model
 
 ARCH = "alexnet"

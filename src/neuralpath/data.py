@@ -17,6 +17,7 @@ arrays and plain containers: any other global in the file is refused, so no code
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import gzip
 import importlib.util
 import math
@@ -191,6 +192,20 @@ def load_dataset(
     raise DataError(
         f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}, "
         "or an existing image folder (class subfolders)"
+    )
+
+
+def subset(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
+    """A random subset of ``limit`` images chosen by ``seed`` (the whole set when None or larger),
+    in data-set order; the same rule as :func:`load_dataset`'s ``limit``."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer, got {limit!r}")
+    index = _subset(len(dataset), limit, seed)
+    if index is None:
+        return dataset
+    masks = None if dataset.masks is None else dataset.masks[index]
+    return dataclasses.replace(
+        dataset, images=dataset.images[index], labels=dataset.labels[index], masks=masks
     )
 
 

@@ -211,8 +211,7 @@ def _datasets(
     args: argparse.Namespace, data: str, size: int
 ) -> tuple[ImageDataset, ImageDataset, ImageDataset | None]:
     """``(test set, ROAR's test set, ROAR's training set or None)``: seeded subsets."""
-    from neuralpath.data import load_dataset
-    from neuralpath.metrics.roar import subset
+    from neuralpath.data import load_dataset, subset
 
     roar_limit = args.roar_test_limit or args.limit
     full = load_dataset(

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from neuralpath.data import ImageDataset
+from neuralpath.data import ImageDataset, subset
 from neuralpath.errors import CheckpointError, InputError
 from neuralpath.io import load_tensors, read_json, save_tensors, state_digest, write_json_atomic
 from neuralpath.metrics.perturbation import (
@@ -120,23 +120,6 @@ def _fingerprint(dataset: ImageDataset) -> dict[str, Any]:
         "image_abs_sum": round(images.abs().sum().item(), 4),
         "label_sum": int(dataset.labels.sum().item()),
     }
-
-
-def subset(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
-    """A random subset of ``limit`` images chosen by ``seed`` (the whole set when None or larger)."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InputError(f"limit must be a positive integer, got {limit!r}")
-    index = (
-        torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
-        .sort()
-        .values
-    )
-    masks = None if dataset.masks is None else dataset.masks[index]
-    return dataclasses.replace(
-        dataset, images=dataset.images[index], labels=dataset.labels[index], masks=masks
-    )
 
 
 @dataclass

@@ -22,7 +22,7 @@ through :class:`GeneratorConfig`:
   ``C_l`` logits, ``s_l = sigmoid(logits)``; the head biases start around ``init_logit`` (with
   a spread ``init_spread``) so the initial pathway keeps (almost) every unit: a faithful
   starting point [ours].
-* **DAQ**: ``m_l = DAQ(s_l)`` (:mod:`neuralpath.daq`), exactly binary in the forward pass.
+* **DAQ**: ``m_l = DAQ(s_l)`` (:mod:`neuralpath.methods.gencnp.daq`), exactly binary in the forward pass.
 
 Input: the clean post-activation maps ``{site: [B, C_l, H_l, W_l] or [B, C_l]}``. Output:
 :class:`GeneratorOutput` with scores ``s_l`` ``[B, C_l]`` and masks ``m_l`` ``[B, C_l]``.
@@ -38,9 +38,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from neuralpath.daq import DAQ, DEFAULT_BETA, DEFAULT_SIGMA
 from neuralpath.errors import InputError, ShapeError
 from neuralpath.gating import GateSite
+from neuralpath.methods.gencnp.daq import DAQ, DEFAULT_BETA, DEFAULT_SIGMA
 
 RfeKind = Literal["conv", "mlp"]
 PdnKind = Literal["shared", "per-layer"]
