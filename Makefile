@@ -15,6 +15,7 @@ demo: install data
 test: install data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
 install: $(STAMP)

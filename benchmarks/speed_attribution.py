@@ -160,7 +160,7 @@ def percentile_vgg16(batch: int, device: torch.device) -> dict[str, float]:
     for label, chunk in (("whole", None), ("chunk1", 1)):
         holder: list[object] = []
         seconds, mib = peak_memory_mib(
-            lambda chunk=chunk: holder.append(
+            lambda chunk=chunk, holder=holder: holder.append(
                 global_percentile(scores, 0.9, "element", chunk_size=chunk)
             ),
             device,

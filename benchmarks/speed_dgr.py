@@ -109,7 +109,9 @@ def measure(
                 median_seconds(loop, 1),
             )
         )
-    t_forward, t_forward_cl, t_batched, t_nchw, t_loop = (statistics.median(c) for c in zip(*runs))
+    t_forward, t_forward_cl, t_batched, t_nchw, t_loop = (
+        statistics.median(c) for c in zip(*runs, strict=True)
+    )
     batch = images.shape[0]
     return {
         "threads": threads,

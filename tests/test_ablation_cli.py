@@ -90,7 +90,7 @@ def _references(target: Path) -> list[Path]:
 def test_find_under_mean_and_resample(target, tmp_path, capsys, computed) -> None:
     assert main(_find(target, tmp_path / "mean.safetensors", "--ablation", "mean")) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert LEAKAGE_KEYS <= set(summary) and summary["ablation"] == "mean"
+    assert set(summary) >= LEAKAGE_KEYS and summary["ablation"] == "mean"
     assert summary["swap_n"] > 0 and 0 <= summary["swap_follows_mask"] <= 1
     assert len(_references(target)) == 1 and len(computed) == 1
     metadata = Pathway.load(tmp_path / "mean.safetensors").metadata
@@ -99,7 +99,7 @@ def test_find_under_mean_and_resample(target, tmp_path, capsys, computed) -> Non
 
     assert main(_find(target, tmp_path / "resample.safetensors", "--ablation", "resample")) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert LEAKAGE_KEYS <= set(summary) and summary["ablation"] == "resample"
+    assert set(summary) >= LEAKAGE_KEYS and summary["ablation"] == "resample"
     assert len(computed) == 1  # the stored reference was reused
 
     assert main(_find(target, tmp_path / "again.safetensors", "--recompute-reference")) == 0

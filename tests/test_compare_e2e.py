@@ -161,7 +161,7 @@ def test_results_json_has_every_field(study: Path) -> None:
     assert set(results["methods"]) == set(METHODS)
     assert set(results["transfer"]) == set(METHODS)
     for name, entry in results["methods"].items():
-        assert FIND_KEYS <= set(entry), name
+        assert set(entry) >= FIND_KEYS, name
         assert entry["method"] == name and entry["n"] == 16
         for key in ("agreement", "accuracy"):
             assert 0.0 <= entry[key] <= 1.0
@@ -172,7 +172,7 @@ def test_results_json_has_every_field(study: Path) -> None:
     for name in ("cp-mct", "cp-intgrad", "random", "greedy", "dgr", "dgr-r"):
         assert abs(results["methods"][name]["kept_fraction_mean"] - 0.2) < 0.03, name
     for name, entry in results["transfer"].items():
-        assert TRANSFER_KEYS <= set(entry), name
+        assert set(entry) >= TRANSFER_KEYS, name
         assert 0 < entry["n"] <= 16 and entry["n"] + entry["uncovered"] == 16
         assert sum(entry["class_instances"]) >= 2
     assert results["sparsity"] == 0.8
@@ -189,7 +189,7 @@ def test_every_method_runs_under_every_ablation(study: Path) -> None:
         assert set(part["methods"]) == set(part["transfer"]) == set(METHODS)
         for name in METHODS:
             row, transfer = part["methods"][name], part["transfer"][name]
-            assert FIND_KEYS <= set(row) and TRANSFER_KEYS <= set(transfer), (ablation, name)
+            assert set(row) >= FIND_KEYS and set(transfer) >= TRANSFER_KEYS, (ablation, name)
             assert row["ablation"] == transfer["ablation"] == ablation
             assert row["n"] == 16 and 0.0 <= row["blank_agreement"] <= 1.0
             for key in ("swap_follows_input", "swap_follows_mask"):  # none without swap pairs

@@ -113,7 +113,7 @@ def test_one_step_matches_manual_update(model, inputs, gated) -> None:
         # v_1 = 0.9 * 0 + grad;  λ_1 = clamp(λ_0 - lr * v_1, 0, 5)
         step = [
             torch.clamp(gi.detach() - cfg.lr * (cfg.momentum * 0.0 + gr), 0.0, cfg.clamp_max)
-            for gi, gr in zip(g, grads)
+            for gi, gr in zip(g, grads, strict=True)
         ]
         z1 = reference_logits(model, x, *step)[0]
         loss1 = -(pi * torch.log_softmax(z1, dim=0)).sum() + cfg.gamma * (

@@ -622,9 +622,12 @@ def test_calls_per_forward_without_discovery_and_across_interventions() -> None:
         "stem.1": 1,
         "block.relu": 2,
     }
-    with torch.no_grad(), built.gate({"block.relu#0": torch.ones(2, 2)}):
-        with pytest.raises(LayerError, match="'block.relu' is called several times"):
-            model.block(model.stem(x))
+    with (
+        torch.no_grad(),
+        built.gate({"block.relu#0": torch.ones(2, 2)}),
+        pytest.raises(LayerError, match="'block.relu' is called several times"),
+    ):
+        model.block(model.stem(x))
     with pytest.raises(LayerError, match="site 'block.relu#1' is call #1"):
         GatedModel(
             model, discovered.sites, (1, 4, 4), calls_per_forward={"stem.1": 1, "block.relu": 1}

@@ -202,9 +202,12 @@ def test_resample_runs_one_donor_forward_per_batch(model, gated, inputs, referen
 
 def test_resample_refuses_a_partial_forward(model, gated, inputs, reference) -> None:
     under = gated.with_intervention(ResampleAblation(reference))
-    with pytest.raises(Exception, match="no donor activation"):
-        with torch.no_grad(), under.gate(random_masks("channel", 5, True)):
-            model.features(inputs)
+    with (
+        pytest.raises(Exception, match="no donor activation"),
+        torch.no_grad(),
+        under.gate(random_masks("channel", 5, True)),
+    ):
+        model.features(inputs)
 
 
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])

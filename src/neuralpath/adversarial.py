@@ -110,7 +110,7 @@ def fgsm(
     return normalize(adversarial, mean, std).detach()
 
 
-def pgd(
+def pgd(  # noqa: PLR0913 -- public API; keyword-only attack settings
     model: nn.Module,
     inputs: Tensor,
     labels: Tensor,

@@ -122,7 +122,7 @@ class _PathwayForward(NamedTuple):
     recording: Any
 
 
-class _PathwayAttribution(GradientAttribution):
+class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum is untyped
     """Shared machinery: resolve the target and the fixed pathway for a batch, run ``H_P``;
     subclasses turn that forward into maps (:meth:`_maps`)."""
 
@@ -167,7 +167,7 @@ class _PathwayAttribution(GradientAttribution):
             cls = resolve_target(self.gated.forward(inputs), target)
         return pathway.detach(), cls
 
-    @log_usage()
+    @log_usage()  # type: ignore[untyped-decorator]  # captum is untyped
     @torch.enable_grad()
     def attribute(
         self,
@@ -369,7 +369,8 @@ def _captum_attribute(name: str, gated: GatedModel, layer: str | None) -> Attrib
         def guided_backprop(x: Tensor, cls: Tensor) -> Tensor:
             with warnings.catch_warnings():  # Captum announces its temporary ReLU hooks
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                return guided.attribute(x, target=cls)
+                maps: Tensor = guided.attribute(x, target=cls)
+                return maps
 
         return guided_backprop
     return _grad_cam(gated, layer)
@@ -431,7 +432,8 @@ def make_explainer(
     )
 
     def explain_pathway(inputs: Tensor, targets: TargetType) -> Tensor:
-        return method.attribute(inputs, targets).detach()
+        maps: Tensor = method.attribute(inputs, targets).detach()
+        return maps
 
     return explain_pathway
 
@@ -750,7 +752,8 @@ def overlay(
     grey = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
     colour = np.where(value >= 0, np.array([0.9, 0.05, 0.05]), np.array([0.05, 0.2, 0.9]))
     alpha = 0.9 * np.abs(value)
-    return (1.0 - alpha) * grey + alpha * colour
+    blended: np.ndarray = (1.0 - alpha) * grey + alpha * colour
+    return blended
 
 
 def save_overlays(

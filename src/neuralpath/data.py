@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from neuralpath.errors import DataError, InputError
+
+#: A data set of ``(image [C, H, W], label [])`` items, the shape every consumer expects.
+LabeledDataset: TypeAlias = Dataset[tuple[Tensor, Tensor]]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where the Debian package ``dataset-fashion-mnist`` installs the idx files."""
@@ -87,7 +90,7 @@ def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tenso
 
 
 @dataclass(eq=False)
-class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
+class ImageDataset(LabeledDataset):
     """One split of a data set, in memory. Items are ``(image [C, H, W], label [])``.
 
     ``images``: normalised float32 ``[N, C, H, W]``; ``labels``: int64 ``[N]``; ``masks``: bool

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,7 +213,7 @@ def curve_metrics(config: EvaluationConfig) -> dict[str, AttributionMetric]:
         "removal": config.removal,
         "seed": config.seed,
     }
-    metrics = {
+    metrics: dict[str, Callable[[], AttributionMetric]] = {
         "lerf": lambda: LeRF(config.percentages, **settings),
         "morf": lambda: MoRF(config.percentages, **settings),
         "deletion": lambda: Deletion(config.steps, **settings),
@@ -294,7 +294,7 @@ def sanity_reference(intervention: Intervention, reference_images: Tensor | None
     return "none needed (dropped units are 0)"
 
 
-def evaluate_attribution(
+def evaluate_attribution(  # noqa: PLR0913 -- public API; optional keyword-only inputs
     model: nn.Module | GatedModel,
     test_set: ImageDataset,
     methods: Sequence[str],
@@ -430,7 +430,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def _pick(summary: Mapping[str, Any], q: float) -> float | None:
     for fraction, value in zip(summary["fractions"], summary["curve"], strict=True):
         if abs(fraction * 100 - q) < 1e-6:
-            return value
+            picked: float | None = value
+            return picked
     return None
 
 

@@ -309,7 +309,7 @@ def _parse_layers(
     if not isinstance(layers, tuple | list):
         raise InputError("layers must be None, a list of module names, or a tuple of module types")
     if all(isinstance(item, type) and issubclass(item, nn.Module) for item in layers) and layers:
-        return None, tuple(layers)  # type: ignore[arg-type]
+        return None, tuple(layers)
     if not all(isinstance(item, str) for item in layers):
         raise InputError("layers must be all module names (str) or all nn.Module subclasses")
     named = dict(model.named_modules())
@@ -584,7 +584,8 @@ class GatedModel:
         """Logits ``[B, K]`` of the pathway model (the full model when ``masks`` is None)."""
         self.check_inputs(inputs)
         with self.gate(masks):
-            return self.model(inputs)
+            logits: Tensor = self.model(inputs)
+            return logits
 
     def record(
         self, inputs: Tensor, masks: Mapping[str, Tensor] | None = None
@@ -628,9 +629,12 @@ class _GateHooks:
         inputs = args[0] if args else None
         if not isinstance(inputs, Tensor):
             raise InputError("resample ablation needs the model's input tensor as first argument")
-        if self.donor_inputs is not None and self.donor_inputs[0] is inputs:
-            if self.donor_inputs[1] == inputs._version:
-                return
+        if (
+            self.donor_inputs is not None
+            and self.donor_inputs[0] is inputs
+            and self.donor_inputs[1] == inputs._version
+        ):
+            return
         self.donor_activations = {}
         self.in_donor_forward = True
         try:

@@ -44,7 +44,8 @@ class Intervention(ABC):
     needs_donors: ClassVar[bool] = False
     """True when the replacement depends on the batch (one donor forward per batch)."""
 
-    def check(self, sites: Sequence[GateSite], input_shape: Sequence[int]) -> None:
+    # An optional hook, not abstract: by default every intervention serves any sites and inputs.
+    def check(self, sites: Sequence[GateSite], input_shape: Sequence[int]) -> None:  # noqa: B027
         """Raise unless this intervention can serve these gate sites and inputs."""
 
     def replacement(self, site: GateSite, like: Tensor) -> Tensor | None:

@@ -98,7 +98,8 @@ class SmallAlexNet(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+        logits: Tensor = self.classifier(self.avgpool(self.features(x)).flatten(1))
+        return logits
 
 
 class SmallVGG11(nn.Module):
@@ -122,7 +123,8 @@ class SmallVGG11(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+        logits: Tensor = self.classifier(self.avgpool(self.features(x)).flatten(1))
+        return logits
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -142,7 +144,8 @@ def torchvision_archs() -> list[str]:
     """Names of torchvision's image classifiers (``torchvision.models.list_models``)."""
     import torchvision.models
 
-    return torchvision.models.list_models(module=torchvision.models)
+    names: list[str] = torchvision.models.list_models(module=torchvision.models)
+    return names
 
 
 def default_width(arch: str) -> float:
@@ -182,10 +185,16 @@ def build_model(
         raise InputError(f"width applies to {', '.join(OUR_ARCHS)} only, not to {arch!r}")
     import torchvision.models
 
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    model: nn.Module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
     return model
+
+
+def _pair(values: tuple[int, ...]) -> tuple[int, int]:
+    """A ``Conv2d``'s size attribute (typed as the N-d base's ``tuple[int, ...]``) as a pair."""
+    first, second = values
+    return first, second
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -196,10 +205,10 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     replacement = nn.Conv2d(
         in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        _pair(conv.kernel_size),
+        stride=_pair(conv.stride),
+        padding=conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+        dilation=_pair(conv.dilation),
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
     )

@@ -8,7 +8,9 @@ the flattened pathway (:meth:`Pathway.flatten`) is a channel or scalar of some l
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,7 +182,7 @@ class Pathway(Mapping[str, Tensor]):
     # Statistics -------------------------------------------------------------------------------
     def kept_fraction(self) -> Tensor:
         """Fraction of units kept (non-zero) per sample: ``[B]``; 1 - sparsity."""
-        kept = sum(self._count_kept(m) for m in self._masks.values())
+        kept = functools.reduce(operator.add, (self._count_kept(m) for m in self._masks.values()))
         return kept / self.units_total
 
     def kept_fraction_per_layer(self) -> dict[str, Tensor]:

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from neuralpath.data import LabeledDataset
 from neuralpath.errors import CheckpointError, InputError, ShapeError
 from neuralpath.gating import GatedModel, GateSite
 from neuralpath.io import load_tensors, save_tensors, state_digest
@@ -103,7 +104,7 @@ class ReferenceStatistics:
 
 def reference_statistics(
     gated: GatedModel,
-    data: Dataset | Tensor,
+    data: LabeledDataset | Tensor,
     *,
     batch_size: int = 256,
     limit: int | None = None,
@@ -144,7 +145,7 @@ def reference_statistics(
     )  # fmt: skip
 
 
-def _batches(data: Dataset | Tensor, total: int, batch_size: int) -> Iterable[Tensor]:
+def _batches(data: LabeledDataset | Tensor, total: int, batch_size: int) -> Iterable[Tensor]:
     if isinstance(data, Tensor):
         return (data[start : start + batch_size] for start in range(0, total, batch_size))
     loader = DataLoader(torch.utils.data.Subset(data, range(total)), batch_size=batch_size)
@@ -161,7 +162,7 @@ def reference_path(directory: str | os.PathLike[str], gated: GatedModel) -> Path
 def load_or_compute_reference(
     directory: str | os.PathLike[str],
     gated: GatedModel,
-    data: Dataset | Tensor,
+    data: LabeledDataset | Tensor,
     *,
     recompute: bool = False,
     source: dict[str, Any] | None = None,

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from neuralpath.checkpoint import Target, load_target
-from neuralpath.data import load_dataset
+from neuralpath.data import LabeledDataset, load_dataset
 from neuralpath.errors import InputError, LeakageWarning, ShapeError
 from neuralpath.gating import GatedModel, LayerSelection
 from neuralpath.interventions import (
@@ -80,7 +80,7 @@ class Reference:
 def open_reference(
     directory: str | os.PathLike[str],
     gated: GatedModel,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     *,
     size: int = DEFAULT_REFERENCE_SIZE,
     seed: int = 0,
@@ -173,9 +173,9 @@ def warn_if_leaking(summary: dict[str, Any], what: str) -> None:
         warnings.warn(message, LeakageWarning, stacklevel=3)
 
 
-def run_finder(
+def run_finder(  # noqa: PLR0913 -- public API; keyword-only run options
     finder: PathwayFinder,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     *,
     batch_size: int = 64,
     limit: int | None = None,

@@ -32,9 +32,10 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from neuralpath.data import LabeledDataset
 from neuralpath.errors import CheckpointError, InputError, ShapeError
 from neuralpath.io import (
     load_tensors,
@@ -94,9 +95,9 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def extract(
+def extract(  # noqa: PLR0913 -- public API; keyword-only extraction options
     finder: PathwayFinder,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     out_dir: str | os.PathLike[str],
     *,
     num_classes: int,
@@ -138,13 +139,20 @@ def extract(
         unit="shard",
         disable=not progress or rank != 0,
     )
-    options = {"batch_size": batch_size, "internal_batch_size": internal_batch_size}
     for k in todo:
         start, stop = k * shard_size, min(total, (k + 1) * shard_size)
         part = Subset(dataset, range(start, stop))
         path = out / shard_name(k)
         _write_shard(
-            finder, part, start, path, layer_shapes, baseline=baseline, seed=seed, **options
+            finder,
+            part,
+            start,
+            path,
+            layer_shapes,
+            batch_size=batch_size,
+            internal_batch_size=internal_batch_size,
+            baseline=baseline,
+            seed=seed,
         )
         bar.update(1)
         if on_shard is not None:
@@ -158,7 +166,7 @@ def extract(
 
 def _probe(
     finder: PathwayFinder,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     num_classes: int,
     total: int,
     shard_size: int,
@@ -230,9 +238,9 @@ def _predict(finder: PathwayFinder, images: Tensor) -> Tensor:
     return finder.gated.forward(images).argmax(1)
 
 
-def _write_shard(
+def _write_shard(  # noqa: PLR0913 -- extract()'s keyword-only options, passed through
     finder: PathwayFinder,
-    part: Dataset,
+    part: LabeledDataset,
     start: int,
     path: Path,
     layer_shapes: dict[str, tuple[int, ...]],

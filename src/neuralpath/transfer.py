@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from neuralpath.data import LabeledDataset
 from neuralpath.errors import DataError, InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.base import PathwayFinder
@@ -35,9 +36,9 @@ from neuralpath.runner import FinderRun, run_finder
 InstanceRule = Literal["correct", "all"]
 
 
-def build_class_pathways(
+def build_class_pathways(  # noqa: PLR0913 -- public API; keyword-only options
     finder: PathwayFinder,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     num_classes: int,
     *,
     j: int = 50,
@@ -129,10 +130,10 @@ class TransferResult:
         }
 
 
-def evaluate_transfer(
+def evaluate_transfer(  # noqa: PLR0913 -- public API; keyword-only options
     finder: PathwayFinder,
     class_pathways: ClassPathways,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     *,
     limit: int | None = None,
     batch_size: int = 64,
@@ -159,7 +160,7 @@ def evaluate_transfer(
 def transfer_from_run(
     gated: GatedModel,
     class_pathways: ClassPathways,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     run: FinderRun,
     *,
     batch_size: int = 64,

@@ -67,7 +67,8 @@ class _WithSettings(str):
     def __mod__(self, params: Any) -> str:
         from neuralpath.methods.base import settings_help
 
-        return str(self).replace("{settings}", settings_help().replace("%", "%%")) % params
+        text: str = str(self).replace("{settings}", settings_help().replace("%", "%%")) % params
+        return text
 
 
 def add_settings_arg(parser: argparse.ArgumentParser, per_method: bool = False) -> None:

@@ -170,7 +170,8 @@ def _finder(
 
 
 def _pathway_method(args: argparse.Namespace) -> bool:
-    return args.method.startswith("pathway-")
+    method: str = args.method
+    return method.startswith("pathway-")
 
 
 def _open(args: argparse.Namespace) -> tuple[Target, ImageDataset, GatedModel]:

@@ -155,9 +155,9 @@ def _accepts(hint: Any, value: object) -> bool:
         if typing.get_origin(member) is Literal:
             if any(type(value) is type(a) and value == a for a in typing.get_args(member)):
                 return True
-        elif member is type(None) and value is None:
-            return True
-        elif member in (int, float) and type(value) is int:
+        elif (member is type(None) and value is None) or (
+            member in (int, float) and type(value) is int
+        ):
             return True
         elif member is float and type(value) is float:
             return math.isfinite(value)

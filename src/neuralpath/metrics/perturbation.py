@@ -373,7 +373,8 @@ class FastLayout(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits ``[B, K]`` of ``inputs [B, C, H, W]``."""
-        return self.model(self.layout(inputs))
+        logits: Tensor = self.model(self.layout(inputs))
+        return logits
 
 
 def model_device(model: nn.Module) -> torch.device:

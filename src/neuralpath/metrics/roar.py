@@ -168,7 +168,7 @@ class ROAR:
     higher_is_better = False
     direction = "lower"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- public metric; keyword-only settings = its JSON config
         self,
         work_dir: str | os.PathLike[str],
         *,

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -20,7 +21,7 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _image(ax: plt.Axes, picture: Tensor) -> None:
+def _image(ax: Axes, picture: Tensor) -> None:
     """Show ``[C, H, W]`` in [0, 1] (grey for one channel)."""
     if picture.shape[0] == 1:
         ax.imshow(picture[0].numpy(), cmap="gray", vmin=0, vmax=1)

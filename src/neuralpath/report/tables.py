@@ -97,7 +97,9 @@ def _cell(key: str, row: Mapping[str, Any]) -> str:
     return _number(base, value, row, at + ablation)
 
 
-def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns=COLUMNS) -> str:
+def markdown_table(
+    rows: Mapping[str, Mapping[str, Any]], columns: Sequence[Column] = COLUMNS
+) -> str:
     """One row per method; headers carry ↑/↓."""
     header = "| method | " + " | ".join(f"{h} {d}".strip() for _, h, d in columns) + " |"
     rule = "|---|" + "---|" * len(columns)
@@ -107,7 +109,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns=COLUMNS) -> st
     return "\n".join(lines)
 
 
-def html_table(rows: Mapping[str, Mapping[str, Any]], columns=COLUMNS) -> str:
+def html_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[Column] = COLUMNS) -> str:
     """The same table as HTML; method names are escaped."""
     head = "".join(f"<th>{html.escape(f'{h} {d}'.strip())}</th>" for _, h, d in columns)
     body = "".join(

@@ -30,7 +30,9 @@ Input: the clean post-activation maps ``{site: [B, C_l, H_l, W_l] or [B, C_l]}``
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -107,12 +109,14 @@ class GeneratorOutput:
     def sparsity_penalty(self) -> Tensor:
         """``Σ_l ‖s_l‖²₂ / Σ_l C_l`` per sample: ``[B]``."""
         total = sum(s.shape[1] for s in self.scores.values())
-        return sum(s.pow(2).sum(dim=1) for s in self.scores.values()) / total
+        squares = (s.pow(2).sum(dim=1) for s in self.scores.values())
+        return functools.reduce(operator.add, squares) / total
 
     def kept_fraction(self) -> Tensor:
         """Fraction of units kept by the binary masks per sample: ``[B]``."""
         total = sum(m.shape[1] for m in self.masks.values())
-        return sum(m.detach().sum(dim=1) for m in self.masks.values()) / total
+        kept = (m.detach().sum(dim=1) for m in self.masks.values())
+        return functools.reduce(operator.add, kept) / total
 
 
 def _groups(channels: int) -> int:
@@ -145,7 +149,8 @@ class ConvRFE(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         embedded = self.project(self.pool(self.down(features)))  # [B, D, S, S]
-        return self.token(embedded.flatten(1))
+        token: Tensor = self.token(embedded.flatten(1))
+        return token
 
 
 class MlpRFE(nn.Module):
@@ -159,7 +164,8 @@ class MlpRFE(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         pooled = features.flatten(2).mean(dim=2) if features.dim() > 2 else features
-        return self.mlp(pooled)
+        token: Tensor = self.mlp(pooled)
+        return token
 
 
 class SharedPDN(nn.Module):
@@ -176,7 +182,8 @@ class SharedPDN(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.norm(self.encoder(tokens + self.layer_embedding))
+        features: Tensor = self.norm(self.encoder(tokens + self.layer_embedding))
+        return features
 
 
 class PerLayerPDN(nn.Module):
@@ -205,8 +212,9 @@ class RecursivePathwayDecoder(nn.Module):
     def __init__(self, units: Sequence[int], width: int, init_logit: float, init_spread: float):
         super().__init__()
         self.cell = nn.GRUCell(width, width)
-        self.heads = nn.ModuleList(nn.Linear(width, c) for c in units)
-        for head in self.heads:
+        heads = [nn.Linear(width, c) for c in units]
+        self.heads = nn.ModuleList(heads)
+        for head in heads:
             nn.init.normal_(head.weight, std=0.01)
             nn.init.normal_(head.bias, mean=init_logit, std=init_spread)
 

@@ -48,9 +48,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from neuralpath.data import LabeledDataset
 from neuralpath.errors import CheckpointError, InputError
 from neuralpath.gating import GatedModel
 from neuralpath.io import load_tensors
@@ -338,8 +339,8 @@ def _resolve_device(gated: GatedModel, device: str | torch.device | None) -> tor
 
 
 def split_train_val(
-    dataset: Dataset, val_fraction: float, seed: int
-) -> tuple[Dataset, Dataset | None]:
+    dataset: LabeledDataset, val_fraction: float, seed: int
+) -> tuple[LabeledDataset, LabeledDataset | None]:
     """Seeded hold-out of ``round(val_fraction * N)`` samples for validation."""
     n = len(dataset)  # type: ignore[arg-type]
     n_val = round(val_fraction * n)
@@ -354,7 +355,7 @@ def split_train_val(
 def evaluate_generator(
     gated: GatedModel,
     generator: PathwayGenerator,
-    dataset: Dataset,
+    dataset: LabeledDataset,
     config: FitConfig,
     env: DistEnv,
     device: torch.device,
@@ -402,9 +403,9 @@ def evaluate_generator(
     return result
 
 
-def fit_gencnp(
+def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
     target: GatedModel | str | os.PathLike[str],
-    dataset: Dataset,
+    dataset: LabeledDataset,
     config: FitConfig | None = None,
     *,
     out_dir: str | os.PathLike[str] | None = None,
@@ -478,7 +479,9 @@ class _Job:
     baseline: Tensor | None
 
 
-def _fit(gated: GatedModel, dataset: Dataset, config: FitConfig, job: _Job) -> PathwayGenerator:
+def _fit(
+    gated: GatedModel, dataset: LabeledDataset, config: FitConfig, job: _Job
+) -> PathwayGenerator:
     env, device = job.env, job.device
     if config.batch_size % env.world:
         raise InputError(
@@ -506,7 +509,7 @@ def _fit(gated: GatedModel, dataset: Dataset, config: FitConfig, job: _Job) -> P
         model = DistributedDataParallel(
             generator, device_ids=[device.index] if device.type == "cuda" else None
         )
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=config.seed
     )
     loader = DataLoader(
@@ -532,7 +535,7 @@ def _train_epoch(
     gated: GatedModel,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
+    loader: DataLoader[tuple[Tensor, Tensor]],
     config: FitConfig,
     epoch: int,
     job: _Job,
