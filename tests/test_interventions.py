@@ -19,6 +19,7 @@ from neuralpath.interventions import (
     check_ablation,
 )
 from neuralpath.metrics.leakage import (
+    LeakageOutcome,
     leak_warning,
     leakage_outcome,
     summarize_leakage,
@@ -381,3 +382,20 @@ def test_dgr_optimises_under_the_gated_models_intervention(gated, inputs, statis
         predicted = controlled.forward(inputs, under_mean.pathway).argmax(1)
     nonempty = under_mean.pathway.kept_fraction() > 0
     assert torch.equal(under_mean.kept_prediction, (predicted == under_mean.target) & nonempty)
+
+
+def test_leakage_reuses_the_pathway_outcome_exactly(gated, inputs, statistics) -> None:
+    from neuralpath.metrics.faithfulness import pathway_outcome
+
+    under = gated.with_intervention(MeanAblation(statistics))
+    pathway = Pathway(
+        {n: m.bool() for n, m in random_masks("channel", inputs.shape[0], True).items()},
+        "channel",
+    )
+    outcome = pathway_outcome(under, inputs, pathway)
+    reused = leakage_outcome(under, inputs, pathway, outcome=outcome)
+    fresh = leakage_outcome(under, inputs, pathway)
+    for name in LeakageOutcome.__dataclass_fields__:
+        assert torch.equal(getattr(reused, name), getattr(fresh, name)), name
+    with pytest.raises(InputError, match="not beside"):
+        leakage_outcome(under, inputs, pathway, 1, outcome=outcome)

@@ -211,10 +211,13 @@ def run_finder(  # noqa: PLR0913 -- public API; keyword-only run options
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start
-        outcomes.append(pathway_outcome(finder.gated, images, pathway))
+        outcome = pathway_outcome(finder.gated, images, pathway)
+        outcomes.append(outcome)
         if leakage:
             leaks.append(
-                leakage_outcome(finder.gated, images, pathway, baseline=baseline, seed=seed)
+                leakage_outcome(
+                    finder.gated, images, pathway, baseline=baseline, seed=seed, outcome=outcome
+                )
             )
         pathways.append(pathway.detach().to("cpu"))
         labels.append(batch_labels.cpu())

@@ -233,11 +233,6 @@ def _index_payload(info: ExtractionInfo, complete: bool) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
-def _predict(finder: PathwayFinder, images: Tensor) -> Tensor:
-    return finder.gated.forward(images).argmax(1)
-
-
 def _write_shard(  # noqa: PLR0913 -- extract()'s keyword-only options, passed through
     finder: PathwayFinder,
     part: LabeledDataset,
@@ -260,9 +255,10 @@ def _write_shard(  # noqa: PLR0913 -- extract()'s keyword-only options, passed t
             raise ShapeError(f"{finder.name} changed its pathway layout between batches")
         rows.append(_pack_rows(pathway))
         labels.append(batch_labels.to(torch.long))
-        predictions.append(_predict(finder, images).cpu())
+        leak = leakage_outcome(finder.gated, images, pathway, baseline=baseline, seed=seed)
+        predictions.append(leak.target)  # the target model's own prediction (target None)
         kept.append(pathway.kept_fraction().cpu().float())
-        leaks.append(leakage_outcome(finder.gated, images, pathway, baseline=baseline, seed=seed))
+        leaks.append(leak)
     count = sum(r.shape[0] for r in rows)
     leakage = LeakageOutcome.cat(leaks)
     tensors = {

@@ -193,8 +193,11 @@ def transfer_from_run(
         rows = covered[start : start + images.shape[0]]
         images = images.to(device)
         pathway = class_pathways.for_labels(run.outcome.prediction[rows]).to(device)
-        outcomes.append(pathway_outcome(gated, images, pathway))
-        leaks.append(leakage_outcome(gated, images, pathway, baseline=baseline, seed=seed))
+        outcome = pathway_outcome(gated, images, pathway)
+        outcomes.append(outcome)
+        leaks.append(
+            leakage_outcome(gated, images, pathway, baseline=baseline, seed=seed, outcome=outcome)
+        )
         hits, valid = transfer_specificity_outcome(gated, images, class_pathways, seed=seed)
         forced.append(hits[valid])
         cpu_pathway = pathway.to("cpu")

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from neuralpath.errors import InputError, ShapeError
 from neuralpath.gating import GatedModel
+from neuralpath.metrics.faithfulness import PathwayOutcome
 from neuralpath.pathway import ClassPathways, Pathway
 from neuralpath.seeding import sample_seeds
 from neuralpath.targets import TargetType, resolve_target, select_logit
@@ -105,18 +106,28 @@ def leakage_outcome(
     *,
     baseline: Tensor | None = None,
     seed: int = 0,
+    outcome: PathwayOutcome | None = None,
 ) -> LeakageOutcome:
     """Blank and swap controls for ``inputs`` ``[B, ...]`` and their ``pathway`` (``[B, ...]``
-    per site); see the module docstring. ``baseline``: ``[*input_shape]``, default zeros."""
+    per site); see the module docstring. ``baseline``: ``[*input_shape]``, default zeros.
+    ``outcome``: the :func:`~neuralpath.metrics.faithfulness.pathway_outcome` of the same inputs
+    and pathway, whose explained class and pathway confidence are reused (two forwards fewer);
+    ``target`` must then be None."""
     if pathway.batch_size != inputs.shape[0]:
         raise ShapeError(
             f"pathway has batch size {pathway.batch_size}, inputs have {inputs.shape[0]}"
         )
     batch = inputs.shape[0]
-    cls = resolve_target(gated.forward(inputs), target)
+    if outcome is None:
+        cls = resolve_target(gated.forward(inputs), target)
+        path_probs = gated.forward(inputs, pathway).softmax(1)
+        confidence = select_logit(path_probs, cls).float().cpu()
+    elif target is not None:
+        raise InputError("give the target to pathway_outcome, not beside its outcome")
+    else:
+        cls, confidence = outcome.target.to(inputs.device), outcome.pathway_confidence
     blank = baseline_batch(gated, baseline, batch)
     plain_blank = gated.forward(blank[:1]).argmax(1).expand(batch)
-    path_probs = gated.forward(inputs, pathway).softmax(1)
     blank_probs = gated.forward(blank, pathway).softmax(1)
     partner, valid = swap_partners(cls, seed)
     swapped = gated.forward(inputs, pathway.select(partner.to(pathway.device))).argmax(1)
@@ -124,7 +135,7 @@ def leakage_outcome(
         target=cls.cpu(),
         blank_prediction=blank_probs.argmax(1).cpu(),
         blank_prediction_plain=plain_blank.cpu(),
-        pathway_confidence=select_logit(path_probs, cls).float().cpu(),
+        pathway_confidence=confidence,
         blank_confidence=select_logit(blank_probs, cls).float().cpu(),
         swap_valid=valid,
         swap_follows_input=(swapped == cls).cpu(),
