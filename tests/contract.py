@@ -21,6 +21,19 @@ from neuralpath.pathway import Pathway
 
 Run = Callable[[Tensor, Any], Any]
 
+LEAKAGE_KEYS = frozenset(
+    {
+        "ablation",
+        "blank_agreement",
+        "blank_agreement_plain",
+        "swap_follows_input",
+        "swap_follows_mask",
+        "swap_n",
+        "input_attributable_confidence",
+    }
+)
+"""The leakage keys of the ``find``/``extract``/``compare`` JSON contract (issue 13)."""
+
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
     """Everything about ``model`` that neuralpath must never change."""

@@ -8,51 +8,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import neuralpath.reference
-from neuralpath.checkpoint import TargetMeta, save_target
 from neuralpath.cli import main
-from neuralpath.data import load_dataset
 from neuralpath.io import state_digest
-from neuralpath.models import build_model
 from neuralpath.pathway import Pathway
 
-LEAKAGE_KEYS = {
-    "ablation",
-    "blank_agreement",
-    "blank_agreement_plain",
-    "swap_follows_input",
-    "swap_follows_mask",
-    "swap_n",
-    "input_attributable_confidence",
-}
-
-
-def _save(directory: Path, seed: int) -> Path:
-    """An untrained small VGG-11 that predicts every class: its logits are centred over
-    training images (without that, its biases alone decide the class)."""
-    torch.manual_seed(seed)
-    model = build_model("vgg11", num_classes=4, in_channels=3, input_size=32, width=0.125).eval()
-    with torch.no_grad():
-        logits = model(load_dataset("synthetic", "train", limit=256).images)
-        model.classifier[-1].bias -= logits.mean(0)
-    meta = TargetMeta(
-        arch="vgg11",
-        arch_args={"num_classes": 4, "in_channels": 3, "input_size": 32, "width": 0.125},
-        data="synthetic",
-        input_shape=(3, 32, 32),
-        num_classes=4,
-        class_names=["circle", "square", "triangle", "cross"],
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-    )
-    return save_target(directory, model, meta)
+from contract import LEAKAGE_KEYS
+from toys import save_centred_vgg
 
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save(tmp_path_factory.mktemp("targets") / "t", seed=0)
+    return save_centred_vgg(tmp_path_factory.mktemp("targets") / "t", seed=0)
 
 
 @pytest.fixture
@@ -108,7 +76,7 @@ def test_find_under_mean_and_resample(target, tmp_path, capsys, computed) -> Non
 
 
 def test_reference_of_other_weights_is_refused(target, tmp_path, capsys) -> None:
-    other = _save(tmp_path / "other", seed=1)
+    other = save_centred_vgg(tmp_path / "other", seed=1)
     code = main([
         "reference", "--checkpoint", str(other), "--reference-size", "32", "--no-progress",
         "--device", "cpu",

@@ -13,15 +13,8 @@ from neuralpath.cli import main
 from neuralpath.report import SECTIONS
 from neuralpath.study import DEFAULT_METHODS
 
-LEAKAGE_KEYS = {
-    "ablation",
-    "blank_agreement",
-    "blank_agreement_plain",
-    "swap_follows_input",
-    "swap_follows_mask",
-    "swap_n",
-    "input_attributable_confidence",
-}
+from contract import LEAKAGE_KEYS
+
 FIND_KEYS = LEAKAGE_KEYS | {
     "method",
     "n",

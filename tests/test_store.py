@@ -11,45 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralpath.checkpoint import TargetMeta, save_target
 from neuralpath.data import load_dataset
 from neuralpath.errors import CheckpointError, InputError
 from neuralpath.methods import FinderOptions, build_finder
-from neuralpath.models import build_model
 from neuralpath.pathway import aggregate_by_class
 from neuralpath.runner import open_target, run_finder
 from neuralpath.store import INDEX, PathwayStore, extract, shard_name, store_digest
 
-LEAKAGE_KEYS = (
-    "ablation",
-    "blank_agreement",
-    "blank_agreement_plain",
-    "swap_follows_input",
-    "swap_follows_mask",
-    "swap_n",
-    "input_attributable_confidence",
-)
+from contract import LEAKAGE_KEYS
+from toys import save_centred_vgg
 
 
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_model("vgg11", num_classes=4, in_channels=3, input_size=32, width=0.125).eval()
-    with torch.no_grad():  # logits centred: every class is predicted (swap pairs exist)
-        model.classifier[-1].bias -= model(
-            load_dataset("synthetic", "train", limit=256).images
-        ).mean(0)
-    meta = TargetMeta(
-        arch="vgg11",
-        arch_args={"num_classes": 4, "in_channels": 3, "input_size": 32, "width": 0.125},
-        data="synthetic",
-        input_shape=(3, 32, 32),
-        num_classes=4,
-        class_names=["circle", "square", "triangle", "cross"],
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-    )
-    return save_target(tmp_path_factory.mktemp("target") / "t", model, meta)
+    return save_centred_vgg(tmp_path_factory.mktemp("target") / "t")
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +261,7 @@ def test_store_records_the_ablation_and_leakage(target_dir: Path, data, tmp_path
     out = extract(finder, data, tmp_path / "s", num_classes=4, shard_size=16, **common, **leak)
     store = PathwayStore(out)
     run = run_finder(finder, data, **common, **leak)  # the same batches as the shards'
-    assert store.summary == {key: run.summary()[key] for key in LEAKAGE_KEYS}
+    assert store.summary == {key: run.summary()[key] for key in sorted(LEAKAGE_KEYS)}
     assert store.summary["ablation"] == "mean" and store.summary["swap_n"] > 0
     assert store.index["intervention"] == mean.intervention.describe()
     zero = build_finder("cp-mct", gated, FinderOptions(sparsity=0.7))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -68,3 +70,29 @@ class FunctionalCNN(nn.Module):
         x = torch.relu(self.conv1(x))
         x = torch.relu(self.conv2(x))
         return self.fc(x.mean(dim=(2, 3)))
+
+
+def save_centred_vgg(directory: Path, seed: int = 0) -> Path:
+    """Save an untrained small VGG-11 target (synthetic data, 4 classes) whose logits are centred
+    over training images, so that it predicts every class (without that, its biases alone decide
+    the class and swap pairs are rare)."""
+    from neuralpath.checkpoint import TargetMeta, save_target
+    from neuralpath.data import load_dataset
+    from neuralpath.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("vgg11", num_classes=4, in_channels=3, input_size=32, width=0.125).eval()
+    with torch.no_grad():
+        logits = model(load_dataset("synthetic", "train", limit=256).images)
+        model.classifier[-1].bias -= logits.mean(0)
+    meta = TargetMeta(
+        arch="vgg11",
+        arch_args={"num_classes": 4, "in_channels": 3, "input_size": 32, "width": 0.125},
+        data="synthetic",
+        input_shape=(3, 32, 32),
+        num_classes=4,
+        class_names=["circle", "square", "triangle", "cross"],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    return save_target(directory, model, meta)
