@@ -152,7 +152,10 @@ def evaluate(
     generator: Path | None = None,
 ) -> dict[str, Any]:
     options = FinderOptions(
-        sparsity=sparsity, generator=None if generator is None else str(generator), seed=args.seed
+        sparsity=sparsity,
+        granularity="channel",  # the study compares channel pathways (GEN-CNP's only units)
+        generator=None if generator is None else str(generator),
+        seed=args.seed,
     )
     finder = build_finder(method, gated, options)
     run = run_finder(
@@ -217,7 +220,9 @@ def study_target(
 
     transfer: dict[str, Any] = {}
     for method in ("gencnp", "cp-mct"):
-        options = FinderOptions(sparsity=sparsity, generator=str(gdir), seed=args.seed)
+        options = FinderOptions(
+            sparsity=sparsity, granularity="channel", generator=str(gdir), seed=args.seed
+        )
         finder = build_finder(method, gated, options)
         classes = build_class_pathways(
             finder,
@@ -342,20 +347,35 @@ def plot_sweep(results: dict[str, Any], args: argparse.Namespace) -> None:
         plot_frontier(first["alpha_sweep"], args.figure, title)
 
 
+def leakage_cells(summary: dict[str, Any]) -> str:
+    """The leakage controls beside the faithfulness cells: ablation, blank agreement and swap
+    follows-mask in % ("–" in results from before the controls existed)."""
+    if "swap_follows_mask" not in summary:
+        return "– | – | –"
+    return (
+        f"{summary['ablation']} | {100 * summary['blank_agreement']:.1f} | "
+        f"{100 * summary['swap_follows_mask']:.1f}"
+    )
+
+
 def fmt(summary: dict[str, Any], spread: bool = True) -> str:
-    """Table cells: agreement, accuracy, mIC, mDC, acIOU, kept fraction (all in %)."""
+    """Table cells: agreement, accuracy, mIC, mDC, acIOU, kept fraction (all in %), then the
+    leakage controls (:func:`leakage_cells`)."""
     kept = f"{100 * summary['kept_fraction_mean']:.1f}"
     if spread:
         kept += f" ± {100 * summary['kept_fraction_std']:.1f}"
     return (
         f"{100 * summary['agreement']:.1f} | {100 * summary['accuracy']:.1f} | "
-        f"{summary['mic']:.2f} | {summary['mdc']:.2f} | {summary['aciou']:.1f} | {kept}"
+        f"{summary['mic']:.2f} | {summary['mdc']:.2f} | {summary['aciou']:.1f} | {kept} | "
+        + leakage_cells(summary)
     )
 
 
+LEAKAGE_HEADER = "ablation | blank agr. % ↓ | swap → mask % ↓"
 HEADER = [
-    "| method | agreement % | accuracy % | mIC % | mDC % ↓ | acIOU % | kept % (mean ± sd) |",
-    "|---|---|---|---|---|---|---|",
+    "| method | agreement % | accuracy % | mIC % | mDC % ↓ | acIOU % | kept % (mean ± sd) | "
+    f"{LEAKAGE_HEADER} |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -603,8 +623,9 @@ def report(results: dict[str, Any], command: str, rendered_by: str | None = None
                 "same test images:"
             ),
             "",
-            "| method | pathway | agreement % | accuracy % | mIC % | mDC % ↓ | acIOU % | kept % |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | pathway | agreement % | accuracy % | mIC % | mDC % ↓ | acIOU % | kept % | "
+            f"{LEAKAGE_HEADER} |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for method, tr in res["transfer"].items():
             lines.append(f"| {method} | instance | {fmt(tr['instance'], spread=False)} |")
@@ -638,16 +659,17 @@ def report(results: dict[str, Any], command: str, rendered_by: str | None = None
                 "",
                 (
                     "| α | kept % | mDC % ↓ | agreement % | acIOU % | cp-mct mDC % | "
-                    "cp-mct agreement % | cp-mct acIOU % |"
+                    f"cp-mct agreement % | cp-mct acIOU % | GEN-CNP {LEAKAGE_HEADER} |"
                 ),
-                "|---|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for row in res["alpha_sweep"]:
                 g, m = row["gencnp"], row["cp-mct"]
                 lines.append(
                     f"| {row['alpha']:g} | {100 * g['kept_fraction_mean']:.1f} ± "
                     f"{100 * g['kept_fraction_std']:.1f} | {g['mdc']:.2f} | {100 * g['agreement']:.1f} | "
-                    f"{g['aciou']:.1f} | {m['mdc']:.2f} | {100 * m['agreement']:.1f} | {m['aciou']:.1f} |"
+                    f"{g['aciou']:.1f} | {m['mdc']:.2f} | {100 * m['agreement']:.1f} | {m['aciou']:.1f} | "
+                    f"{leakage_cells(g)} |"
                 )
         lines.append("")
     lines += [design_notes(results), "", *findings(results)]

@@ -43,7 +43,7 @@ from neuralpath.reference import ReferenceStatistics, reference_statistics
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_batch, load_model, shown, write_section  # noqa: E402
+from _common import command_line, load_batch, load_model, shown, write_section  # noqa: E402
 
 COST_SECTION = "## Intervention cost"
 FRONTIER_SECTION = "## Faithfulness–sparsity frontier under zero and mean ablation"
@@ -62,6 +62,11 @@ def _interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dic
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _command() -> str:
+    """The command line this run was started with (thread count as the environment set it)."""
+    return command_line("interventions.py", env=f"OMP_NUM_THREADS={torch.get_num_threads()}")
 
 
 def cost_section(checkpoint: Path, batch: int, repeats: int) -> str:
@@ -107,8 +112,7 @@ def cost_section(checkpoint: Path, batch: int, repeats: int) -> str:
         [
             COST_SECTION,
             "",
-            f"`OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python benchmarks/interventions.py "
-            f"--batch {batch} --repeats {repeats}` ({described}; {batch} {source}; a random "
+            f"`{_command()}` ({described}; {batch} {source}; a random "
             f"channel pathway keeping half of {sum(s.units for s in gated.sites)} channels; "
             f"medians of {repeats} interleaved rounds).",
             "",
@@ -216,8 +220,7 @@ def frontier_section(targets: list[Path], limit: int) -> str:
     lines = [
         FRONTIER_SECTION,
         "",
-        f"`OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python benchmarks/interventions.py "
-        f"--limit {limit}` (after `make demo`; first {limit} Fashion-MNIST test images; mean "
+        f"`{_command()}` (after `make demo`; first {limit} Fashion-MNIST test images; mean "
         "ablation and the blank baseline use 2000 training images; solid = zero, dashed = mean "
         "in the figure).",
         "",

@@ -33,7 +33,11 @@ METRICS = (
     ("mdc", "mDC % ↓", 2),
     ("aciou", "acIOU % ↑", 1),
     ("kept_fraction_mean", "kept", 3),
+    ("blank_agreement", "blank agr. ↓", 2),
+    ("swap_follows_mask", "swap → mask ↓", 2),
 )
+"""Faithfulness beside its leakage controls (spec §10); a results file from before the controls
+existed has no blank/swap keys and shows "–" there."""
 CLAIMS = (
     ("GEN-CNP's acIOU above DGR-R's", lambda m: m["gencnp"]["aciou"] > m["dgr-r"]["aciou"]),
     ("GEN-CNP's acIOU above DGR's", lambda m: m["gencnp"]["aciou"] > m["dgr"]["aciou"]),
@@ -53,17 +57,21 @@ def mean_sd(values: list[float], digits: int) -> str:
 
 
 def reading(per_seed: dict[str, list[dict]], n_seeds: int) -> list[str]:
-    """Plain-language summary: which comparisons are stable across seeds, which metrics are noisy."""
+    """Plain-language summary: which comparisons are stable across seeds, which metrics are noisy.
+
+    ``per_seed``: ``"<arch>, <ablation> ablation"`` -> one ``methods`` dict per seed."""
     verdicts: dict[str, list[str]] = {"held": [], "failed": [], "mixed": []}
     for claim, holds in CLAIMS:
-        for arch in ARCHS:
+        for arch in per_seed:
             count = sum(bool(holds(run)) for run in per_seed[arch])
             kind = "held" if count == n_seeds else "failed" if count == 0 else "mixed"
             verdicts[kind].append(f"{claim} ({arch})")
     noisy = []
-    for arch in ARCHS:
+    for arch in per_seed:
         for method in per_seed[arch][0]:
             for key, label, _ in METRICS:
+                if key not in per_seed[arch][0][method]:
+                    continue
                 values = [run[method][key] for run in per_seed[arch]]
                 mean = statistics.mean(values)
                 if abs(mean) >= 1.0 and statistics.stdev(values) > 0.25 * abs(mean):
@@ -119,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             return code
 
-    per_seed: dict[str, list[dict]] = {arch: [] for arch in ARCHS}
+    per_seed: dict[str, list[dict]] = {}
     accuracy: dict[str, list[float]] = {arch: [] for arch in ARCHS}
     for seed in args.seeds:
         base = runs_dir(seed, args)
         for arch in ARCHS:
             results = json.loads((base / "demo" / arch / "results.json").read_text())
-            per_seed[arch].append(results["methods"])
+            parts = results.get("interventions") or {"zero": {"methods": results["methods"]}}
+            for ablation, part in parts.items():
+                per_seed.setdefault(f"{arch}, {ablation} ablation", []).append(part["methods"])
             meta = json.loads((base / f"{arch}-fmnist" / "meta.json").read_text())
             accuracy[arch].append(100 * meta["test_accuracy"])
 
@@ -141,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         + ".",
         "",
     ]
-    for arch in ARCHS:
+    for group, runs in per_seed.items():
+        arch = group.split(",")[0]
         lines += [
-            f"### {arch} (target test accuracy {mean_sd(accuracy[arch], 2)} %)",
+            f"### {group} (target test accuracy {mean_sd(accuracy[arch], 2)} %)",
             "",
             "| method | " + " | ".join(label for _, label, _ in METRICS) + " |",
             "|---" * (len(METRICS) + 1) + "|",
         ]
-        for method in per_seed[arch][0]:
+        for method in runs[0]:
             cells = [
-                mean_sd([run[method][key] for run in per_seed[arch]], digits)
+                mean_sd([run[method][key] for run in runs], digits)
+                if key in runs[0][method]
+                else "–"
                 for key, _, digits in METRICS
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -158,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "### The GEN-CNP paper's comparisons, per seed",
         "",
-        "| comparison | " + " | ".join(ARCHS) + " |",
-        "|---" * (len(ARCHS) + 1) + "|",
+        "| comparison | " + " | ".join(per_seed) + " |",
+        "|---" * (len(per_seed) + 1) + "|",
     ]
     for claim, holds in CLAIMS:
-        counts = [sum(bool(holds(run)) for run in per_seed[arch]) for arch in ARCHS]
+        counts = [sum(bool(holds(run)) for run in runs) for runs in per_seed.values()]
         lines.append(
             f"| {claim} | " + " | ".join(f"{c} of {len(args.seeds)} seeds" for c in counts) + " |"
         )
