@@ -113,8 +113,13 @@ def _provenance(
     """What the store was extracted with (a resumed extraction must match it)."""
     import os
 
+    target = (
+        {"checkpoint": os.path.abspath(args.checkpoint)}
+        if args.checkpoint is not None
+        else {"model": args.model, "weights": args.weights and os.path.abspath(args.weights)}
+    )
     return {
-        "checkpoint": os.path.abspath(args.checkpoint),
+        **target,
         "data": args.data,
         "split": args.split,
         "sparsity": finder.sparsity,

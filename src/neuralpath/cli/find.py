@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from neuralpath.cli import add_finder_args, open_finder, parse_settings, print_json
+from neuralpath.cli.model_args import target_provenance
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,8 +41,9 @@ def run_find(args: argparse.Namespace) -> int:
     )
     summary = run.summary()
     run.pathway.metadata.update(
-        checkpoint=str(args.checkpoint),
+        **target_provenance(args),
         data=args.data,
+        data_split=dataset.split_info,
         split=args.split,
         sparsity=finder.sparsity,
         seed=args.seed,
