@@ -424,3 +424,32 @@ def test_study_runs_on_a_target_without_a_checkpoint(user, tmp_path, cache) -> N
     assert result.to_json()["methods"]["random"]["n"] == 8
     assert list((tmp_path / "ref" / "reference").glob("*.safetensors"))
     assert not cache.exists()
+
+
+def test_image_folder_through_the_cli(user, tmp_path, capsys) -> None:
+    """A folder of photos of another size: the card's resize and crop, a seeded split recorded
+    in the results, and an unreadable file named, or skipped and counted with
+    --skip-unreadable."""
+    from PIL import Image
+
+    shapes = load_dataset("synthetic", "test", limit=24, image_size=24)
+    pixels = shapes.denormalize(shapes.images).mul(255).byte().permute(0, 2, 3, 1).numpy()
+    for i, (array, label) in enumerate(zip(pixels, shapes.labels.tolist(), strict=True)):
+        (tmp_path / "photos" / shapes.class_names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(tmp_path / "photos" / shapes.class_names[label] / f"{i}.png")
+    (tmp_path / "photos" / "circle" / "broken.png").write_bytes(b"not a png")
+    argv = ["find", *_model(user), "--method", "random", "--data", str(tmp_path / "photos"),
+            "--split", "train", "--test-fraction", "0.25", "--split-seed", "3",
+            "--out", str(tmp_path / "p.safetensors")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neuralpath: error: cannot read image ") and "broken.png" in err
+    assert main([*argv, "--skip-unreadable"]) == 0
+    captured = capsys.readouterr()
+    assert "neuralpath: skipped 1 unreadable image(s) of the train split" in captured.err
+    summary = json.loads(captured.out)
+    pathway = Pathway.load(tmp_path / "p.safetensors")
+    assert pathway.metadata["data_split"] == {
+        "split": "stratified", "test_fraction": 0.25, "seed": 3,
+    }  # fmt: skip
+    assert summary["n"] == len(pathway.metadata["labels"]) < 24

@@ -100,7 +100,7 @@ def run_attribute(args: argparse.Namespace) -> int:
     finder_settings = parse_settings(args.settings)
     finder = _finder(args, gated, finder_settings)
     explain = make_explainer(args.method, gated, finder, layer=args.layer)  # built once
-    settings = _settings(args, gated, finder, finder_settings)
+    settings = {**_settings(args, gated, finder, finder_settings), "data_split": dataset.split_info}
     with warnings.catch_warnings():  # counted once below, not warned per batch
         warnings.simplefilter("ignore", ZeroMapsWarning)
         run = attribute_dataset(

@@ -115,6 +115,7 @@ def run_class_pathways(args: argparse.Namespace) -> int:
     warn_if_leaking(result.instance, args.method)
     payload = {
         **_settings(args),
+        "data_split": eval_set.split_info,
         "class_instances": classes.counts.tolist(),
         "class_kept_fraction": classes.pathway.kept_fraction().tolist(),
         "class_pathways": str(out / "class_pathways.safetensors"),

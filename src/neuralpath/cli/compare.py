@@ -104,15 +104,16 @@ def _add_report_args(compare: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from neuralpath.io import read_json
     from neuralpath.report import build_report
     from neuralpath.study import run_study, write_results
 
+    config = _config(args)  # checked before the target is opened
     target = open_model(args, args.device)
-    args.data = data_name(args, target)
-    config = _config(args)
+    config = dataclasses.replace(config, data=data_name(args, target))
     first = config.generator_for(config.ablations[0])
     frontier_file = args.frontier or (
         str(Path(first) / "frontier.json")
@@ -165,7 +166,7 @@ def _config(args: argparse.Namespace) -> StudyConfig:
         granularity=args.granularity,
         generator=generator,
         generators=generators,
-        data=args.data,
+        data=args.data or "",
         data_root=args.data_root,
         split=args.split,
         limit=args.limit,

@@ -92,6 +92,7 @@ def run_detect(args: argparse.Namespace) -> int:
         **result.to_dict(),
         **target_provenance(args),
         "data": args.data,
+        "data_split": dataset.split_info,
         "seed": args.seed,
         "dgr_iterations": args.iterations,
         "dgr_init": args.init,

@@ -171,6 +171,7 @@ def run_evaluate_attribution(args: argparse.Namespace) -> int:
         roar_test_set=roar_test_set,
     )
     payload["wall_time_s"] = round(time.perf_counter() - started, 2)
+    payload["data_split"] = test_set.split_info
     out = Path(args.out)
     payload["plots"] = [str(p) for p in plot_results(payload, out)]
     write_json_atomic(out / "results.json", payload)

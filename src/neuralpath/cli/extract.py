@@ -61,7 +61,7 @@ def run_extract(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             batch_size=args.batch_size,
             limit=args.limit,
-            provenance=_provenance(args, finder, reference),
+            provenance={**_provenance(args, finder, reference), "data_split": dataset.split_info},
             progress=not args.no_progress,
             internal_batch_size=args.internal_batch_size,
             baseline=reference.statistics.input_mean,
