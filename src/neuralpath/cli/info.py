@@ -75,6 +75,11 @@ def _text(info: dict[str, Any]) -> str:
     """The human-readable view of :func:`describe`'s dict."""
     accuracy = info["test_accuracy"]
     accuracy_text = "unknown" if accuracy is None else f"{100 * accuracy:.2f} % (test)"
+    training = (
+        f"{accuracy_text}, {info['epochs']} epochs, seed {info['seed']}"
+        if info["epochs"] is not None
+        else f"{accuracy_text} (not trained by neuralpath)"
+    )
     shape = "x".join(map(str, info["input_shape"]))
     arch_args = ", ".join(f"{key} {value}" for key, value in info["arch_args"].items())
     names = info["class_names"]
@@ -86,7 +91,7 @@ def _text(info: dict[str, Any]) -> str:
         f"data        {info['data'] or 'none named'}: input {shape}, resize {info['resize']}",
         f"normalise   mean {info['mean']}, std {info['std']}",
         f"classes     {info['num_classes']}: {classes}",
-        f"accuracy    {accuracy_text}, {info['epochs']} epochs, seed {info['seed']}",
+        f"accuracy    {training}",
         f"layers      {len(info['layers'])} gated, {info['units']} units, "
         f"{info['elements']} elements:",
         *(
