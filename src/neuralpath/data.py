@@ -246,21 +246,10 @@ def load_dataset(  # noqa: PLR0913 -- public API; keyword-only loading options
         keep = _subset(labels.shape[0], limit, seed)
         if keep is not None:
             images, labels = images[keep], labels[keep]
-        pixels = images.float().div_(255)
-        if preprocessing is not None:
-            return ImageDataset(
-                preprocessing.apply(pixels, name), labels, name, split, class_names,
-                preprocessing.mean, preprocessing.std,
-            )  # fmt: skip
-        return ImageDataset(
-            images=normalize(_fit(pixels, image_size or 32), spec.mean, spec.std),
-            labels=labels,
-            name=name,
-            split=split,
-            class_names=class_names,
-            mean=spec.mean,
-            std=spec.std,
-        )
+        side = image_size or 32
+        chosen = preprocessing or Preprocessing((images.shape[1], side, side), spec.mean, spec.std)
+        pixels = chosen.apply(images.float().div_(255), name)
+        return ImageDataset(pixels, labels, name, split, class_names, chosen.mean, chosen.std)
     if Path(name).is_dir():
         chosen = preprocessing or Preprocessing(
             (3, image_size or 224, image_size or 224), IMAGENET_MEAN, IMAGENET_STD
@@ -326,17 +315,6 @@ def _fit_to(pixels: Tensor, size: tuple[int, int], resize: int | None) -> Tensor
     resized = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", antialias=True)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return resized[..., top : top + height, left : left + width].clamp(0.0, 1.0)
-
-
-def _fit(pixels: Tensor, size: int) -> Tensor:
-    """Bring ``[N, C, h, w]`` pixels to ``size``²: centred zero padding if larger, else resize."""
-    h, w = pixels.shape[-2:]
-    if (h, w) == (size, size):
-        return pixels
-    if size >= h and size >= w:
-        top, left = (size - h) // 2, (size - w) // 2
-        return F.pad(pixels, (left, size - w - left, top, size - h - top))
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
 
 
 # ------------------------------------------------------------------ array data sets on disk

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuralpath import __version__
-from neuralpath.cli.model_args import add_data_args, add_model_args, load_data, open_gated
+from neuralpath.cli.model_args import (
+    add_data_args,
+    add_model_args,
+    load_data,
+    open_gated,
+    target_provenance,
+)
 from neuralpath.errors import InputError, LeakageWarning, NeuralpathError, ZeroMapsWarning
 
 if TYPE_CHECKING:
@@ -27,6 +33,35 @@ if TYPE_CHECKING:
     from neuralpath.gating import GatedModel
     from neuralpath.methods import FinderConfig, PathwayFinder
     from neuralpath.runner import Reference
+
+__all__ = [
+    "ABLATION_HELP",
+    "COMMAND_MODULES",
+    "EXIT_ERROR",
+    "add_ablation_args",
+    "add_data_args",
+    "add_device_arg",
+    "add_finder_args",
+    "add_model_args",
+    "add_reference_size_arg",
+    "add_run_args",
+    "add_seed_arg",
+    "add_settings_arg",
+    "build_parser",
+    "finder_config",
+    "load_data",
+    "main",
+    "open_finder",
+    "open_gated",
+    "open_intervention",
+    "open_target_reference",
+    "parse_method_settings",
+    "parse_settings",
+    "print_json",
+    "reference_size",
+    "target_provenance",
+]
+"""The helpers command modules import (those of :mod:`neuralpath.cli.model_args` included)."""
 
 COMMAND_MODULES: tuple[str, ...] = (
     "neuralpath.cli.train",

@@ -6,17 +6,15 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from neuralpath.cli import (
+    add_data_args,
+    add_model_args,
     add_run_args,
     add_settings_arg,
+    load_data,
+    open_gated,
     open_intervention,
     parse_settings,
     print_json,
-)
-from neuralpath.cli.model_args import (
-    add_data_args,
-    add_model_args,
-    load_data,
-    open_gated,
     target_provenance,
 )
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from neuralpath.cli import add_run_args, open_intervention, print_json
-from neuralpath.cli.model_args import (
+from neuralpath.cli import (
     add_data_args,
     add_model_args,
+    add_run_args,
     load_data,
     open_gated,
+    open_intervention,
+    print_json,
     target_provenance,
 )
 

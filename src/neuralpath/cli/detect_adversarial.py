@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_run_args, print_json
-from neuralpath.cli.model_args import (
+from neuralpath.cli import (
     add_data_args,
     add_model_args,
+    add_run_args,
     load_data,
     open_gated,
+    print_json,
     target_provenance,
 )
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_finder_args, open_finder, parse_settings, print_json
-from neuralpath.cli.model_args import target_provenance
+from neuralpath.cli import (
+    add_finder_args,
+    open_finder,
+    parse_settings,
+    print_json,
+    target_provenance,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from neuralpath.cli import add_run_args, print_json
-from neuralpath.cli.model_args import add_data_args, add_model_args, load_data, open_gated
+from neuralpath.cli import (
+    add_data_args,
+    add_model_args,
+    add_run_args,
+    load_data,
+    open_gated,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from neuralpath.methods.gencnp import FitConfig

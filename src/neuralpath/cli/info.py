@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from neuralpath.cli import add_device_arg, print_json
-from neuralpath.cli.model_args import add_model_args, open_gated, target_provenance
+from neuralpath.cli import add_device_arg, add_model_args, open_gated, print_json, target_provenance
 
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_reference_size_arg, add_run_args, print_json
-from neuralpath.cli.model_args import add_data_args, add_model_args, open_gated
+from neuralpath.cli import (
+    add_data_args,
+    add_model_args,
+    add_reference_size_arg,
+    add_run_args,
+    open_gated,
+    print_json,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
