@@ -453,3 +453,21 @@ def test_image_folder_through_the_cli(user, tmp_path, capsys) -> None:
         "split": "stratified", "test_fraction": 0.25, "seed": 3,
     }  # fmt: skip
     assert summary["n"] == len(pathway.metadata["labels"]) < 24
+
+
+def test_a_checkpoint_is_fed_its_own_normalisation(tmp_path, capsys) -> None:
+    """The toy checkpoint normalises with std 0.25 where the synthetic set's default is 0.29: the
+    reference statistics' mean image must be that of images normalised the checkpoint's way."""
+    from neuralpath.data import normalize
+    from neuralpath.reference import ReferenceStatistics
+
+    from toys import save_centred_vgg
+
+    checkpoint = save_centred_vgg(tmp_path / "target")
+    argv = ["reference", "--checkpoint", str(checkpoint), "--reference-size", "16",
+            "--no-progress", "--device", "cpu"]  # fmt: skip
+    stored = ReferenceStatistics.load(_run(argv, capsys)["path"])
+    plain = load_dataset("synthetic", "train", limit=16, seed=0, image_size=32)
+    own = normalize(plain.denormalize(plain.images), (0.5,) * 3, (0.25,) * 3)
+    assert plain.std != (0.25,) * 3
+    assert torch.allclose(stored.input_mean, own.mean(0), atol=1e-5)

@@ -116,7 +116,7 @@ def _provenance(
     target = (
         {"checkpoint": os.path.abspath(args.checkpoint)}
         if args.checkpoint is not None
-        else {"model": args.model, "weights": args.weights and os.path.abspath(args.weights)}
+        else {"model": args.model, "weights": _absolute(args.weights)}
     )
     return {
         **target,
@@ -128,3 +128,10 @@ def _provenance(
         "generator": os.path.abspath(args.generator) if args.generator else None,
         "reference": reference.statistics.describe(),  # the blank baseline comes from it
     }
+
+
+def _absolute(weights: str | None) -> str | None:
+    """A weights file as an absolute path (a torchvision weights enum name as it is)."""
+    import os
+
+    return os.path.abspath(weights) if weights is not None and os.path.exists(weights) else weights
