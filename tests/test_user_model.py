@@ -131,6 +131,11 @@ def test_find_extract_and_reference_on_a_user_model(user, tmp_path, cache, capsy
     assert len(pathway.metadata["labels"]) == 8
     stored = sorted(cache.glob("targets/*/reference/*.safetensors"))
     assert len(stored) == 1  # the reference statistics went to the cache, keyed by the weights
+    chosen = [*find, "--layers", "act2", "--include-fc", "--out", str(tmp_path / "q.safetensors")]
+    _run(chosen, capsys)
+    assert list(Pathway.load(tmp_path / "q.safetensors")) == ["act2"]
+    _run([*find, "--include-fc", "--out", str(tmp_path / "fc.safetensors")], capsys)
+    assert list(Pathway.load(tmp_path / "fc.safetensors")) == ["act1", "act2", "act3"]
     reference = _run(["reference", *_model(user, "weights.pt")], capsys)
     assert Path(reference["path"]) == stored[0] and reference["count"] == 32
 

@@ -50,14 +50,6 @@ TORCHVISION_PREFIX = "torchvision:"
 WEIGHTS_ENUM = re.compile(r"^[A-Za-z][A-Za-z0-9_]*_Weights\.[A-Za-z0-9_]+$")
 """A torchvision weights enum name, e.g. ``ResNet18_Weights.IMAGENET1K_V1``."""
 
-IMAGENET_CARD_DEFAULTS = {
-    "input_shape": (3, 224, 224),
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "resize": 256,
-}
-"""What a torchvision classifier without a weights enum takes unless the card says otherwise."""
-
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -150,6 +142,15 @@ class ModelCard:
         except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"model card {file} does not parse: {exc}") from exc
         return cls.from_mapping(payload, f"model card {file}")
+
+
+IMAGENET_CARD = ModelCard(
+    input_shape=(3, 224, 224),
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    resize=256,
+)
+"""What a torchvision classifier without a weights enum takes unless the card says otherwise."""
 
 
 def open_model(
@@ -321,10 +322,7 @@ def _torchvision_model(
             "(torchvision.models.list_models())"
         )
     enum = _weights_enum(weights) if weights is not None else None
-    base = ModelCard(**IMAGENET_CARD_DEFAULTS)  # type: ignore[arg-type]
-    if enum is not None:
-        base = _enum_card(enum)
-    card = base.merged(card)
+    card = (_enum_card(enum) if enum is not None else IMAGENET_CARD).merged(card)
     options = {} if card.num_classes is None else {"num_classes": card.num_classes}
     with torch.random.fork_rng(devices=[]):
         model: nn.Module = torchvision.models.get_model(name, weights=None, **options)
