@@ -234,6 +234,14 @@ def test_card_flags_and_defaults(user, capsys) -> None:
         capsys,
     )  # fmt: skip
     assert flags_over_card["std"] == [0.5] * 3 and flags_over_card["mean"] == [0.5] * 3
+    module_factory = _run(
+        ["info", "--model", "toys:tiny_cnn", "--input-shape", "3,8,8", "--mean", "0,0,0",
+         "--std", "1,1,1", "--class-names", "a,b,c", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert module_factory["model"] == "toys:tiny_cnn" and module_factory["class_names"] == [
+        "a", "b", "c",
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ bad input
