@@ -258,6 +258,14 @@ def _bad_inputs(user: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
     (tmp / "extra.json").write_text(json.dumps({"input_shape": [3, 8, 8], "colour": "red"}))
     (tmp / "grey.json").write_text(json.dumps({"input_shape": [1, 16, 16], "mean": [0.5],
                                                "std": [0.5]}))  # fmt: skip
+
+    def weights(name: str, function: str = "build") -> list[str]:
+        folder = user if name == "weights.pt" else tmp
+        return ["--model", f"{factory}:{function}", "--weights", str(folder / name), *card]
+
+    def with_card(name: str) -> list[str]:
+        return ["--model", f"{factory}:build", "--model-card", str(tmp / name)]
+
     return [
         ("missing file", ["--model", f"{tmp / 'nope.py'}:build", *card], "file not found"),
         ("missing module", ["--model", "no_such_pkg.models:build", *card], "cannot import"),
@@ -266,54 +274,22 @@ def _bad_inputs(user: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
         ("not a module", ["--model", f"{factory}:not_a_model", *card], "not a torch.nn.Module"),
         ("factory raises", ["--model", f"{factory}:broken", *card], "no GPU here"),
         ("bad spec", ["--model", "just_a_name", *card], "expected package.module:function"),
-        (
-            "weights do not fit",
-            ["--model", f"{factory}:wide", "--weights", str(user / "weights.pt"), *card],
-            "shape mismatch (saved vs model): fc2.bias [4] vs [5]",
-        ),
-        (
-            "missing and unexpected keys",
-            ["--model", f"{factory}:build", "--weights", str(tmp / "small.pt"), *card],
-            "missing: conv1.bias, conv2.bias",
-        ),
+        ("weights do not fit", weights("weights.pt", "wide"), "fc2.bias [4] vs [5]"),
+        ("missing keys", weights("small.pt"), "missing: conv1.bias, conv2.bias"),
         (
             "unexpected keys",
-            ["--model", f"{factory}:build", "--weights", str(tmp / "small.pt"), *card],
+            weights("small.pt"),
             "unexpected: extra.w; shape mismatch (saved vs model): conv1.weight [1] vs [4, 3, 3, 3]",
         ),
-        (
-            "pickle as safetensors",
-            ["--model", f"{factory}:build", "--weights", str(tmp / "pickled.safetensors"), *card],
-            "not a readable safetensors file",
-        ),
-        (
-            "pickled code",
-            ["--model", f"{factory}:build", "--weights", str(tmp / "evil.pt"), *card],
-            "weights_only=True",
-        ),
-        (
-            "weights file missing",
-            ["--model", f"{factory}:build", "--weights", str(tmp / "none.pt"), *card],
-            "weights file not found",
-        ),
-        (
-            "card lacks fields",
-            ["--model", f"{factory}:build", "--model-card", str(tmp / "no_mean.toml")],
-            "the model card lacks mean",
-        ),
-        (
-            "card unknown field",
-            ["--model", f"{factory}:build", "--model-card", str(tmp / "extra.json")],
-            "unknown field(s) colour",
-        ),
-        (
-            "card shape does not run",
-            ["--model", f"{factory}:build", "--model-card", str(tmp / "grey.json")],
-            "does not run through the model",
-        ),
+        ("pickle as safetensors", weights("pickled.safetensors"), "not a readable safetensors"),
+        ("pickled code", weights("evil.pt"), "weights_only=True"),
+        ("weights file missing", weights("none.pt"), "weights file not found"),
+        ("card lacks fields", with_card("no_mean.toml"), "the model card lacks mean"),
+        ("card unknown field", with_card("extra.json"), "unknown field(s) colour"),
+        ("card shape does not run", with_card("grey.json"), "does not run through the model"),
         (
             "card mean vs channels",
-            ["--model", f"{factory}:build", *card, "--mean", "0.5"],
+            [*with_card(str(user / "card.toml")), "--mean", "0.5"],
             "mean has 1 values, input_shape has 3 channel(s)",
         ),
         (
