@@ -153,9 +153,9 @@ class ImageDataset(LabeledDataset):
 class Preprocessing:
     """How images become a model's inputs. ``input_shape``: ``(C, H, W)``; ``mean``/``std``: C
     values each (pixels in [0, 1]); image-folder files are converted to C channels (grey or
-    RGB), array data sets must have C channels; ``resize``: the shorter side images are resized to before
-    the centre crop to ``H x W`` (None: ``max(H, W)``; then array data sets smaller than the
-    model's input are zero-padded, centred, instead of being resized)."""
+    RGB), array data sets must have C channels; ``resize``: the shorter side images are resized
+    to before the centre crop to ``H x W`` (None: ``max(H, W)``, and array data sets smaller
+    than the model's input are zero-padded, centred, instead of being resized)."""
 
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]

@@ -101,7 +101,8 @@ class ModelCard:
         unknown = sorted(set(payload) - fields)
         if unknown:
             raise InputError(
-                f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+                f"{source}: unknown field(s) {', '.join(unknown)}; known: "
+                + ", ".join(sorted(fields))
             )
         parsers: dict[str, Any] = {
             "input_shape": lambda v: tuple(int(x) for x in v),
