@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from neuralpath import data
-from neuralpath.data import DATASETS, ImageDataset, denormalize, load_dataset, normalize
+from neuralpath.data import (
+    DATASETS,
+    FolderSplit,
+    ImageDataset,
+    Preprocessing,
+    denormalize,
+    load_dataset,
+    normalize,
+)
 from neuralpath.errors import DataError, InputError
 
 
@@ -209,16 +217,101 @@ def write_folder(root: Path, per_class: int = 5) -> None:
     (root / "cat" / "notes.txt").write_text("not an image")
 
 
-def test_image_folder_holds_out_every_fifth_image(tmp_path):
-    write_folder(tmp_path)
+def test_image_folder_split_is_seeded_and_stratified(tmp_path):
+    write_folder(tmp_path, per_class=10)
     test = load_dataset(str(tmp_path), "test", image_size=16)
     train = load_dataset(str(tmp_path), "train", image_size=16)
     assert test.class_names == ["cat", "dog"] and test.input_shape == (3, 16, 16)
-    assert test.labels.tolist() == [0, 1] and train.labels.tolist() == [0] * 4 + [1] * 4
+    assert test.labels.tolist() == [0, 0, 1, 1] and train.labels.tolist() == [0] * 8 + [1] * 8
+    assert test.split_info == {"split": "stratified", "test_fraction": 0.2, "seed": 0}
     assert test.mean == data.IMAGENET_MEAN and test.std == data.IMAGENET_STD
     pixels = test.denormalize(test.images)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
     assert load_dataset(str(tmp_path), "train", limit=3).images.shape == (3, 3, 224, 224)
+
+    def split_files(fraction: float, seed: int) -> tuple[list[str], list[str]]:
+        rule = FolderSplit(test_fraction=fraction, seed=seed)
+        files = [data._folder_files(tmp_path, s, rule)[0] for s in ("test", "train")]
+        return [f"{p.parent.name}/{p.name}" for p, _ in files[0]], [
+            f"{p.parent.name}/{p.name}" for p, _ in files[1]
+        ]
+
+    test_files, train_files = split_files(0.2, 0)
+    assert split_files(0.2, 0) == (test_files, train_files)  # deterministic
+    assert not set(test_files) & set(train_files) and len(test_files) + len(train_files) == 20
+    assert sorted(f.split("/")[0] for f in test_files) == ["cat", "cat", "dog", "dog"]
+    assert split_files(0.2, 1)[0] != test_files  # the seed draws another split
+    assert len(split_files(0.5, 0)[0]) == 10
+    with pytest.raises(InputError, match="test_fraction"):
+        FolderSplit(test_fraction=1.0)
+
+
+def test_image_folder_with_a_separate_test_folder(tmp_path):
+    write_folder(tmp_path / "train", per_class=3)
+    write_folder(tmp_path / "held_out", per_class=2)
+    rule = FolderSplit(test_folder=str(tmp_path / "held_out"))
+    assert len(load_dataset(str(tmp_path / "train"), "train", image_size=8, folder=rule)) == 6
+    test = load_dataset(str(tmp_path / "train"), "test", image_size=8, folder=rule)
+    assert len(test) == 4 and test.split_info["split"] == "test_folder"
+    (tmp_path / "held_out" / "bird").mkdir()
+    (tmp_path / "held_out" / "bird" / "0.png").write_bytes(
+        (tmp_path / "held_out/cat/0.png").read_bytes()
+    )
+    with pytest.raises(DataError, match="has classes"):
+        load_dataset(str(tmp_path / "train"), "test", image_size=8, folder=rule)
+
+
+def test_image_folder_uses_the_model_preprocessing(tmp_path):
+    """Resize (shorter side) then centre crop, the model's channels, its own mean/std."""
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    array = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high
+    array[:, 10:30] = 255  # a white band in the middle half
+    Image.fromarray(array).save(tmp_path / "a" / "0.png")
+    Image.fromarray(array).save(tmp_path / "a" / "1.png")
+    grey = Preprocessing((1, 10, 10), mean=(0.5,), std=(0.25,), resize=10)
+    ds = load_dataset(str(tmp_path), "train", preprocessing=grey, folder=FolderSplit(0.5))
+    assert ds.images.shape == (1, 1, 10, 10) and ds.mean == (0.5,) and ds.std == (0.25,)
+    # resized to 10x20, the centre 10x10 crop is the white band: (1 - 0.5) / 0.25 = 2
+    assert torch.allclose(ds.images[0, 0, :, 2:8], torch.full((10, 6), 2.0), atol=1e-3)
+
+
+def test_unreadable_image_is_named_or_skipped(tmp_path):
+    write_folder(tmp_path, per_class=5)
+    (tmp_path / "dog" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"dog/bad.png.*--skip-unreadable"):
+        load_dataset(str(tmp_path), "train", image_size=8, folder=FolderSplit(test_fraction=0.1))
+    rule = FolderSplit(test_fraction=0.1, skip_unreadable=True)
+    ds = load_dataset(str(tmp_path), "train", image_size=8, folder=rule)
+    assert ds.skipped == 1 and len(ds) == 8  # 9 training files (4 cats, 5 dogs), 1 unreadable
+
+
+def test_array_sets_at_the_model_size_and_normalisation():
+    raw = load_dataset("mnist", "test", limit=4, image_size=28)
+    card = Preprocessing((1, 28, 28), mean=(0.0,), std=(1.0,))
+    own = load_dataset("mnist", "test", limit=4, preprocessing=card)
+    assert own.images.shape == (4, 1, 28, 28)  # no padding to 32
+    assert torch.allclose(own.images, raw.denormalize(raw.images), atol=1e-6)
+    padded = load_dataset(
+        "mnist", "test", limit=4, preprocessing=Preprocessing((1, 32, 32), (0.0,), (1.0,))
+    )
+    assert torch.equal(padded.images[:, :, 2:30, 2:30], own.images)
+    with pytest.raises(DataError, match="1 channel"):
+        load_dataset(
+            "mnist", "test", limit=4, preprocessing=Preprocessing((3, 28, 28), (0,) * 3, (1,) * 3)
+        )
+    shapes = load_dataset(
+        "synthetic",
+        "test",
+        limit=4,
+        preprocessing=Preprocessing((3, 16, 16), (0.5,) * 3, (0.25,) * 3),
+    )
+    plain = load_dataset("synthetic", "test", limit=4, image_size=16)
+    assert shapes.mean == (0.5,) * 3
+    assert torch.allclose(
+        shapes.denormalize(shapes.images), plain.denormalize(plain.images), atol=1e-5
+    )
 
 
 def test_image_folder_with_split_folders(tmp_path):

@@ -61,7 +61,10 @@ def test_train_command_end_to_end(trained, capsys):
         assert key in info
     assert info["num_classes"] == 4 and info["input_shape"] == [3, 32, 32]
     assert len(info["layers"]) == 8
-    assert info["layers"][0] == {"name": "features.2", "units": 16}
+    assert {k: info["layers"][0][k] for k in ("name", "units")} == {
+        "name": "features.2",
+        "units": 16,
+    }
 
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out

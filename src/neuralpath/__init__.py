@@ -13,6 +13,10 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "NeuralpathError": "neuralpath.errors",
+    "Target": "neuralpath.checkpoint",
+    "load_target": "neuralpath.checkpoint",
+    "ModelCard": "neuralpath.model_source",
+    "open_model": "neuralpath.model_source",
     "GateSite": "neuralpath.gating",
     "GatedModel": "neuralpath.gating",
     "discover_sites": "neuralpath.gating",

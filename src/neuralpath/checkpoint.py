@@ -13,15 +13,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from neuralpath import __version__
+from neuralpath.data import Preprocessing
 from neuralpath.errors import CheckpointError, NeuralpathError
-from neuralpath.io import load_tensors, read_json, save_tensors, write_json_atomic
+from neuralpath.io import load_tensors, read_json, save_tensors, state_digest, write_json_atomic
 from neuralpath.models import build_model, resolve_device
+
+if TYPE_CHECKING:
+    from neuralpath.model_source import ModelCard
 
 FORMAT = "neuralpath.target"
 VERSION = 1
@@ -38,7 +42,9 @@ class TargetMeta:
     ``input_shape``, see :meth:`build_args`);
     ``input_shape``: ``(C, H, W)``; ``mean``/``std``: per-channel input normalisation;
     ``test_accuracy``: fraction in [0, 1]. ``seed``, ``epochs`` and ``test_accuracy`` are
-    ``None`` for a model not trained by neuralpath.
+    ``None`` for a model not trained by neuralpath. ``resize``: images are resized to this
+    shorter side, then centre-cropped to ``H x W`` (None: ``max(H, W)``); ``source``: where a
+    user's model came from (factory, weights file and digest; None for a checkpoint).
     """
 
     arch: str
@@ -53,6 +59,8 @@ class TargetMeta:
     epochs: int | None = None
     test_accuracy: float | None = None
     created_by: str = field(default=f"neuralpath {__version__}")
+    resize: int | None = None
+    source: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         channels = self.input_shape[0] if len(self.input_shape) == 3 else None
@@ -61,6 +69,7 @@ class TargetMeta:
             (len(self.class_names) != self.num_classes, "class_names must have num_classes names"),
             (len(self.mean) != channels or len(self.std) != channels, "mean/std need C values"),
             (any(s <= 0 for s in self.std), "std values must be positive"),
+            (self.resize is not None and self.resize < 1, f"resize must be >= 1: {self.resize}"),
             (
                 self.test_accuracy is not None and not 0.0 <= self.test_accuracy <= 1.0,
                 f"test_accuracy must be a fraction in [0, 1], got {self.test_accuracy}",
@@ -81,6 +90,11 @@ class TargetMeta:
             **self.arch_args,
         }
 
+    def preprocessing(self) -> Preprocessing:
+        """What every data path applies for this model: its input shape, resize and its own
+        normalisation (not the data set's default)."""
+        return Preprocessing(self.input_shape, self.mean, self.std, self.resize)
+
     def to_dict(self) -> dict[str, Any]:
         """The ``meta.json`` payload."""
         return {
@@ -98,6 +112,8 @@ class TargetMeta:
             "epochs": self.epochs,
             "test_accuracy": self.test_accuracy,
             "created_by": self.created_by,
+            "resize": self.resize,
+            "source": self.source,
         }
 
     @classmethod
@@ -133,6 +149,8 @@ class TargetMeta:
                 epochs=optional("epochs", int),
                 test_accuracy=optional("test_accuracy", float),
                 created_by=str(payload.get("created_by", "")),
+                resize=optional("resize", int),
+                source=optional("source", dict),
             )
         except KeyError as exc:
             raise CheckpointError(f"{source}: missing field {exc}") from exc
@@ -142,10 +160,29 @@ class TargetMeta:
 
 @dataclass
 class Target:
-    """A loaded target model (eval mode) and its metadata."""
+    """A target model and its metadata. ``directory``: the checkpoint it was loaded from (None
+    for a user's model, see :mod:`neuralpath.model_source`)."""
 
     model: nn.Module
     meta: TargetMeta
+    directory: Path | None = None
+
+    @classmethod
+    def from_module(cls, model: nn.Module, card: ModelCard) -> Target:
+        """A target of the user's ``model`` as it is (device, dtype, mode untouched), described by
+        ``card`` (input shape, mean and std needed; classes inferred from one forward)."""
+        from neuralpath.model_source import target_from_module
+
+        return target_from_module(model, card)
+
+    def reference_dir(self, override: str | os.PathLike[str] | None = None) -> Path:
+        """Where the target's reference statistics live: ``override``, else the checkpoint
+        directory, else the user cache keyed by the weights' digest (:func:`cache_dir`)."""
+        if override is not None:
+            return Path(override)
+        if self.directory is not None:
+            return self.directory
+        return cache_dir() / "targets" / state_digest(self.model)[:16]
 
     @property
     def device(self) -> torch.device:
@@ -171,7 +208,7 @@ def save_target(directory: str | os.PathLike[str], model: nn.Module, meta: Targe
     context = f"cannot save a checkpoint of this model as {meta.arch!r}"
     with torch.random.fork_rng(devices=[]):  # its initialisation leaves the caller's RNG alone
         rebuilt = _rebuild(meta, context)
-    _check_state(rebuilt.state_dict(), state, f"{context}: its weights do not fit the rebuilt one")
+    check_state(rebuilt.state_dict(), state, f"{context}: its weights do not fit the rebuilt one")
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / WEIGHTS_FILE, state, {"format": FORMAT, "version": VERSION})
     write_json_atomic(path / META_FILE, meta.to_dict())
@@ -192,12 +229,21 @@ def load_target(directory: str | os.PathLike[str], device: str | torch.device = 
     meta = TargetMeta.from_dict(read_json(path / META_FILE), str(path / META_FILE))
     model = _rebuild(meta, str(path / META_FILE))
     state, _ = load_tensors(path / WEIGHTS_FILE)
-    _check_state(model.state_dict(), state, f"{path / WEIGHTS_FILE} does not fit {meta.arch!r}")
+    check_state(model.state_dict(), state, f"{path / WEIGHTS_FILE} does not fit {meta.arch!r}")
     dtypes = {tensor.dtype for tensor in state.values() if tensor.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
     model.load_state_dict(state)
-    return Target(model.to(resolve_device(device)).eval(), meta)
+    return Target(model.to(resolve_device(device)).eval(), meta, path)
+
+
+def cache_dir() -> Path:
+    """neuralpath's cache: ``$NEURALPATH_CACHE``, else ``$XDG_CACHE_HOME/neuralpath``, else
+    ``~/.cache/neuralpath``."""
+    if os.environ.get("NEURALPATH_CACHE"):
+        return Path(os.environ["NEURALPATH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "neuralpath"
 
 
 def _rebuild(meta: TargetMeta, context: str) -> nn.Module:
@@ -212,7 +258,7 @@ def _rebuild(meta: TargetMeta, context: str) -> nn.Module:
     raise CheckpointError(f"{context}: cannot rebuild {meta.arch!r} from {args}: {problem}")
 
 
-def _check_state(expected: dict[str, Tensor], found: dict[str, Tensor], context: str) -> None:
+def check_state(expected: dict[str, Tensor], found: dict[str, Tensor], context: str) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped entries."""
 
     def listed(names: list[str]) -> str:

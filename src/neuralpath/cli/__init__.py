@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuralpath import __version__
-from neuralpath.errors import LeakageWarning, NeuralpathError, ZeroMapsWarning
+from neuralpath.cli.model_args import (
+    add_data_args,
+    add_model_args,
+    load_data,
+    open_gated,
+    target_provenance,
+)
+from neuralpath.errors import InputError, LeakageWarning, NeuralpathError, ZeroMapsWarning
 
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
@@ -26,6 +33,35 @@ if TYPE_CHECKING:
     from neuralpath.gating import GatedModel
     from neuralpath.methods import FinderConfig, PathwayFinder
     from neuralpath.runner import Reference
+
+__all__ = [
+    "ABLATION_HELP",
+    "COMMAND_MODULES",
+    "EXIT_ERROR",
+    "add_ablation_args",
+    "add_data_args",
+    "add_device_arg",
+    "add_finder_args",
+    "add_model_args",
+    "add_reference_size_arg",
+    "add_run_args",
+    "add_seed_arg",
+    "add_settings_arg",
+    "build_parser",
+    "finder_config",
+    "load_data",
+    "main",
+    "open_finder",
+    "open_gated",
+    "open_intervention",
+    "open_target_reference",
+    "parse_method_settings",
+    "parse_settings",
+    "print_json",
+    "reference_size",
+    "target_provenance",
+]
+"""The helpers command modules import (those of :mod:`neuralpath.cli.model_args` included)."""
 
 COMMAND_MODULES: tuple[str, ...] = (
     "neuralpath.cli.train",
@@ -38,6 +74,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "neuralpath.cli.attribute",
     "neuralpath.cli.evaluate_attribution",
     "neuralpath.cli.reference",
+    "neuralpath.cli.info",
 )
 """Modules whose ``register(subparsers)`` adds commands, in help order."""
 
@@ -115,7 +152,7 @@ def add_reference_size_arg(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="training images (a seeded subset) the reference statistics (per-unit means, "
         "mean image) and resample donors come from (default 2000); the statistics are stored "
-        "in the checkpoint directory and reused",
+        "in the reference directory (--reference-dir) and reused",
     )
 
 
@@ -154,32 +191,39 @@ def add_ablation_args(parser: argparse.ArgumentParser, several: bool = False) ->
 
 
 def open_intervention(
-    args: argparse.Namespace, gated: GatedModel, data: str
+    args: argparse.Namespace, target: Target, gated: GatedModel
 ) -> tuple[GatedModel, Reference]:
     """``(gated under --ablation, the target's reference)`` from the options of
-    :func:`add_ablation_args`: the reference statistics of ``args.checkpoint`` over its
-    training split of ``data`` (computed and stored on first use), resample donors from it."""
+    :func:`add_ablation_args` (reference from :func:`open_target_reference`)."""
     from neuralpath.interventions import check_ablation
-    from neuralpath.runner import open_training_reference
 
     ablation = check_ablation(args.ablation)
-    reference = open_training_reference(
-        args.checkpoint,
-        gated,
-        data,
-        args.data_root,
-        size=reference_size(args),
-        seed=args.seed,
-        recompute=args.recompute_reference,
-        progress=not args.no_progress,
-    )
+    reference = open_target_reference(args, target, gated)
     return gated.with_intervention(reference.intervention(ablation, args.seed)), reference
+
+
+def open_target_reference(args: argparse.Namespace, target: Target, gated: GatedModel) -> Reference:
+    """The target's reference: statistics over a seeded subset of ``--reference-size`` images of
+    the training split of ``--data`` (computed and stored in its reference directory on first
+    use or with ``--recompute-reference``, see
+    :meth:`~neuralpath.checkpoint.Target.reference_dir`), resample donors from it."""
+    from neuralpath.runner import open_reference
+
+    size = reference_size(args)
+    if size < 1:
+        raise InputError(f"the reference set needs at least one image, got size {size}")
+    train = load_data(args, target, "train", limit=size, seed=args.seed)
+    return open_reference(
+        target.reference_dir(args.reference_dir), gated, train, size=size, seed=args.seed,
+        recompute=args.recompute_reference, progress=not args.no_progress,
+        source={"data": args.data, "split": "train"},
+    )  # fmt: skip
 
 
 def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
     """The options shared by commands that run one pathway finder over a data split
     (``find``, ``extract``); :func:`open_finder` turns them into a finder and its data."""
-    parser.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    add_model_args(parser)
     parser.add_argument(
         "--method",
         required=True,
@@ -198,8 +242,7 @@ def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
     )
     parser.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
     add_settings_arg(parser)
-    parser.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
-    parser.add_argument("--data-root", help="folder holding a user copy of the data set")
+    add_data_args(parser)
     parser.add_argument("--split", choices=("train", "test"), default="test")
     parser.add_argument("--limit", type=int, help=limit_help)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -208,8 +251,15 @@ def add_finder_args(parser: argparse.ArgumentParser, limit_help: str) -> None:
         type=int,
         help="find pathways for at most this many images at a time (bounds memory)",
     )
+    add_run_args(parser)
+
+
+def add_run_args(parser: argparse.ArgumentParser, ablation: bool = True) -> None:
+    """``--no-progress``, (with ``ablation``) the options of :func:`add_ablation_args`,
+    ``--seed`` and ``--device``: the tail every target command shares."""
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_ablation_args(parser)
+    if ablation:
+        add_ablation_args(parser)
     add_seed_arg(parser)
     add_device_arg(parser)
 
@@ -221,27 +271,17 @@ def open_finder(
     the finder works on the target's gated model under ``--ablation``."""
     import torch
 
-    from neuralpath.data import load_dataset
-    from neuralpath.errors import InputError, ShapeError
     from neuralpath.interventions import check_ablation
     from neuralpath.methods import build_finder
-    from neuralpath.runner import open_target
 
     config = finder_config(args)
     check_ablation(args.ablation)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     torch.manual_seed(args.seed)
-    target, gated = open_target(args.checkpoint, device)
-    dataset = load_dataset(
-        args.data, args.split, args.data_root, image_size=target.meta.input_shape[-1]
-    )
-    if tuple(dataset.input_shape) != tuple(gated.input_shape):
-        raise ShapeError(
-            f"data set images have shape {list(dataset.input_shape)}, the checkpoint expects "
-            f"{list(gated.input_shape)}"
-        )
-    intervened, reference = open_intervention(args, gated, args.data)
+    target, gated = open_gated(args, device)
+    dataset = load_data(args, target, args.split)
+    intervened, reference = open_intervention(args, target, gated)
     return target, dataset, build_finder(args.method, intervened, config), reference
 
 
@@ -258,8 +298,6 @@ def finder_config(args: argparse.Namespace) -> FinderConfig:
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
     """``["gamma=0.01", "binarize=positive"]`` -> ``{"gamma": 0.01, "binarize": "positive"}``;
     values are JSON when they parse, text otherwise."""
-    from neuralpath.errors import InputError
-
     settings: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -276,8 +314,6 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 def parse_method_settings(pairs: list[str]) -> dict[str, dict[str, Any]]:
     """``["dgr.gamma=0.01"]`` -> ``{"dgr": {"gamma": 0.01}}`` (values as in :func:`parse_settings`)."""
-    from neuralpath.errors import InputError
-
     settings: dict[str, dict[str, Any]] = {}
     for key, value in parse_settings(pairs).items():
         method, dot, name = key.partition(".")

@@ -6,13 +6,16 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from neuralpath.cli import (
-    add_ablation_args,
-    add_device_arg,
-    add_seed_arg,
+    add_data_args,
+    add_model_args,
+    add_run_args,
     add_settings_arg,
+    load_data,
+    open_gated,
     open_intervention,
     parse_settings,
     print_json,
+    target_provenance,
 )
 
 if TYPE_CHECKING:
@@ -43,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "one PNG overlay per image into --out, and prints a JSON summary (zero_maps counts the "
         "maps that are zero everywhere, e.g. when a pathway drops a whole layer).",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    add_model_args(parser)
     parser.add_argument("--method", required=True, choices=METHODS, help="attribution method")
     parser.add_argument(
         "--finder",
@@ -63,10 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
     add_settings_arg(parser)
     parser.add_argument("--layer", help="gate site for Grad-CAM (default: the last conv site)")
-    parser.add_argument(
-        "--data", required=True, help="fashion-mnist, mnist, cifar10, synthetic or a folder"
-    )
-    parser.add_argument("--data-root", help="folder holding a user copy of the data set")
+    add_data_args(parser, required=True)
     parser.add_argument("--split", choices=("train", "test"), default="test", help="(default test)")
     parser.add_argument(
         "--limit",
@@ -83,10 +83,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_ablation_args(parser)
-    add_seed_arg(parser)
-    add_device_arg(parser)
+    add_run_args(parser)
     parser.set_defaults(handler=run_attribute)
 
 
@@ -101,7 +98,7 @@ def run_attribute(args: argparse.Namespace) -> int:
     finder_settings = parse_settings(args.settings)
     finder = _finder(args, gated, finder_settings)
     explain = make_explainer(args.method, gated, finder, layer=args.layer)  # built once
-    settings = _settings(args, gated, finder, finder_settings)
+    settings = {**_settings(args, gated, finder, finder_settings), "data_split": dataset.split_info}
     with warnings.catch_warnings():  # counted once below, not warned per batch
         warnings.simplefilter("ignore", ZeroMapsWarning)
         run = attribute_dataset(
@@ -178,10 +175,7 @@ def _open(args: argparse.Namespace) -> tuple[Target, ImageDataset, GatedModel]:
     """The target, the images to explain and the gated model under ``--ablation``."""
     import torch
 
-    from neuralpath.checkpoint import load_target
-    from neuralpath.data import load_dataset
     from neuralpath.errors import InputError
-    from neuralpath.gating import GatedModel
     from neuralpath.interventions import check_ablation
 
     if args.limit is not None and args.limit < 1:
@@ -189,23 +183,10 @@ def _open(args: argparse.Namespace) -> tuple[Target, ImageDataset, GatedModel]:
     if check_ablation(args.ablation) != "zero" and not _pathway_method(args):
         raise InputError(f"{args.method!r} has no pathway model for --ablation to act on")
     torch.manual_seed(args.seed)
-    target = load_target(args.checkpoint, args.device)
-    dataset = load_dataset(
-        args.data,
-        args.split,
-        args.data_root,
-        limit=args.limit,
-        seed=args.seed,
-        image_size=target.meta.input_shape[1],
-    )
-    if dataset.input_shape != tuple(target.meta.input_shape):
-        raise InputError(
-            f"data set images are {list(dataset.input_shape)}, the checkpoint expects "
-            f"{list(target.meta.input_shape)}"
-        )
-    gated = GatedModel.discover(target.model, target.example_input())
+    target, gated = open_gated(args, args.device)
+    dataset = load_data(args, target, args.split, limit=args.limit, seed=args.seed)
     if args.ablation != "zero":  # zero ablation needs no reference statistics
-        gated, _ = open_intervention(args, gated, args.data)
+        gated, _ = open_intervention(args, target, gated)
     return target, dataset, gated
 
 
@@ -219,7 +200,7 @@ def _settings(
     fraction the finder drops by construction (None: decided per sample)."""
     pathway = finder is not None
     return {
-        "checkpoint": str(args.checkpoint),
+        **target_provenance(args),
         "data": args.data,
         "split": args.split,
         "explain": args.explain,

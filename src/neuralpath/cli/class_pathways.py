@@ -6,11 +6,14 @@ import argparse
 from typing import Any
 
 from neuralpath.cli import (
-    add_ablation_args,
-    add_device_arg,
-    add_seed_arg,
+    add_data_args,
+    add_model_args,
+    add_run_args,
+    load_data,
+    open_gated,
     open_intervention,
     print_json,
+    target_provenance,
 )
 
 
@@ -27,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "class's pathway forces into that class; lower is better). Writes DIR/results.json and "
         "prints it.",
     )
-    cmd.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    add_model_args(cmd)
     cmd.add_argument("--method", default="gencnp", help="pathway finder (default gencnp)")
     cmd.add_argument("--generator", help="GEN-CNP generator directory (method gencnp)")
     cmd.add_argument(
@@ -41,8 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("channel", "element"),
         help="pathway units (default: the method's own)",
     )
-    cmd.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
-    cmd.add_argument("--data-root", help="folder holding a user copy of the data set")
+    add_data_args(cmd)
     cmd.add_argument("--build-split", choices=("train", "test"), default="train")
     cmd.add_argument("--j", type=int, default=50, help="instances per class (50)")
     cmd.add_argument("--theta", type=float, default=0.5, help="firing-frequency threshold (0.5)")
@@ -61,10 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cmd.add_argument("--limit", type=int, help="evaluate the first N samples of --eval-split")
     cmd.add_argument("--batch-size", type=int, default=64)
     cmd.add_argument("--out", required=True, help="output directory")
-    cmd.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_ablation_args(cmd)
-    add_seed_arg(cmd)
-    add_device_arg(cmd)
+    add_run_args(cmd)
     cmd.set_defaults(handler=run_class_pathways)
 
 
@@ -73,11 +72,10 @@ def run_class_pathways(args: argparse.Namespace) -> int:
 
     import torch
 
-    from neuralpath.data import load_dataset
     from neuralpath.errors import InputError
     from neuralpath.io import write_json_atomic
     from neuralpath.methods import FinderOptions, build_finder
-    from neuralpath.runner import open_target, warn_if_leaking
+    from neuralpath.runner import warn_if_leaking
     from neuralpath.transfer import build_class_pathways, evaluate_transfer
 
     if not 0.0 < args.theta <= 1.0:
@@ -85,11 +83,10 @@ def run_class_pathways(args: argparse.Namespace) -> int:
     if args.j < 1:  # before the reference statistics are computed
         raise InputError(f"--j (instances per class) must be >= 1, got {args.j}")
     torch.manual_seed(args.seed)
-    target, gated = open_target(args.checkpoint, args.device)
-    size = target.meta.input_shape[-1]
-    build_set = load_dataset(args.data, args.build_split, args.data_root, image_size=size)
-    eval_set = load_dataset(args.data, args.eval_split, args.data_root, image_size=size)
-    gated, reference = open_intervention(args, gated, args.data)
+    target, gated = open_gated(args, args.device)
+    build_set = load_data(args, target, args.build_split)
+    eval_set = load_data(args, target, args.eval_split)
+    gated, reference = open_intervention(args, target, gated)
     options = FinderOptions(args.sparsity, args.granularity, args.generator, args.seed)
     finder = build_finder(args.method, gated, options)
     classes = build_class_pathways(
@@ -120,6 +117,7 @@ def run_class_pathways(args: argparse.Namespace) -> int:
     warn_if_leaking(result.instance, args.method)
     payload = {
         **_settings(args),
+        "data_split": eval_set.split_info,
         "class_instances": classes.counts.tolist(),
         "class_kept_fraction": classes.pathway.kept_fraction().tolist(),
         "class_pathways": str(out / "class_pathways.safetensors"),
@@ -133,4 +131,4 @@ def run_class_pathways(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """What the command was run with, for ``results.json``."""
     keys = ("method", "data", "build_split", "j", "theta", "instances", "eval_split", "ablation")
-    return {"checkpoint": str(args.checkpoint), **{key: getattr(args, key) for key in keys}}
+    return {**target_provenance(args), **{key: getattr(args, key) for key in keys}}

@@ -7,12 +7,19 @@ from typing import TYPE_CHECKING
 
 from neuralpath.cli import (
     add_ablation_args,
-    add_device_arg,
-    add_seed_arg,
+    add_run_args,
     add_settings_arg,
     parse_method_settings,
     print_json,
     reference_size,
+)
+from neuralpath.cli.model_args import (
+    add_data_args,
+    add_model_args,
+    data_name,
+    folder_split,
+    layer_names,
+    open_model,
 )
 
 if TYPE_CHECKING:
@@ -30,7 +37,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "RDIR/pathways/<ablation>/). results.json keeps 'methods' and 'transfer' for the first "
         "ablation and adds 'ablations' and 'interventions' (ablation -> methods, transfer).",
     )
-    compare.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    add_model_args(compare)
+    _add_method_args(compare)
+    add_data_args(compare)
+    compare.add_argument("--split", choices=("train", "test"), default="test")
+    compare.add_argument("--limit", type=int, default=500, help="evaluation samples (default 500)")
+    compare.add_argument("--batch-size", type=int, default=64)
+    _add_report_args(compare)
+    add_settings_arg(compare, per_method=True)
+    add_ablation_args(compare, several=True)
+    compare.add_argument("--out", required=True, help="results directory to write")
+    add_run_args(compare, ablation=False)
+    compare.set_defaults(handler=run_compare)
+
+
+def _add_method_args(compare: argparse.ArgumentParser) -> None:
+    """The methods, their generators, sparsity and granularity."""
     compare.add_argument(
         "--generator",
         action="append",
@@ -54,11 +76,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="pathway units of every method (default: the methods' own default, listed under "
         "--set, when they share one, else channel)",
     )
-    compare.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
-    compare.add_argument("--data-root", help="folder holding a user copy of the data set")
-    compare.add_argument("--split", choices=("train", "test"), default="test")
-    compare.add_argument("--limit", type=int, default=500, help="evaluation samples (default 500)")
-    compare.add_argument("--batch-size", type=int, default=64)
+
+
+def _add_report_args(compare: argparse.ArgumentParser) -> None:
+    """Class pathways (the transfer experiment) and the report's panels and frontier."""
     compare.add_argument(
         "--j",
         type=int,
@@ -80,23 +101,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="JSON list of GEN-CNP alpha-sweep points to plot "
         "(default: GDIR/frontier.json when present)",
     )
-    add_settings_arg(compare, per_method=True)
-    add_ablation_args(compare, several=True)
-    compare.add_argument("--out", required=True, help="results directory to write")
-    compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_seed_arg(compare)
-    add_device_arg(compare)
-    compare.set_defaults(handler=run_compare)
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from neuralpath.io import read_json
     from neuralpath.report import build_report
     from neuralpath.study import run_study, write_results
 
-    config = _config(args)
+    config = _config(args)  # checked before the target is opened
+    target = open_model(args, args.device)
+    config = dataclasses.replace(config, data=data_name(args, target))
     first = config.generator_for(config.ablations[0])
     frontier_file = args.frontier or (
         str(Path(first) / "frontier.json")
@@ -106,12 +123,13 @@ def run_compare(args: argparse.Namespace) -> int:
     frontier = read_json(frontier_file) if frontier_file else None
     out = Path(args.out)
     result, gated, evaluation = run_study(
-        args.checkpoint,
+        target,
         config,
         device=args.device,
         progress=not args.no_progress,
         pathway_dir=out / "pathways",
         recompute_reference=args.recompute_reference,
+        reference_dir=args.reference_dir,
     )
     results_path = write_results(result, out)
     md_path, html_path = build_report(
@@ -148,7 +166,7 @@ def _config(args: argparse.Namespace) -> StudyConfig:
         granularity=args.granularity,
         generator=generator,
         generators=generators,
-        data=args.data,
+        data=args.data or "",
         data_root=args.data_root,
         split=args.split,
         limit=args.limit,
@@ -159,6 +177,9 @@ def _config(args: argparse.Namespace) -> StudyConfig:
         instances=args.instances,
         ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()),
         reference_size=reference_size(args),
+        layers=None if (layers := layer_names(args)) is None else tuple(layers),
+        include_fc=args.include_fc,
+        folder=folder_split(args),
     )
 
 

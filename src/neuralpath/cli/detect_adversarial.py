@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_device_arg, add_seed_arg, print_json
+from neuralpath.cli import (
+    add_data_args,
+    add_model_args,
+    add_run_args,
+    load_data,
+    open_gated,
+    print_json,
+    target_provenance,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,9 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "split of the image pairs and report ROC-AUC, accuracy, attack success rate and n as "
         "JSON (also written to OUT/results.json).",
     )
-    parser.add_argument("--checkpoint", required=True, help="target checkpoint directory")
-    parser.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
-    parser.add_argument("--data-root", help="folder holding a user copy of the data set")
+    add_model_args(parser)
+    add_data_args(parser)
     parser.add_argument("--attack", choices=("fgsm", "pgd"), required=True)
     parser.add_argument(
         "--eps", type=float, required=True, help="L-inf budget in pixel units, e.g. 0.1"
@@ -42,10 +49,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="DGR gate start: ones (DGR) or uniform (DGR-R)",
     )
     parser.add_argument(
-        "--test-fraction",
+        "--pair-test-fraction",
         type=float,
         default=0.3,
-        help="fraction of image pairs held out for the ROC-AUC (default 0.3)",
+        help="fraction of (clean, attacked) image pairs held out for the ROC-AUC (default 0.3; "
+        "--test-fraction splits an image folder)",
     )
     parser.add_argument(
         "--include-failed",
@@ -54,9 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", required=True, help="output directory (results.json)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_seed_arg(parser)
-    add_device_arg(parser)
+    add_run_args(parser, ablation=False)
     parser.set_defaults(handler=run_detect)
 
 
@@ -66,41 +72,28 @@ def run_detect(args: argparse.Namespace) -> int:
     import torch
 
     from neuralpath.adversarial import Attack, detect_adversarial
-    from neuralpath.data import load_dataset
-    from neuralpath.errors import DataError, InputError
+    from neuralpath.errors import InputError
     from neuralpath.io import write_json_atomic
     from neuralpath.methods.dgr import DGR, DGRConfig
-    from neuralpath.runner import open_target
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
     torch.manual_seed(args.seed)
-    target, gated = open_target(args.checkpoint, args.device)
-    dataset = load_dataset(
-        args.data,
-        "test",
-        args.data_root,
-        limit=args.limit,
-        seed=args.seed,
-        image_size=target.meta.input_shape[-1],
-    )
-    if dataset.input_shape != tuple(target.meta.input_shape):
-        raise DataError(
-            f"{args.data} images are {dataset.input_shape}, the model takes "
-            f"{tuple(target.meta.input_shape)}"
-        )
+    target, gated = open_gated(args, args.device)
+    dataset = load_data(args, target, "test", limit=args.limit, seed=args.seed)
     finder = DGR(gated, DGRConfig(iterations=args.iterations, init=args.init, seed=args.seed))
     attack = Attack(args.attack, args.eps, dataset.mean, dataset.std, args.steps, args.seed)
     result = detect_adversarial(
-        finder, dataset.images, dataset.labels, attack, test_fraction=args.test_fraction,
+        finder, dataset.images, dataset.labels, attack, test_fraction=args.pair_test_fraction,
         only_successful=not args.include_failed, batch_size=args.batch_size,
         progress=not args.no_progress,
     )  # fmt: skip
     payload = {
         **result.to_dict(),
-        "checkpoint": str(args.checkpoint),
+        **target_provenance(args),
         "data": args.data,
+        "data_split": dataset.split_info,
         "seed": args.seed,
         "dgr_iterations": args.iterations,
         "dgr_init": args.init,

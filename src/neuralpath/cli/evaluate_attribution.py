@@ -11,17 +11,21 @@ import argparse
 from typing import TYPE_CHECKING
 
 from neuralpath.cli import (
-    add_ablation_args,
-    add_device_arg,
-    add_seed_arg,
+    add_data_args,
+    add_model_args,
+    add_run_args,
     add_settings_arg,
+    load_data,
+    open_gated,
     open_intervention,
     parse_method_settings,
     print_json,
+    target_provenance,
 )
 from neuralpath.evaluation import DEFAULT_METHODS, METRICS
 
 if TYPE_CHECKING:
+    from neuralpath.checkpoint import Target
     from neuralpath.data import ImageDataset
     from neuralpath.evaluation import EvaluationConfig
 
@@ -37,15 +41,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "randomised models get per-unit means recomputed for each of them over the same "
         "reference images (mean) or donor activations from themselves (resample).",
     )
-    parser.add_argument("--checkpoint", required=True, help="target checkpoint directory")
+    add_model_args(parser)
     _add_method_args(parser)
     _add_metric_args(parser)
     _add_roar_args(parser)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--no-progress", action="store_true")
-    add_ablation_args(parser)
-    add_seed_arg(parser)
-    add_device_arg(parser)
+    add_run_args(parser)
     parser.set_defaults(handler=run_evaluate_attribution)
 
 
@@ -67,8 +68,7 @@ def _add_method_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
     add_settings_arg(parser, per_method=True)
-    parser.add_argument("--data", help="data set (default: the checkpoint's)")
-    parser.add_argument("--data-root", help="folder holding a user copy of the data set")
+    add_data_args(parser)
     parser.add_argument("--split", default="test", help="split to evaluate on (default test)")
     parser.add_argument("--limit", type=int, default=200, help="images to evaluate (default 200)")
     parser.add_argument(
@@ -137,20 +137,24 @@ def run_evaluate_attribution(args: argparse.Namespace) -> int:
 
     import torch
 
+    from neuralpath.errors import InputError
     from neuralpath.evaluation import evaluate_attribution, markdown_table, plot_results
     from neuralpath.interventions import check_ablation
     from neuralpath.io import write_bytes_atomic, write_json_atomic
-    from neuralpath.runner import open_target
 
     check_ablation(args.ablation)
+    if "roar" in _metrics(args) and args.checkpoint is None:
+        raise InputError(
+            "ROAR retrains the architecture from scratch, which needs a neuralpath checkpoint "
+            "(--checkpoint); drop roar from --metrics for --model"
+        )
     torch.manual_seed(args.seed)
-    target, gated = open_target(args.checkpoint, args.device)
-    data = args.data or target.meta.data
+    target, gated = open_gated(args, args.device)
     config = _config(args, target.meta.arch)
-    test_set, roar_test_set, train_set = _datasets(args, data, target.meta.input_shape[1])
+    test_set, roar_test_set, train_set = _datasets(args, target)
     reference_images = None
     if args.ablation != "zero":  # zero ablation needs no reference statistics
-        gated, reference = open_intervention(args, gated, data)
+        gated, reference = open_intervention(args, target, gated)
         reference_images = reference.images
     started = time.perf_counter()
     payload = evaluate_attribution(
@@ -165,6 +169,7 @@ def run_evaluate_attribution(args: argparse.Namespace) -> int:
         roar_test_set=roar_test_set,
     )
     payload["wall_time_s"] = round(time.perf_counter() - started, 2)
+    payload["data_split"] = test_set.split_info
     out = Path(args.out)
     payload["plots"] = [str(p) for p in plot_results(payload, out)]
     write_json_atomic(out / "results.json", payload)
@@ -203,25 +208,19 @@ def _config(args: argparse.Namespace, arch: str) -> EvaluationConfig:
         progress=not args.no_progress,
         generator=args.generator,
         finder_settings=parse_method_settings(args.settings),
-        extra={"checkpoint": args.checkpoint, "arch": arch},
+        extra={**target_provenance(args), "arch": arch},
     )
 
 
 def _datasets(
-    args: argparse.Namespace, data: str, size: int
+    args: argparse.Namespace, target: Target
 ) -> tuple[ImageDataset, ImageDataset, ImageDataset | None]:
     """``(test set, ROAR's test set, ROAR's training set or None)``: seeded subsets."""
-    from neuralpath.data import load_dataset, subset
+    from neuralpath.data import subset
 
     roar_limit = args.roar_test_limit or args.limit
-    full = load_dataset(
-        data, args.split, args.data_root, limit=max(args.limit, roar_limit), seed=args.seed,
-        image_size=size,
-    )  # fmt: skip
+    full = load_data(args, target, args.split, limit=max(args.limit, roar_limit), seed=args.seed)
     train_set = None
     if "roar" in _metrics(args):
-        train_set = load_dataset(
-            data, "train", args.data_root, limit=args.roar_train_limit, seed=args.seed,
-            image_size=size,
-        )  # fmt: skip
+        train_set = load_data(args, target, "train", limit=args.roar_train_limit, seed=args.seed)
     return subset(full, args.limit, args.seed), subset(full, roar_limit, args.seed), train_set

@@ -61,7 +61,7 @@ def run_extract(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             batch_size=args.batch_size,
             limit=args.limit,
-            provenance=_provenance(args, finder, reference),
+            provenance={**_provenance(args, finder, reference), "data_split": dataset.split_info},
             progress=not args.no_progress,
             internal_batch_size=args.internal_batch_size,
             baseline=reference.statistics.input_mean,
@@ -113,8 +113,13 @@ def _provenance(
     """What the store was extracted with (a resumed extraction must match it)."""
     import os
 
+    target = (
+        {"checkpoint": os.path.abspath(args.checkpoint)}
+        if args.checkpoint is not None
+        else {"model": args.model, "weights": _absolute(args.weights)}
+    )
     return {
-        "checkpoint": os.path.abspath(args.checkpoint),
+        **target,
         "data": args.data,
         "split": args.split,
         "sparsity": finder.sparsity,
@@ -123,3 +128,10 @@ def _provenance(
         "generator": os.path.abspath(args.generator) if args.generator else None,
         "reference": reference.statistics.describe(),  # the blank baseline comes from it
     }
+
+
+def _absolute(weights: str | None) -> str | None:
+    """A weights file as an absolute path (a torchvision weights enum name as it is)."""
+    import os
+
+    return os.path.abspath(weights) if weights is not None and os.path.exists(weights) else weights

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from neuralpath.cli import add_finder_args, open_finder, parse_settings, print_json
+from neuralpath.cli import (
+    add_finder_args,
+    open_finder,
+    parse_settings,
+    print_json,
+    target_provenance,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,8 +46,9 @@ def run_find(args: argparse.Namespace) -> int:
     )
     summary = run.summary()
     run.pathway.metadata.update(
-        checkpoint=str(args.checkpoint),
+        **target_provenance(args),
         data=args.data,
+        data_split=dataset.split_info,
         split=args.split,
         sparsity=finder.sparsity,
         seed=args.seed,

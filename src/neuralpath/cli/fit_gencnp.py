@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from neuralpath.cli import add_ablation_args, add_device_arg, add_seed_arg, print_json
+from neuralpath.cli import (
+    add_data_args,
+    add_model_args,
+    add_run_args,
+    load_data,
+    open_gated,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from neuralpath.methods.gencnp import FitConfig
@@ -24,9 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "`torchrun --nproc_per_node=N $(which neuralpath) fit-gencnp ...` (gloo on CPU, nccl on "
         "CUDA; --batch-size is the global batch).",
     )
-    fit.add_argument("--checkpoint", required=True, help="target checkpoint directory")
-    fit.add_argument("--data", default="fashion-mnist", help="data set name or image folder")
-    fit.add_argument("--data-root", help="folder holding a user copy of the data set")
+    add_model_args(fit)
+    add_data_args(fit)
     fit.add_argument("--out", required=True, help="generator directory to write")
     fit.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     fit.add_argument("--alpha", type=float, default=0.3, help="sparsity weight alpha >= 0 (0.3)")
@@ -58,10 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fit.add_argument("--width", type=int, default=64, help="generator token width D (64)")
     fit.add_argument("--resolution", type=int, default=4, help="RFE common resolution S (4)")
     fit.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_ablation_args(fit)
-    add_seed_arg(fit)
-    add_device_arg(fit)
+    add_run_args(fit)
     fit.set_defaults(handler=run_fit)
 
 
@@ -94,11 +97,9 @@ def run_fit(args: argparse.Namespace) -> int:
     import os
 
     from neuralpath.cli import open_intervention
-    from neuralpath.data import load_dataset
     from neuralpath.methods.gencnp import fit_gencnp
     from neuralpath.methods.gencnp.checkpoint import read_meta
     from neuralpath.methods.gencnp.train import distributed, main_process_first
-    from neuralpath.runner import open_target
 
     config = _config(args)
     device = args.device
@@ -106,16 +107,13 @@ def run_fit(args: argparse.Namespace) -> int:
         import torch
 
         device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
-    target, gated = open_target(args.checkpoint, device)
-    image_size = target.meta.input_shape[-1]
-    dataset = load_dataset(
-        args.data, "train", args.data_root, limit=args.limit, seed=args.seed, image_size=image_size
-    )
+    target, gated = open_gated(args, device)
+    dataset = load_data(args, target, "train", limit=args.limit, seed=args.seed)
     with distributed(gated.device) as env:
         baseline = None
         if args.ablation != "zero" or args.blank_weight > 0:
             with main_process_first(env):  # rank 0 computes and stores the reference first
-                gated, reference = open_intervention(_on_rank(args, env), gated, args.data)
+                gated, reference = open_intervention(_on_rank(args, env), target, gated)
             baseline = reference.statistics.input_mean
         generator = fit_gencnp(
             gated,

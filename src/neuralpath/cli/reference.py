@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from neuralpath.cli import (
-    add_device_arg,
+    add_data_args,
+    add_model_args,
     add_reference_size_arg,
-    add_seed_arg,
+    add_run_args,
+    open_gated,
     print_json,
-    reference_size,
 )
 
 
@@ -19,41 +20,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "reference",
         help="compute the reference statistics of a target (mean ablation, blank baseline)",
         description="Compute the per-unit mean activations and the mean image of N training "
-        "images of --data (a seeded subset) and store them in the checkpoint directory, where "
+        "images of --data (a seeded subset) and store them in the reference directory (the "
+        "checkpoint directory, or for --model a cache keyed by the weights' digest), where "
         "every command with --ablation finds them; an existing file is checked against the "
         "target's weights and reused unless --recompute. Prints the file's path, the number of "
         "images, the weights' digest and the layers as JSON.",
     )
-    cmd.add_argument("--checkpoint", required=True, help="target checkpoint directory")
-    cmd.add_argument("--data", help="data set name or image folder (default: the checkpoint's)")
-    cmd.add_argument("--data-root", help="folder holding a user copy of the data set")
+    add_model_args(cmd)
+    add_data_args(cmd)
     add_reference_size_arg(cmd)
-    cmd.add_argument("--recompute", action="store_true", help="recompute a stored reference")
-    cmd.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_seed_arg(cmd)
-    add_device_arg(cmd)
+    cmd.add_argument(
+        "--recompute",
+        dest="recompute_reference",
+        action="store_true",
+        help="recompute a stored reference",
+    )
+    add_run_args(cmd, ablation=False)
     cmd.set_defaults(handler=run_reference)
 
 
 def run_reference(args: argparse.Namespace) -> int:
+    from neuralpath.cli import open_target_reference
     from neuralpath.reference import reference_path
-    from neuralpath.runner import open_target, open_training_reference
 
-    target, gated = open_target(args.checkpoint, args.device)
-    reference = open_training_reference(
-        args.checkpoint,
-        gated,
-        args.data or target.meta.data,
-        args.data_root,
-        size=reference_size(args),
-        seed=args.seed,
-        recompute=args.recompute,
-        progress=not args.no_progress,
-    )
-    statistics = reference.statistics
+    target, gated = open_gated(args, args.device)
+    statistics = open_target_reference(args, target, gated).statistics
     print_json(
         {
-            "path": str(reference_path(args.checkpoint, gated)),
+            "path": str(reference_path(target.reference_dir(args.reference_dir), gated)),
             "count": statistics.count,
             "target_digest": statistics.target_digest,
             "source": statistics.source,

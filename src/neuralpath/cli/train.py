@@ -1,15 +1,14 @@
-"""``neuralpath train``: train a target model; ``neuralpath info``: describe a checkpoint."""
+"""``neuralpath train``: train a target model."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from neuralpath.cli import add_device_arg, add_seed_arg, print_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``train`` and ``info`` commands."""
+    """Add the ``train`` command."""
     train = subparsers.add_parser(
         "train",
         help="train a target classifier and save a checkpoint",
@@ -42,15 +41,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_device_arg(train)
     train.set_defaults(handler=run_train)
 
-    info = subparsers.add_parser(
-        "info",
-        help="describe a checkpoint",
-        description="Print a checkpoint's metadata and its default gated layers.",
-    )
-    info.add_argument("checkpoint", help="checkpoint directory")
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.set_defaults(handler=run_info)
-
 
 def run_train(args: argparse.Namespace) -> int:
     from neuralpath.train import train_target
@@ -72,43 +62,4 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print_json(result.summary())
-    return 0
-
-
-def describe_checkpoint(path: str) -> dict[str, Any]:
-    """Metadata, parameter count and default gated layers (``{name, units}``) of a checkpoint."""
-    from neuralpath.checkpoint import load_target
-    from neuralpath.gating import discover_sites
-
-    target = load_target(path)
-    sites = discover_sites(target.model, target.example_input())
-    return {
-        "checkpoint": path,
-        **target.meta.to_dict(),
-        "num_parameters": sum(p.numel() for p in target.model.parameters()),
-        "layers": [{"name": site.name, "units": site.units} for site in sites],
-    }
-
-
-def run_info(args: argparse.Namespace) -> int:
-    info = describe_checkpoint(args.checkpoint)
-    if args.json:
-        print_json(info)
-        return 0
-    accuracy = info["test_accuracy"]
-    accuracy_text = "unknown" if accuracy is None else f"{100 * accuracy:.2f} % (test)"
-    shape = "x".join(map(str, info["input_shape"]))
-    arch_args = ", ".join(f"{key} {value}" for key, value in info["arch_args"].items())
-    layers = info["layers"]
-    units = sum(layer["units"] for layer in layers)
-    listed = ", ".join(f"{layer['name']} ({layer['units']})" for layer in layers)
-    lines = [
-        f"checkpoint  {info['checkpoint']}",
-        f"arch        {info['arch']} ({arch_args}), {info['num_parameters']:,} parameters",
-        f"data        {info['data']}: input {shape}, {info['num_classes']} classes",
-        f"accuracy    {accuracy_text}, {info['epochs']} epochs, seed {info['seed']}",
-        f"layers      {len(layers)} gated, {units} units: {listed}",
-        f"created by  {info['created_by']}",
-    ]
-    print("\n".join(lines))
     return 0
