@@ -11,7 +11,11 @@ highest-scoring units:
 
 Gradients are taken with respect to *element gates* multiplying each site's output: the gradient
 of ``y`` w.r.t. a gate of value ``g`` is ``a · ∂y/∂(g a)``, i.e. exactly ``a`` times the gradient
-at the (scaled) activation. Channel granularity sums the element scores ``|a · ∂y/∂a|`` over H×W.
+at the (scaled) activation. Channel granularity sums the element scores ``|a · ∂y/∂a|`` over H×W
+(over the tokens of a transformer's MLP neurons and heads). A head's element unit is the head at
+one token, a vector ``h`` of its ``d`` dimensions gated as one: its score is ``|h · ∂y/∂h|``, the
+dot product over the head's dimensions (the first-order change of ``y`` when the head is removed
+at that token).
 
 Selection: one threshold over all layers together (:func:`~neuralpath.pathway.global_percentile`,
 the paper's rule) or the top units of each layer (:func:`~neuralpath.pathway.per_layer_topk`),
@@ -30,7 +34,7 @@ import torch
 from torch import Tensor
 
 from neuralpath.errors import InputError
-from neuralpath.gating import GatedModel
+from neuralpath.gating import GatedModel, GateSite
 from neuralpath.methods.base import (
     FinderConfig,
     PathwayFinder,
@@ -52,11 +56,12 @@ AlphaSchedule = Literal["uniform", "cumulative"]
 ALPHA_SCHEDULES: tuple[AlphaSchedule, ...] = ("uniform", "cumulative")
 
 
-def reduce_to_granularity(element_scores: Tensor, granularity: Granularity) -> Tensor:
-    """``[B, C, *spatial]`` non-negative element scores -> themselves or their sums ``[B, C]``."""
-    if granularity == "element" or element_scores.dim() == 2:
-        return element_scores
-    return element_scores.flatten(2).sum(dim=2)
+def reduce_to_granularity(
+    element_scores: Tensor, granularity: Granularity, site: GateSite
+) -> Tensor:
+    """Non-negative element scores ``[B, *site.element_shape]`` -> themselves or their sums
+    per unit ``[B, units]`` (:meth:`~neuralpath.gating.GateSite.to_channels`)."""
+    return element_scores if granularity == "element" else site.to_channels(element_scores)
 
 
 def select_units(
@@ -178,13 +183,17 @@ def taylor_scores(
     one = torch.ones((), dtype=inputs.dtype, device=inputs.device)
     gates = {}
     for site in gated.sites:
-        gate = one.expand(batch, *site.shape)  # a broadcast view: no memory per unit
+        gate = one.expand(batch, *site.element_shape)  # a broadcast view: no memory per unit
         if masks is not None and site.name in masks:
             mask = masks[site.name].to(device=inputs.device, dtype=inputs.dtype)
-            gate = gate * mask.reshape(*mask.shape, *[1] * (gate.dim() - mask.dim()))
+            gate = gate * (mask if mask.shape[1:] == site.element_shape else site.unit_view(mask))
         gates[site.name] = gate.requires_grad_(True)
     grads, cls = _gate_gradients(gated, inputs, gates, target)
-    return {n: reduce_to_granularity(g.abs(), granularity) for n, g in grads.items()}, cls
+    scores = {
+        site.name: reduce_to_granularity(grads[site.name].abs(), granularity, site)
+        for site in gated.sites
+    }
+    return scores, cls
 
 
 class CriticalPathwayFinder(PathwayFinder):
@@ -298,17 +307,18 @@ class NeuronIntGrad(CriticalPathwayFinder):
         chunks = self._step_chunks(batch)
         scores = {}
         for site in gated.sites:
-            total = torch.zeros((batch, *site.shape), dtype=inputs.dtype, device=inputs.device)
+            shape = site.element_shape
+            total = torch.zeros((batch, *shape), dtype=inputs.dtype, device=inputs.device)
             for alphas in chunks:
                 steps = len(alphas)
                 stacked = inputs.repeat(steps, *[1] * (inputs.dim() - 1))
                 alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
-                gate = alpha.repeat_interleave(batch).reshape(-1, *[1] * len(site.shape))
-                gate = gate.expand(steps * batch, *site.shape).clone().requires_grad_(True)
+                gate = alpha.repeat_interleave(batch).reshape(-1, *[1] * len(shape))
+                gate = gate.expand(steps * batch, *shape).clone().requires_grad_(True)
                 grads, _ = _gate_gradients(gated, stacked, {site.name: gate}, cls.repeat(steps))
-                total += grads[site.name].reshape(steps, batch, *site.shape).sum(dim=0)
+                total += grads[site.name].reshape(steps, batch, *shape).sum(dim=0)
             element = (total / len(self.alphas)).abs()
-            scores[site.name] = reduce_to_granularity(element, self.granularity)
+            scores[site.name] = reduce_to_granularity(element, self.granularity, site)
         return scores, cls
 
     def forward_equivalents(self) -> float:
