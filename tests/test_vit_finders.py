@@ -19,6 +19,7 @@ from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderOptions, build_finder
 from neuralpath.methods.baselines import ActivePathway
 from neuralpath.methods.critical import NeuronMCT
+from neuralpath.methods.gencnp.generator import GeneratorConfig, PathwayGenerator
 from neuralpath.pathway import Pathway
 
 from contract import (
@@ -97,3 +98,36 @@ def test_active_units_of_heads_and_neurons() -> None:
             element = a.any(dim=-1) if site.kind == "head" else a  # any dimension of a head
             expected = element if granularity == "element" else element.any(dim=1)
             assert torch.equal(pathway[site.name], expected), (granularity, site.name)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "element"])
+def test_per_type_selection_gives_heads_and_neurons_each_their_share(granularity: str) -> None:
+    _model, gm, x = _vit()
+    finder = NeuronMCT(
+        gm, granularity=granularity, sparsity=0.5, min_per_layer=0, selection="per_type"
+    )
+    scores, pathway = finder.scores(x), finder.find(x)
+    assert pathway.metadata["rule"] == "per_type"
+    for kind in ("head", "token"):
+        sites = [s for s in gm.sites if s.kind == kind]
+        flat = torch.cat([scores[s.name].reshape(3, -1) for s in sites], dim=1)
+        threshold = flat.kthvalue(round(0.5 * flat.shape[1]), dim=1).values
+        kept = torch.cat([pathway[s.name].reshape(3, -1) for s in sites], dim=1)
+        assert torch.equal(kept, flat > threshold[:, None]), kind
+        assert torch.equal(kept.sum(dim=1), torch.full((3,), flat.shape[1] // 2)), kind
+
+
+def test_gencnp_generator_pools_token_and_head_features_over_tokens_per_unit() -> None:
+    """Until GEN-CNP gets its token RFE (a later phase), its MLP RFE reads token and head sites
+    by their units (pooled over tokens and head dimensions), not as [C, H, W] maps."""
+    _model, gm, x = _vit()
+    generator = PathwayGenerator(gm.sites, GeneratorConfig(width=8, heads=2)).double().eval()
+    assert [rfe.mlp[0].in_features for rfe in generator.rfe] == [s.units for s in gm.sites]
+    with torch.no_grad():
+        _, recording = gm.record(x)
+        features = {n: a.detach() for n, a in recording.activations.items()}
+        masks = generator(features).masks
+        single = generator({n: a[:1] for n, a in features.items()}).masks
+    assert {n: tuple(m.shape) for n, m in masks.items()} == {s.name: (3, s.units) for s in gm.sites}
+    for name, mask in masks.items():
+        torch.testing.assert_close(mask[:1], single[name])

@@ -710,9 +710,9 @@ class GatedModel:
         """Apply ``masks`` (site name -> mask) to every forward of the model inside the block.
 
         Masks are ``[B, units]`` (channel: broadcast over H×W or tokens, see
-        :attr:`GateSite.unit_dim`) or ``[B, *site.shape]`` (element), or
-        with a batch dimension of 1 to share one mask across the batch; binary or continuous,
-        differentiable with respect to the masks. A masked site outputs
+        :attr:`GateSite.unit_dim`) or ``[B, *site.element_shape]`` (element: ``site.shape``, less
+        a head's dimensions), or with a batch dimension of 1 to share one mask across the batch;
+        binary or continuous, differentiable with respect to the masks. A masked site outputs
         ``m ⊙ a + (1 − m) ⊙ r`` with ``r`` from :attr:`intervention` (0 by default). Sites
         without a mask pass through unchanged. Inside the block the model is in eval mode with
         parameter gradients off; everything is restored on exit. With ``record``, the yielded

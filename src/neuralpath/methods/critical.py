@@ -18,7 +18,9 @@ dot product over the head's dimensions (the first-order change of ``y`` when the
 at that token).
 
 Selection: one threshold over all layers together (:func:`~neuralpath.pathway.global_percentile`,
-the paper's rule) or the top units of each layer (:func:`~neuralpath.pathway.per_layer_topk`),
+the paper's rule, over every unit type of a transformer at once), one such threshold per unit type
+(``per_type``: heads, MLP neurons, conv channels each keep their share) or the top units of each
+layer (:func:`~neuralpath.pathway.per_layer_topk`),
 keeping at least ``min_per_layer`` units of every layer (**[ours]**, default 1). Every default
 is stated once, in :class:`CriticalConfig` / :class:`IntGradConfig`.
 """
@@ -51,7 +53,7 @@ from neuralpath.pathway import (
 )
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
-Selection = Literal["global", "per_layer"]
+Selection = Literal["global", "per_layer", "per_type"]
 AlphaSchedule = Literal["uniform", "cumulative"]
 ALPHA_SCHEDULES: tuple[AlphaSchedule, ...] = ("uniform", "cumulative")
 
@@ -72,13 +74,31 @@ def select_units(
     *,
     chunk_size: int | None = None,
     min_per_layer: int = 0,
+    unit_types: Mapping[str, str] | None = None,
 ) -> Pathway:
-    """Binarise ``scores`` with the global percentile or per-layer top-k rule, keeping at least
-    ``min_per_layer`` units of every layer."""
+    """Binarise ``scores`` with the global percentile, per-type percentile or per-layer top-k
+    rule, keeping at least ``min_per_layer`` units of every layer. ``unit_types``: the type of
+    each layer's units (``per_type`` only; e.g. :attr:`~neuralpath.gating.GateSite.kind`)."""
     if selection == "global":
         return global_percentile(
             scores, sparsity, granularity, chunk_size=chunk_size, min_per_layer=min_per_layer
         )
+    if selection == "per_type":
+        if unit_types is None or set(unit_types) != set(scores):
+            raise InputError("per_type selection needs the unit type of every scored layer")
+        masks: dict[str, Tensor] = {}
+        for kind in dict.fromkeys(unit_types.values()):
+            part = {name: s for name, s in scores.items() if unit_types[name] == kind}
+            masks.update(
+                global_percentile(
+                    part, sparsity, granularity, chunk_size=chunk_size,
+                    min_per_layer=min_per_layer,
+                )
+            )  # fmt: skip
+        return Pathway(
+            {name: masks[name] for name in scores}, granularity,
+            {"rule": "per_type", "sparsity": sparsity, "min_per_layer": min_per_layer},
+        )  # fmt: skip
     return per_layer_topk(scores, sparsity, granularity, min_per_layer=min_per_layer)
 
 
@@ -90,7 +110,9 @@ class CriticalConfig(FinderConfig):
     single activations). Element units are the default because one global threshold over
     *channels* at 0.9 empties whole layers of small networks (77 of 200 MNIST images, issue 15);
     over elements it rarely does. ``selection``: ``"global"``, one threshold over all layers (the
-    paper's rule), or ``"per_layer"`` top-k. ``min_per_layer`` **[ours]**, default 1: a layer
+    paper's rule; over heads and MLP neurons together in a transformer), ``"per_type"``, one
+    threshold per unit type (:attr:`~neuralpath.gating.GateSite.kind`: heads and MLP neurons
+    each keep ``1 - sparsity`` of their units) **[ours]**, or ``"per_layer"`` top-k. ``min_per_layer`` **[ours]**, default 1: a layer
     that would keep fewer units also keeps its highest-scoring ones
     (:func:`~neuralpath.pathway.keep_per_layer`), so no pathway empties a layer and disconnects
     the network; 0 is the paper's rule exactly. ``chunk_size``: samples per percentile
@@ -176,7 +198,8 @@ def taylor_scores(
 
     ``inputs`` ``[B, *input_shape]``; ``masks`` (optional, any granularity) are applied during the
     forward (``a`` is a site's output before its mask, the gradient is taken at the masked
-    output). Returns ``({site: [B, *shape] or [B, C]}, target [B])``; one forward + backward.
+    output). Returns ``({site: [B, *site.element_shape] or [B, C]}, target [B])``; one forward
+    + backward.
     """
     gated.check_inputs(inputs)
     batch = inputs.shape[0]
@@ -213,7 +236,8 @@ class CriticalPathwayFinder(PathwayFinder):
         self.granularity: Granularity = self.config.granularity
 
     def scores(self, inputs: Tensor, target: TargetType = None) -> dict[str, Tensor]:
-        """Unit scores ``{site: [B, *shape]}`` (element) or ``{site: [B, C]}`` (channel), >= 0."""
+        """Unit scores ``{site: [B, *site.element_shape]}`` (element) or ``{site: [B, C]}``
+        (channel), >= 0."""
         return self.scores_and_target(inputs, target)[0]
 
     @abstractmethod
@@ -229,6 +253,7 @@ class CriticalPathwayFinder(PathwayFinder):
         pathway = select_units(
             scores, cfg.sparsity, cfg.granularity, cfg.selection,
             chunk_size=cfg.chunk_size, min_per_layer=cfg.min_per_layer,
+            unit_types={site.name: site.kind for site in self.gated.sites},
         )  # fmt: skip
         pathway.metadata.update({"method": self.name, "selection": cfg.selection})
         return pathway, cls
