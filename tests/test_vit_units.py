@@ -333,3 +333,76 @@ def test_attention_whose_heads_cannot_be_read_is_reported() -> None:
         discover_sites(_Tokens(nn.MultiheadAttention(4, 2), used=False), x, unit_types=["heads"])
     with pytest.raises(LayerError, match="called its output projection 'attention.proj' 0 times"):
         discover_sites(_Tokens(_Attention()), x, unit_types=["heads"])
+
+
+@pytest.mark.parametrize("family", ["torchvision", "timm"])
+def test_gradients_reach_recorded_heads_and_the_input_as_in_the_literal_model(
+    family: str,
+) -> None:
+    """∂y/∂h at the recorded (gated) heads and ∂y/∂x through the pathway model equal the literal
+    model's, with every unit kept and with some heads dropped."""
+    build, literal = LITERAL[family]
+    model = build()
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gm = GatedModel.discover(model, x[:1], unit_types=["heads", "mlp"])
+    for masks in (None, _random_masks(gm, 2, "channel", seed=7)):
+        seen: dict[str, Tensor] = {}
+
+        def site(
+            name: str, a: Tensor, masks: Masks | None = masks, seen: dict[str, Tensor] = seen
+        ) -> Tensor:
+            if masks is not None:
+                a = _gate(a, gm.site(name).unit_view(masks[name]), None)
+            seen[name] = a
+            return a
+
+        inputs = x.clone().requires_grad_(True)
+        expected = literal(model, inputs, site)[:, 1].sum()
+        want = torch.autograd.grad(expected, [inputs, *seen.values()])
+        inputs = x.clone().requires_grad_(True)
+        logits, recording = gm.record(inputs, masks)
+        names = list(seen)
+        got = torch.autograd.grad(
+            logits[:, 1].sum(), [inputs, *(recording.activations[n] for n in names)]
+        )
+        for label, g, w in zip(["input", *names], got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12, msg=label)
+
+
+class _SequenceFirst(nn.Module):
+    """Tokens ``[T, B, D]`` through ``nn.MultiheadAttention(batch_first=False)``, called with its
+    default ``need_weights=True``, then a mean over tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 4, 2, stride=2)
+        self.attention = nn.MultiheadAttention(4, 2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.embed(x).flatten(2).permute(2, 0, 1)  # [T, B, D]
+        mixed, _weights = self.attention(tokens, tokens, tokens)
+        return self.head((tokens + mixed).mean(dim=0))
+
+
+def test_sequence_first_attention_with_weights_is_gated_per_head() -> None:
+    torch.manual_seed(8)
+    model = _SequenceFirst().double().eval()
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    gm = GatedModel.discover(model, x[:1], unit_types=["heads"])
+    ((site_name, shape),) = [(s.name, s.shape) for s in gm.sites]
+    assert (site_name, shape) == ("attention", (4, 2, 2))
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    tokens = model.embed(x).flatten(2).mT  # [B, T, D]
+    mha = model.attention
+    heads = _attention(tokens, mha.in_proj_weight, mha.in_proj_bias, 2) * mask[:, None, :, None]
+    mixed = heads.flatten(2) @ mha.out_proj.weight.T + mha.out_proj.bias
+    expected = model.head((tokens + mixed).mean(dim=1))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            gm.forward(x, {site_name: mask}), expected, rtol=1e-10, atol=1e-10
+        )
+        ones = gm.forward(x, {site_name: torch.ones(3, 2)})
+        with frozen(model):  # as gate() runs it: kernels may round otherwise with trainable weights
+            assert torch.equal(ones, model(x))
