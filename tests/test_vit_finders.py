@@ -15,6 +15,7 @@ import torch
 from test_vit_units import torchvision_vit
 from torch import Tensor
 
+from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderOptions, build_finder
 from neuralpath.methods.baselines import ActivePathway
@@ -131,3 +132,21 @@ def test_gencnp_generator_pools_token_and_head_features_over_tokens_per_unit() -
     assert {n: tuple(m.shape) for n, m in masks.items()} == {s.name: (3, s.units) for s in gm.sites}
     for name, mask in masks.items():
         torch.testing.assert_close(mask[:1], single[name])
+
+
+def test_head_sparsity_sets_the_heads_own_budget() -> None:
+    _model, gm, x = _vit()
+    finder = NeuronMCT(
+        gm, granularity="element", sparsity=0.5, head_sparsity=0.75, min_per_layer=0,
+        selection="per_type",
+    )  # fmt: skip
+    pathway = finder.find(x)
+    assert pathway.metadata["type_sparsity"] == {"head": 0.75, "token": 0.5}
+    kept = {kind: 0 for kind in ("head", "token")}
+    for site in gm.sites:
+        kept[site.kind] += int(pathway[site.name].sum())
+    assert kept == {"head": 3 * 5, "token": 3 * 30}  # of 3 x 20 head and 3 x 60 neuron units
+    with pytest.raises(InputError, match="head_sparsity needs selection='per_type'"):
+        NeuronMCT(gm, head_sparsity=0.5)
+    with pytest.raises(InputError, match="sparsity must be in"):
+        NeuronMCT(gm, head_sparsity=1.0, selection="per_type")

@@ -75,10 +75,12 @@ def select_units(
     chunk_size: int | None = None,
     min_per_layer: int = 0,
     unit_types: Mapping[str, str] | None = None,
+    type_sparsity: Mapping[str, float] | None = None,
 ) -> Pathway:
     """Binarise ``scores`` with the global percentile, per-type percentile or per-layer top-k
-    rule, keeping at least ``min_per_layer`` units of every layer. ``unit_types``: the type of
-    each layer's units (``per_type`` only; e.g. :attr:`~neuralpath.gating.GateSite.kind`)."""
+    rule, keeping at least ``min_per_layer`` units of every layer. ``per_type`` only:
+    ``unit_types``, the type of each layer's units (e.g. :attr:`~neuralpath.gating.GateSite.kind`),
+    and ``type_sparsity``, the sparsity of some types (others: ``sparsity``)."""
     if selection == "global":
         return global_percentile(
             scores, sparsity, granularity, chunk_size=chunk_size, min_per_layer=min_per_layer
@@ -86,19 +88,22 @@ def select_units(
     if selection == "per_type":
         if unit_types is None or set(unit_types) != set(scores):
             raise InputError("per_type selection needs the unit type of every scored layer")
+        budgets = {kind: sparsity for kind in unit_types.values()}
+        budgets.update(type_sparsity or {})
         masks: dict[str, Tensor] = {}
         for kind in dict.fromkeys(unit_types.values()):
             part = {name: s for name, s in scores.items() if unit_types[name] == kind}
             masks.update(
                 global_percentile(
-                    part, sparsity, granularity, chunk_size=chunk_size,
+                    part, budgets[kind], granularity, chunk_size=chunk_size,
                     min_per_layer=min_per_layer,
                 )
             )  # fmt: skip
-        return Pathway(
-            {name: masks[name] for name in scores}, granularity,
-            {"rule": "per_type", "sparsity": sparsity, "min_per_layer": min_per_layer},
-        )  # fmt: skip
+        metadata = {
+            "rule": "per_type", "sparsity": sparsity, "type_sparsity": budgets,
+            "min_per_layer": min_per_layer,
+        }  # fmt: skip
+        return Pathway({name: masks[name] for name in scores}, granularity, metadata)
     return per_layer_topk(scores, sparsity, granularity, min_per_layer=min_per_layer)
 
 
@@ -112,7 +117,8 @@ class CriticalConfig(FinderConfig):
     over elements it rarely does. ``selection``: ``"global"``, one threshold over all layers (the
     paper's rule; over heads and MLP neurons together in a transformer), ``"per_type"``, one
     threshold per unit type (:attr:`~neuralpath.gating.GateSite.kind`: heads and MLP neurons
-    each keep ``1 - sparsity`` of their units) **[ours]**, or ``"per_layer"`` top-k. ``min_per_layer`` **[ours]**, default 1: a layer
+    each keep ``1 - sparsity`` of their units; ``head_sparsity``, when set, is the heads' own)
+    **[ours]**, or ``"per_layer"`` top-k. ``min_per_layer`` **[ours]**, default 1: a layer
     that would keep fewer units also keeps its highest-scoring ones
     (:func:`~neuralpath.pathway.keep_per_layer`), so no pathway empties a layer and disconnects
     the network; 0 is the paper's rule exactly. ``chunk_size``: samples per percentile
@@ -124,10 +130,17 @@ class CriticalConfig(FinderConfig):
     selection: Selection = "global"
     min_per_layer: int = 1
     chunk_size: int | None = None
+    head_sparsity: float | None = None
 
     def check(self) -> None:
         check_sparsity(self.sparsity)
         require(self.min_per_layer >= 0, f"min_per_layer must be >= 0, got {self.min_per_layer}")
+        if self.head_sparsity is not None:
+            check_sparsity(self.head_sparsity)
+            require(
+                self.selection == "per_type",
+                f"head_sparsity needs selection='per_type', got selection={self.selection!r}",
+            )
         require(
             self.chunk_size is None or self.chunk_size >= 1,
             f"chunk_size must be None or an integer >= 1, got {self.chunk_size!r}",
@@ -254,6 +267,7 @@ class CriticalPathwayFinder(PathwayFinder):
             scores, cfg.sparsity, cfg.granularity, cfg.selection,
             chunk_size=cfg.chunk_size, min_per_layer=cfg.min_per_layer,
             unit_types={site.name: site.kind for site in self.gated.sites},
+            type_sparsity=None if cfg.head_sparsity is None else {"head": cfg.head_sparsity},
         )  # fmt: skip
         pathway.metadata.update({"method": self.name, "selection": cfg.selection})
         return pathway, cls
