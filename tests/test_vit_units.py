@@ -406,3 +406,34 @@ def test_sequence_first_attention_with_weights_is_gated_per_head() -> None:
         ones = gm.forward(x, {site_name: torch.ones(3, 2)})
         with frozen(model):  # as gate() runs it: kernels may round otherwise with trainable weights
             assert torch.equal(ones, model(x))
+
+
+def test_timm_deit_heads_and_neurons_gated_exactly() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, num_classes=5
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = snapshot(model)
+    gm = GatedModel.discover(model, x[:1], unit_types=["heads", "mlp"])
+    assert [s.kind for s in gm.sites] == ["head", "token"] * 12
+    assert {s.shape for s in gm.sites if s.kind == "head"} == {(6, 3, 64)}  # 4 patches + 2 tokens
+    with torch.no_grad():
+        plain = model(x)
+        ones = {s.name: torch.ones(2, *s.element_shape) for s in gm.sites}
+        assert torch.equal(gm.forward(x, ones), plain)
+        first_heads = {gm.sites[0].name: torch.zeros(2, 3)}
+        assert not torch.allclose(gm.forward(x, first_heads), plain)
+    assert_unchanged(model, before)
+
+
+def test_torchvision_swin_heads_are_a_clear_error_and_its_mlp_neurons_are_units() -> None:
+    """Swin's window attention applies its projection with F.linear inside a function: its heads
+    cannot be read (a later phase may recompute them); its MLP neurons are ordinary units."""
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None, num_classes=5).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(LayerError, match="'features.1.0.attn.proj' 0 times"):
+        discover_sites(model, x, unit_types=["heads"])
+    sites = discover_sites(model, x, unit_types=["mlp"])
+    assert len(sites) == 12 and {s.kind for s in sites} == {"token"}
