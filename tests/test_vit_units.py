@@ -8,6 +8,7 @@ reference mean, or a donor's value; NeuronMCT's head scores are recomputed by ha
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -437,3 +438,16 @@ def test_torchvision_swin_heads_are_a_clear_error_and_its_mlp_neurons_are_units(
         discover_sites(model, x, unit_types=["heads"])
     sites = discover_sites(model, x, unit_types=["mlp"])
     assert len(sites) == 12 and {s.kind for s in sites} == {"token"}
+
+
+def test_a_module_cannot_hold_head_sites_and_other_sites() -> None:
+    model = timm_vit()
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    (heads,) = discover_sites(model, x, unit_types=["heads"])[:1]
+    (output,) = discover_sites(model, x, layers=["blocks.0.attn"])
+    assert (heads.module_name, output.module_name, output.kind) == (
+        "blocks.0.attn", "blocks.0.attn", "custom",
+    )  # fmt: skip
+    renamed = dataclasses.replace(output, name="attention output")
+    with pytest.raises(LayerError, match=r"\['blocks.0.attn'\] have head sites and other sites"):
+        GatedModel(model, [heads, renamed], (3, 8, 8))
