@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 import torch
-from test_vit_units import torchvision_vit
+from test_vit_units import literal_torchvision, torchvision_vit
 from torch import Tensor
 
-from neuralpath.errors import InputError
+from neuralpath.attribution import PathwayGradCAM, PathwayGradient
+from neuralpath.errors import InputError, LayerError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderOptions, build_finder
 from neuralpath.methods.baselines import ActivePathway
@@ -150,3 +151,27 @@ def test_head_sparsity_sets_the_heads_own_budget() -> None:
         NeuronMCT(gm, head_sparsity=0.5)
     with pytest.raises(InputError, match="sparsity must be in"):
         NeuronMCT(gm, head_sparsity=1.0, selection="per_type")
+
+
+def test_pathway_gradient_through_heads_and_neurons_is_the_literal_input_gradient() -> None:
+    model, gm, x = _vit()
+    pathway = NeuronMCT(gm, sparsity=0.7).find(x)
+    maps = PathwayGradient(gm, NeuronMCT(gm, sparsity=0.7)).attribute(x)
+
+    def site(name: str, a: Tensor) -> Tensor:
+        mask = pathway[name].to(a.dtype)
+        return a * mask.reshape(*mask.shape, *[1] * (a.dim() - mask.dim()))
+
+    inputs = x.clone().requires_grad_(True)
+    logits = literal_torchvision(model, inputs, site)
+    target = model(x).argmax(dim=1)
+    (expected,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), inputs)
+    torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_grad_cam_refuses_token_and_head_sites() -> None:
+    _model, gm, _x = _vit()
+    with pytest.raises(LayerError, match=r"Grad-CAM needs a gate site with a spatial \[C, H, W\]"):
+        PathwayGradCAM(gm)
+    with pytest.raises(LayerError, match="has no spatial"):
+        PathwayGradCAM(gm, layer=gm.sites[0].name)
