@@ -179,8 +179,8 @@ def test_unknown_key_names_the_settable_ones_with_types() -> None:
     with pytest.raises(InputError) as info:
         config_from_settings("cp-mct", {}, {"bogus": 1})
     assert str(info.value) == (
-        "cp-mct has no setting bogus; settable: selection (global|per_layer), "
-        "min_per_layer (int), chunk_size (int|null)"
+        "cp-mct has no setting bogus; settable: selection (global|per_layer|per_type), "
+        "min_per_layer (int), chunk_size (int|null), head_sparsity (float|null)"
     )
     with pytest.raises(InputError, match="dgr-r has no setting init"):  # fixed by the method
         config_from_settings("dgr-r", {}, {"init": "ones"})
@@ -214,7 +214,7 @@ def test_help_lists_every_field_of_every_config(capsys) -> None:
         entry = finder_entry(name)
         for key in field_types(entry.config):
             assert re.search(rf"(--|\b){key}\b", segment), (name, key)
-    assert "selection=global|per_layer (global)" in segments["cp-mct"]
+    assert "selection=global|per_layer|per_type (global)" in segments["cp-mct"]
     assert "--granularity element" in segments["cp-mct"]
     assert "--granularity channel" in segments["dgr"]
     assert "init=uniform (fixed)" in segments["dgr-r"]

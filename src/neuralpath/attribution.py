@@ -266,7 +266,7 @@ def _warn_about_zero_maps(maps: Tensor, pathway: Pathway, method: str, otherwise
 
 def default_cam_layer(gated: GatedModel) -> str:
     """The last gate site with a spatial ``(C, H, W)`` output (Grad-CAM's usual layer)."""
-    spatial = [site.name for site in gated.sites if len(site.shape) == 3]
+    spatial = [site.name for site in gated.sites if site.spatial]
     if not spatial:
         raise LayerError("Grad-CAM needs a gate site with a spatial [C, H, W] output")
     return spatial[-1]
@@ -287,7 +287,7 @@ class PathwayGradCAM(_PathwayAttribution):
     ):
         super().__init__(gated, finder)
         self.layer = default_cam_layer(gated) if layer is None else layer
-        if len(gated.site(self.layer).shape) != 3:
+        if not gated.site(self.layer).spatial:
             raise LayerError(f"Grad-CAM layer {self.layer!r} has no spatial [C, H, W] output")
 
     def _maps(self, run: _PathwayForward) -> Tensor:

@@ -6,7 +6,10 @@ called several times per forward (torchvision ResNet reuses one ``relu`` per blo
 per call, named ``"<module>#<call>"`` (``"layer1.0.relu#1"``). The units of a site (what a
 channel mask keeps or drops) are the channels of a conv activation ``[C, H, W]``, or the hidden
 features of a token-wise MLP, on the last dimension of ``[T, D]`` (ViT) or of channels-last
-``[H, W, C]`` (Swin, ConvNeXt): :attr:`GateSite.unit_dim`.
+``[H, W, C]`` (Swin, ConvNeXt): :attr:`GateSite.unit_dim`. The attention *heads* of a vision
+transformer are sites too (``unit_types=("heads",)``, see :mod:`neuralpath.heads`): outputs
+``[T, H, d]``, a unit is a head (channel) or a head at one token (element), and each element
+unit spans the head's ``d`` dimensions (:attr:`GateSite.feature_dims`).
 
 Every change to the model happens inside :meth:`GatedModel.gate` and is undone on exit, also when
 the forward raises: hooks are removed, and the ``training`` flag of every module and the
@@ -21,15 +24,29 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from neuralpath.errors import InputError, LayerError, ShapeError
+from neuralpath.heads import (
+    attention_modules,
+    head_style,
+    mha_heads,
+    mha_output_change,
+    num_heads,
+    projection,
+    split_heads,
+)
 from neuralpath.interventions import Intervention, ZeroAblation
 
-SiteKind = Literal["conv", "token", "fc", "custom"]
+SiteKind = Literal["conv", "token", "fc", "custom", "head"]
+UnitType = Literal["heads", "mlp"]
+UNIT_TYPES: tuple[UnitType, ...] = ("heads", "mlp")
+"""Unit types :func:`discover_sites` can select by name: attention heads (the output of each
+head before the output projection) and MLP neurons (the hidden activation after a token-wise
+linear layer of each block's MLP)."""
 LayerKind = Literal["conv", "token", "fc"]
 
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -59,8 +76,11 @@ class GateSite:
 
     ``shape`` is the per-sample output shape: ``(C, H, W)`` after a conv, ``(C,)`` after an FC
     layer, ``(T, D)`` for the tokens of a transformer, ``(H, W, C)`` for channels-last blocks
-    (Swin, ConvNeXt). ``unit_dim`` is the index in ``shape`` of the units a channel mask
-    ``[B, units]`` selects: 0 (channels first), or the last dimension after a token-wise linear.
+    (Swin, ConvNeXt), ``(T, H, d)`` for attention heads. ``unit_dim`` is the index in ``shape``
+    of the units a channel mask ``[B, units]`` selects: 0 (channels first), the last dimension
+    after a token-wise linear, the heads (``H``) of an attention. ``feature_dims``: trailing
+    dimensions of ``shape`` one element unit spans (a head's ``d``: 1; else 0), so element masks
+    are ``[B, *element_shape]``.
     """
 
     name: str
@@ -69,16 +89,45 @@ class GateSite:
     shape: tuple[int, ...]
     kind: SiteKind
     unit_dim: int = 0
+    feature_dims: int = 0
 
     @property
     def units(self) -> int:
-        """Number of units of channel granularity (channels, or hidden features of tokens)."""
+        """Number of units of channel granularity (channels, hidden features of tokens, heads)."""
         return self.shape[self.unit_dim]
 
     @property
+    def element_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of an element mask: ``shape`` without its ``feature_dims``."""
+        return self.shape[: len(self.shape) - self.feature_dims]
+
+    @property
     def numel(self) -> int:
-        """Number of scalars per sample (the units of element granularity)."""
-        return math.prod(self.shape)
+        """Number of units of element granularity per sample (scalars, or heads per token)."""
+        return math.prod(self.element_shape)
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the site outputs channels-first maps ``[C, H, W]`` (not tokens, heads or
+        channels-last maps)."""
+        return len(self.shape) == 3 and self.unit_dim == 0 and self.feature_dims == 0
+
+    def mask_shape(self, granularity: str) -> tuple[int, ...]:
+        """Per-sample mask shape: ``(units,)`` (``"channel"``) or :attr:`element_shape`."""
+        return (self.units,) if granularity == "channel" else self.element_shape
+
+    def unit_view(self, values: Tensor) -> Tensor:
+        """Channel values ``[B, units]`` viewed as ``[B, *element_shape]`` with size-1 dimensions
+        (broadcastable to element values)."""
+        view = [1] * (1 + len(self.element_shape))
+        view[0], view[1 + self.unit_dim] = values.shape[0], self.units
+        return values.reshape(view)
+
+    def to_channels(self, element_values: Tensor) -> Tensor:
+        """Element values ``[B, *element_shape]`` summed over every dimension but the units':
+        ``[B, units]`` (over H×W of a conv map, over the tokens of a token site)."""
+        dims = [1 + d for d in range(len(self.element_shape)) if d != self.unit_dim]
+        return element_values.sum(dim=dims) if dims else element_values
 
 
 @dataclass
@@ -105,13 +154,15 @@ class _Call:
     """One traced module call: its ``index`` among the calls of module ``name``, the per-sample
     output ``shape`` (None: not a tensor with the inputs' batch dimension, e.g. Swin V2's
     position-bias MLP run on a coordinate table), ``layer`` (kind of an outermost conv/linear
-    layer) and whether the module is an outermost activation."""
+    layer), whether the module is an outermost activation, and whether the call is an attention's
+    (``shape``: its heads ``(T, H, d)``)."""
 
     name: str
     index: int
     shape: tuple[int, ...] | None
     layer: LayerKind | None
     activation: bool
+    heads: bool = False
 
 
 def _is_layer(module: nn.Module) -> bool:
@@ -142,11 +193,17 @@ def _layer_kind(module: nn.Module, shape: tuple[int, ...] | None) -> LayerKind:
     return "token" if shape is not None and len(shape) >= 2 else "fc"
 
 
-def _trace_calls(model: nn.Module, example_input: Tensor, selected: set[str]) -> list[_Call]:
+def _trace_calls(
+    model: nn.Module,
+    example_input: Tensor,
+    selected: set[str],
+    attention: Mapping[str, nn.Module] | None = None,
+) -> list[_Call]:
     """Run one forward in eval mode and list the calls of the outermost conv/linear layers and
-    activation modules (by type, whether or not they have children) and of ``selected``, in
-    the order they return. A batch of one is run twice over, so that outputs that do not
-    depend on the sample (no batch dimension) can be told apart."""
+    activation modules (by type, whether or not they have children), of ``selected``, and the
+    heads of each call of the ``attention`` modules, in the order they return. A batch of one
+    is run twice over, so that outputs that do not depend on the sample (no batch dimension)
+    can be told apart."""
     if example_input.shape[0] == 1:
         example_input = torch.cat([example_input, example_input])
     batch = example_input.shape[0]
@@ -169,7 +226,19 @@ def _trace_calls(model: nn.Module, example_input: Tensor, selected: set[str]) ->
         return hook
 
     handles = [module.register_forward_hook(make_hook(name)) for name, module in traced.items()]
+
+    def record_heads(name: str, heads: Tensor) -> None:
+        if heads.shape[0] != batch:
+            raise LayerError(
+                f"heads of attention {name!r} do not have the inputs' batch dimension first "
+                f"(got {list(heads.shape)}): they cannot be gated"
+            )
+        calls.append(_Call(name, counts[name], tuple(heads.shape[1:]), None, False, heads=True))
+        counts[name] += 1
+
     try:
+        for name, module in (attention or {}).items():
+            handles.extend(_head_tracer(name, module, record_heads))
         with preserved_state(model), torch.no_grad():
             model.eval()
             model(example_input)
@@ -177,6 +246,40 @@ def _trace_calls(model: nn.Module, example_input: Tensor, selected: set[str]) ->
         for handle in handles:
             handle.remove()
     return calls
+
+
+def _head_tracer(
+    name: str, module: nn.Module, record: Callable[[str, Tensor], None]
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks handing ``record`` the heads ``[B, ..., H, d]`` of each call of attention ``name``."""
+    if head_style(module) == "mha":
+        assert isinstance(module, nn.MultiheadAttention)
+        mha = module
+
+        def mha_hook(
+            _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _output: object
+        ) -> None:
+            record(name, mha_heads(mha, args, kwargs, name).detach())
+
+        return [module.register_forward_hook(mha_hook, with_kwargs=True)]
+    seen: list[Tensor] = []
+
+    def proj_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], Tensor):
+            seen.append(args[0])
+
+    def attention_hook(_module: nn.Module, _args: object, _output: object) -> None:
+        if len(seen) != 1:
+            raise LayerError(
+                f"attention {name!r} called its output projection '{name}.proj' {len(seen)} "
+                "times as a module (expected once per call): its heads cannot be gated"
+            )
+        record(name, split_heads(seen.pop(), num_heads(module), name).detach())
+
+    return [
+        projection(module).register_forward_pre_hook(proj_hook),
+        module.register_forward_hook(attention_hook),
+    ]
 
 
 def _unit_dim(call: _Call, layer: _Call | None) -> int:
@@ -247,12 +350,56 @@ def _selected_sites(calls: Sequence[_Call], picked: Callable[[_Call], bool]) -> 
     return chosen
 
 
+def _unit_type_sites(
+    model: nn.Module, example_input: Tensor, unit_types: Sequence[str], include_fc: bool
+) -> tuple[list[_Chosen], list[_Call]]:
+    """The sites of the requested :data:`UNIT_TYPES`, in forward order, and the traced calls."""
+    if isinstance(unit_types, str) or not isinstance(unit_types, Sequence) or not unit_types:
+        raise InputError(f"unit_types must be a non-empty list of {UNIT_TYPES}, got {unit_types!r}")
+    unknown = [u for u in unit_types if u not in UNIT_TYPES]
+    if unknown:
+        raise InputError(f"unknown unit type(s) {unknown}; expected some of {UNIT_TYPES}")
+    attention = attention_modules(model) if "heads" in unit_types else {}
+    if "heads" in unit_types and not attention:
+        raise LayerError(
+            "unit type 'heads': the model has no attention heads (no nn.MultiheadAttention and "
+            "no module with an integer num_heads and an nn.Linear 'proj')"
+        )
+    calls = _trace_calls(model, example_input, set(), attention)
+    if attention and not any(call.heads for call in calls):
+        raise LayerError(
+            f"unit type 'heads': attention module(s) {sorted(attention)[:3]} were never called as "
+            "modules in the forward (a fused path such as nn.TransformerEncoderLayer's bypasses "
+            "them): their heads cannot be gated"
+        )
+    mlp: dict[tuple[str, int], int] = {}
+    if "mlp" in unit_types:
+        try:
+            default = _default_sites(calls, include_fc)
+        except LayerError:
+            default = []
+        mlp = {(c.name, c.index): dim for c, kind, dim in default if kind == "token"}
+        if not mlp:
+            raise LayerError(
+                "unit type 'mlp': the model has no MLP neurons (no activation module after a "
+                "token-wise linear layer, i.e. on [B, T, D] tokens)"
+            )
+    chosen: list[_Chosen] = []
+    for call in calls:
+        if call.heads:
+            chosen.append((call, "head", len(_checked_shape(call)) - 2))
+        elif (call.name, call.index) in mlp:
+            chosen.append((call, "token", mlp[call.name, call.index]))
+    return chosen, calls
+
+
 def discover_sites(
     model: nn.Module,
     example_input: Tensor,
     *,
     layers: LayerSelection = None,
     include_fc: bool = False,
+    unit_types: Sequence[UnitType] | None = None,
 ) -> list[GateSite]:
     """List the gate sites of ``model`` in forward order.
 
@@ -264,20 +411,34 @@ def discover_sites(
     on the last dimension), or, with ``include_fc``, a linear on flat features ``[B, D]``. A
     model without such activations (``F.relu`` inside ``forward``) is gated at its conv
     outputs instead; ``layers`` names the modules (or types) to gate instead of the rule (a
-    module's output includes any functional activation applied inside it).
+    module's output includes any functional activation applied inside it). ``unit_types``
+    (instead of ``layers``) selects transformer units by type: ``"heads"`` (every call of every
+    attention module, see :mod:`neuralpath.heads`) and/or ``"mlp"`` (the default rule's sites
+    after token-wise linears); a type the model lacks is a :class:`LayerError`.
 
     ``example_input``: ``[B, C, H, W]``, any batch size; one forward is run in eval mode.
     """
-    return _discover(model, example_input, layers, include_fc)[0]
+    return _discover(model, example_input, layers, include_fc, unit_types)[0]
 
 
 def _discover(
-    model: nn.Module, example_input: Tensor, layers: LayerSelection, include_fc: bool
+    model: nn.Module,
+    example_input: Tensor,
+    layers: LayerSelection,
+    include_fc: bool,
+    unit_types: Sequence[str] | None = None,
 ) -> tuple[list[GateSite], dict[str, int]]:
     """The sites of :func:`discover_sites` and how many times one forward calls each gated
     module."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if unit_types is not None:
+        if layers is not None:
+            raise InputError("pass either layers or unit_types, not both")
+        chosen, calls = _unit_type_sites(model, example_input, unit_types, include_fc)
+        counts = Counter(call.name for call in calls)
+        sites = _assign_names(chosen, counts)
+        return sites, {site.module_name: counts[site.module_name] for site in sites}
     requested, types = _parse_layers(model, layers)
     if types is not None:
         selected = set(_outermost(model, lambda module: isinstance(module, types)))
@@ -345,6 +506,7 @@ def _assign_names(chosen: Sequence[_Chosen], counts: Counter[str]) -> list[GateS
             shape=_checked_shape(call),
             kind=kind,
             unit_dim=unit_dim,
+            feature_dims=1 if kind == "head" else 0,
         )
         for call, kind, unit_dim in chosen
     ]
@@ -375,10 +537,13 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _broadcast_mask(mask: Tensor, output: Tensor, site: GateSite) -> Tensor:
-    """Shape a mask ``[B|1, units]`` (channel) or ``[B|1, *site.shape]`` (element) to ``output``.
+    """Shape a mask ``[B|1, units]`` (channel) or ``[B|1, *site.element_shape]`` (element) to
+    ``output``.
 
     A channel mask is broadcast over every dimension but the site's ``unit_dim``: over H×W of
-    ``[B, C, H, W]``, over the tokens of ``[B, T, D]``, over H×W of channels-last ``[B, H, W, C]``.
+    ``[B, C, H, W]``, over the tokens of ``[B, T, D]``, over H×W of channels-last ``[B, H, W, C]``,
+    over the tokens and head dimensions of heads ``[B, T, H, d]``; an element mask of heads
+    ``[B, T, H]`` over the head dimensions.
     """
     batch = output.shape[0]
     if mask.shape[0] not in (1, batch):
@@ -388,8 +553,9 @@ def _broadcast_mask(mask: Tensor, output: Tensor, site: GateSite) -> Tensor:
     per_sample = tuple(mask.shape[1:])
     unit_axis = 1 + site.unit_dim
     units = output.shape[unit_axis] if unit_axis < output.dim() else None
-    if per_sample == tuple(output.shape[1:]):
-        shaped = mask
+    elements = tuple(output.shape[1 : output.dim() - site.feature_dims])
+    if per_sample == elements:
+        shaped = mask.reshape(*mask.shape, *[1] * site.feature_dims)
     elif units is not None and per_sample == (units,):
         view = [1] * output.dim()
         view[0], view[unit_axis] = mask.shape[0], units
@@ -397,7 +563,7 @@ def _broadcast_mask(mask: Tensor, output: Tensor, site: GateSite) -> Tensor:
     else:
         raise ShapeError(
             f"mask for layer {site.name!r} has shape {list(mask.shape)}; expected "
-            f"[B, {units}] (channel) or [B, {', '.join(map(str, output.shape[1:]))}] (element)"
+            f"[B, {units}] (channel) or [B, {', '.join(map(str, elements))}] (element)"
         )
     return shaped.to(device=output.device, dtype=output.dtype)
 
@@ -447,6 +613,10 @@ class GatedModel:
         names = [site.name for site in sites]
         if len(set(names)) != len(names):
             raise LayerError(f"duplicate gate sites: {names}")
+        heads = {site.module_name for site in sites if site.kind == "head"}
+        mixed = sorted(heads & {site.module_name for site in sites if site.kind != "head"})
+        if mixed:
+            raise LayerError(f"module(s) {mixed} have head sites and other sites: gate one of them")
         self.model = model
         self.sites: tuple[GateSite, ...] = tuple(sites)
         self.input_shape: tuple[int, ...] = tuple(input_shape)
@@ -474,10 +644,11 @@ class GatedModel:
         *,
         layers: LayerSelection = None,
         include_fc: bool = False,
+        unit_types: Sequence[UnitType] | None = None,
     ) -> GatedModel:
         """Discover sites with :func:`discover_sites`; ``example_input`` fixes the input shape."""
         check_inputs(example_input)
-        sites, calls = _discover(model, example_input, layers, include_fc)
+        sites, calls = _discover(model, example_input, layers, include_fc, unit_types)
         return cls(model, sites, example_input.shape[1:], calls_per_forward=calls)
 
     @property
@@ -539,9 +710,9 @@ class GatedModel:
         """Apply ``masks`` (site name -> mask) to every forward of the model inside the block.
 
         Masks are ``[B, units]`` (channel: broadcast over H×W or tokens, see
-        :attr:`GateSite.unit_dim`) or ``[B, *site.shape]`` (element), or
-        with a batch dimension of 1 to share one mask across the batch; binary or continuous,
-        differentiable with respect to the masks. A masked site outputs
+        :attr:`GateSite.unit_dim`) or ``[B, *site.element_shape]`` (element: ``site.shape``, less
+        a head's dimensions), or with a batch dimension of 1 to share one mask across the batch;
+        binary or continuous, differentiable with respect to the masks. A masked site outputs
         ``m ⊙ a + (1 − m) ⊙ r`` with ``r`` from :attr:`intervention` (0 by default). Sites
         without a mask pass through unchanged. Inside the block the model is in eval mode with
         parameter gradients off; everything is restored on exit. With ``record``, the yielded
@@ -570,11 +741,7 @@ class GatedModel:
                 for module_name, call_sites in hooks.by_module.items():
                     if module_name not in modules:
                         raise LayerError(f"module {module_name!r} is not in the model")
-                    handles.append(
-                        modules[module_name].register_forward_hook(
-                            hooks.site_hook(module_name, call_sites)
-                        )
-                    )
+                    handles.append(hooks.register(modules[module_name], module_name, call_sites))
                 yield hooks.recording
             finally:
                 for handle in handles:
@@ -695,6 +862,43 @@ class _GateHooks:
         # lerp is one fused kernel, exact at m = 1 (a) and m = 0 (r)
         return torch.lerp(replacement.expand_as(output), output, shaped)
 
+    def _gated(self, site: GateSite, output: Tensor) -> Tensor | None:
+        """The site's output with its mask applied (recorded when recording), or None in the
+        donor forward (the output is kept as the donor activation)."""
+        if self.in_donor_forward:
+            self.donor_activations[site.name] = output.detach()
+            return None
+        gated = self._apply(site, output)
+        if self.record:
+            if torch.is_grad_enabled() and not gated.requires_grad:
+                # Nothing upstream needs gradients: make the site a leaf so that
+                # gradients with respect to it can still be taken.
+                gated = gated.detach().requires_grad_()
+            self.recording.activations[site.name] = gated
+        return gated
+
+    def _touches(self, site: GateSite) -> bool:
+        """Whether this forward reads ``site``'s output (masked, recorded or donor)."""
+        return site.name in self.masks or self.record or self.in_donor_forward
+
+    def register(
+        self, module: nn.Module, module_name: str, call_sites: dict[int, GateSite]
+    ) -> torch.utils.hooks.RemovableHandle:
+        """The hook serving ``call_sites`` of ``module`` (see :mod:`neuralpath.heads` for heads)."""
+        if not any(site.kind == "head" for site in call_sites.values()):
+            return module.register_forward_hook(self.site_hook(module_name, call_sites))
+        style = head_style(module)
+        if style == "mha":
+            assert isinstance(module, nn.MultiheadAttention)
+            return module.register_forward_hook(
+                self.mha_hook(module, module_name, call_sites), with_kwargs=True
+            )
+        if style == "projection":
+            return projection(module).register_forward_pre_hook(
+                self.projection_hook(module, module_name, call_sites)
+            )
+        raise LayerError(f"module {module_name!r} has head sites but is not an attention module")
+
     def site_hook(
         self, module_name: str, call_sites: dict[int, GateSite]
     ) -> Callable[[nn.Module, object, object], Tensor | None]:
@@ -704,17 +908,47 @@ class _GateHooks:
                 return None
             if not isinstance(output, Tensor):
                 raise LayerError(f"layer {site.name!r} did not return a tensor")
-            if self.in_donor_forward:
-                self.donor_activations[site.name] = output.detach()
+            return self._gated(site, output)
+
+        return hook
+
+    def mha_hook(
+        self, mha: nn.MultiheadAttention, module_name: str, call_sites: dict[int, GateSite]
+    ) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], object], object]:
+        """Heads of ``nn.MultiheadAttention``: recomputed, the output corrected by
+        ``W_o (h' − h)`` (exactly 0 where every head is kept; see :mod:`neuralpath.heads`)."""
+
+        def hook(
+            _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object
+        ) -> object:
+            site = self._site_of_call(module_name, call_sites)
+            if site is None or not self._touches(site):
                 return None
-            gated = self._apply(site, output)
-            if self.record:
-                if torch.is_grad_enabled() and not gated.requires_grad:
-                    # Nothing upstream needs gradients: make the site a leaf so that
-                    # gradients with respect to it can still be taken.
-                    gated = gated.detach().requires_grad_()
-                self.recording.activations[site.name] = gated
-            return gated
+            heads = mha_heads(mha, args, kwargs, site.name)
+            # a distinct node, so that d output / d gated is W_o even where nothing is masked
+            gated = self._gated(site, heads.view_as(heads))
+            if gated is None:
+                return None
+            if not isinstance(output, tuple) or not isinstance(output[0], Tensor):
+                raise LayerError(f"attention {site.name!r} did not return (output, weights)")
+            return (output[0] + mha_output_change(mha, gated - heads), *output[1:])
+
+        return hook
+
+    def projection_hook(
+        self, attention: nn.Module, module_name: str, call_sites: dict[int, GateSite]
+    ) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+        """Heads read as the input of the attention's ``proj`` and replaced by the gated heads."""
+        heads = num_heads(attention)
+
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            site = self._site_of_call(module_name, call_sites)
+            if site is None or not self._touches(site):
+                return None
+            if not args or not isinstance(args[0], Tensor):
+                raise LayerError(f"the output projection of {site.name!r} got no tensor input")
+            gated = self._gated(site, split_heads(args[0], heads, site.name))
+            return None if gated is None else (gated.flatten(-2), *args[1:])
 
         return hook
 

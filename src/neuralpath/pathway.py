@@ -1,8 +1,8 @@
 """The :class:`Pathway` type: per-sample masks over the gate sites of a model, and its algebra.
 
 A pathway maps each gate-site name to a mask ``[B, C]`` (channel granularity) or
-``[B, *site.shape]`` (element granularity). Binary pathways hold ``bool`` masks; continuous ones
-(gates while optimising) hold floats. Units are counted over all layers together: unit ``i`` of
+``[B, *site.element_shape]`` (element granularity). Binary pathways hold ``bool`` masks;
+continuous ones (gates while optimising) hold floats. Units are counted over all layers together: unit ``i`` of
 the flattened pathway (:meth:`Pathway.flatten`) is a channel or scalar of some layer, in site order.
 """
 

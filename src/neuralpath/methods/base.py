@@ -273,7 +273,8 @@ def config_from_settings(
 def settings_help() -> str:
     """Every method's settings with their defaults, generated from the configs: its common flags
     (:data:`COMMON_KEYS`), the values it fixes, then its ``--set`` keys with their types, e.g.
-    ``"cp-mct: --sparsity 0.9, --granularity element, selection=global|per_layer (global), ..."``.
+    ``"cp-mct: --sparsity 0.9, --granularity element, selection=global|per_layer|per_type
+    (global), ..."``.
     """
     parts = []
     for name in finder_names():

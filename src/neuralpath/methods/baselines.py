@@ -8,8 +8,9 @@
   ``round((1 - sparsity) · N_l)`` units (at least one) per sample, drawn from the seed and the
   sample (independent of the batch split).
 * ``active`` (:class:`ActivePathway`): exactly the units with a positive activation (``a > 0``) on
-  the unmasked forward; a channel is kept when *any* of its H×W elements is positive. Its sparsity
-  is whatever the input gives; it has no ``sparsity`` setting.
+  the unmasked forward; a channel is kept when *any* of its H×W elements is positive (an MLP
+  neuron or head when it is at any token, a head at a token when any of its dimensions is
+  [ours]). Its sparsity is whatever the input gives; it has no ``sparsity`` setting.
 
 Their defaults (:class:`GreedyConfig`, :class:`RandomConfig`, :class:`ActiveConfig`) are the
 critical pathways': element units at sparsity 0.9, as Khakzar et al. compare them.
@@ -45,7 +46,7 @@ from neuralpath.targets import TargetType, resolve_target
 
 def _unit_shape(gated: GatedModel, granularity: Granularity) -> dict[str, tuple[int, ...]]:
     """Per-sample mask shape of each site at ``granularity``."""
-    return {s.name: s.shape if granularity == "element" else (s.units,) for s in gated.sites}
+    return {s.name: s.mask_shape(granularity) for s in gated.sites}
 
 
 @dataclass(frozen=True)
@@ -203,11 +204,13 @@ class ActivePathway(PathwayFinder):
         logits, recording = self.gated.record(inputs)
         resolve_target(logits, target)  # validates target like every other finder
         masks = {}
-        for name, activation in recording.activations.items():
-            positive = activation > 0
-            if self.config.granularity == "channel" and positive.dim() > 2:
-                positive = positive.flatten(2).any(dim=2)
-            masks[name] = positive
+        for site in self.gated.sites:
+            positive = recording.activations[site.name] > 0
+            if site.feature_dims:  # a head at a token is active when any dimension is
+                positive = positive.flatten(-site.feature_dims).any(dim=-1)
+            if self.config.granularity == "channel":
+                positive = site.to_channels(positive.long()) > 0
+            masks[site.name] = positive
         return Pathway(masks, self.config.granularity, {"method": self.name, "rule": "active"})
 
     def forward_equivalents(self) -> float:

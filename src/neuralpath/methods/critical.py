@@ -11,10 +11,16 @@ highest-scoring units:
 
 Gradients are taken with respect to *element gates* multiplying each site's output: the gradient
 of ``y`` w.r.t. a gate of value ``g`` is ``a · ∂y/∂(g a)``, i.e. exactly ``a`` times the gradient
-at the (scaled) activation. Channel granularity sums the element scores ``|a · ∂y/∂a|`` over H×W.
+at the (scaled) activation. Channel granularity sums the element scores ``|a · ∂y/∂a|`` over H×W
+(over the tokens of a transformer's MLP neurons and heads). A head's element unit is the head at
+one token, a vector ``h`` of its ``d`` dimensions gated as one: its score is ``|h · ∂y/∂h|``, the
+dot product over the head's dimensions (the first-order change of ``y`` when the head is removed
+at that token).
 
 Selection: one threshold over all layers together (:func:`~neuralpath.pathway.global_percentile`,
-the paper's rule) or the top units of each layer (:func:`~neuralpath.pathway.per_layer_topk`),
+the paper's rule, over every unit type of a transformer at once), one such threshold per unit type
+(``per_type``: heads, MLP neurons, conv channels each keep their share) or the top units of each
+layer (:func:`~neuralpath.pathway.per_layer_topk`),
 keeping at least ``min_per_layer`` units of every layer (**[ours]**, default 1). Every default
 is stated once, in :class:`CriticalConfig` / :class:`IntGradConfig`.
 """
@@ -30,7 +36,7 @@ import torch
 from torch import Tensor
 
 from neuralpath.errors import InputError
-from neuralpath.gating import GatedModel
+from neuralpath.gating import GatedModel, GateSite
 from neuralpath.methods.base import (
     FinderConfig,
     PathwayFinder,
@@ -47,16 +53,17 @@ from neuralpath.pathway import (
 )
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
-Selection = Literal["global", "per_layer"]
+Selection = Literal["global", "per_layer", "per_type"]
 AlphaSchedule = Literal["uniform", "cumulative"]
 ALPHA_SCHEDULES: tuple[AlphaSchedule, ...] = ("uniform", "cumulative")
 
 
-def reduce_to_granularity(element_scores: Tensor, granularity: Granularity) -> Tensor:
-    """``[B, C, *spatial]`` non-negative element scores -> themselves or their sums ``[B, C]``."""
-    if granularity == "element" or element_scores.dim() == 2:
-        return element_scores
-    return element_scores.flatten(2).sum(dim=2)
+def reduce_to_granularity(
+    element_scores: Tensor, granularity: Granularity, site: GateSite
+) -> Tensor:
+    """Non-negative element scores ``[B, *site.element_shape]`` -> themselves or their sums
+    per unit ``[B, units]`` (:meth:`~neuralpath.gating.GateSite.to_channels`)."""
+    return element_scores if granularity == "element" else site.to_channels(element_scores)
 
 
 def select_units(
@@ -67,13 +74,36 @@ def select_units(
     *,
     chunk_size: int | None = None,
     min_per_layer: int = 0,
+    unit_types: Mapping[str, str] | None = None,
+    type_sparsity: Mapping[str, float] | None = None,
 ) -> Pathway:
-    """Binarise ``scores`` with the global percentile or per-layer top-k rule, keeping at least
-    ``min_per_layer`` units of every layer."""
+    """Binarise ``scores`` with the global percentile, per-type percentile or per-layer top-k
+    rule, keeping at least ``min_per_layer`` units of every layer. ``per_type`` only:
+    ``unit_types``, the type of each layer's units (e.g. :attr:`~neuralpath.gating.GateSite.kind`),
+    and ``type_sparsity``, the sparsity of some types (others: ``sparsity``)."""
     if selection == "global":
         return global_percentile(
             scores, sparsity, granularity, chunk_size=chunk_size, min_per_layer=min_per_layer
         )
+    if selection == "per_type":
+        if unit_types is None or set(unit_types) != set(scores):
+            raise InputError("per_type selection needs the unit type of every scored layer")
+        budgets = {kind: sparsity for kind in unit_types.values()}
+        budgets.update(type_sparsity or {})
+        masks: dict[str, Tensor] = {}
+        for kind in dict.fromkeys(unit_types.values()):
+            part = {name: s for name, s in scores.items() if unit_types[name] == kind}
+            masks.update(
+                global_percentile(
+                    part, budgets[kind], granularity, chunk_size=chunk_size,
+                    min_per_layer=min_per_layer,
+                )
+            )  # fmt: skip
+        metadata = {
+            "rule": "per_type", "sparsity": sparsity, "type_sparsity": budgets,
+            "min_per_layer": min_per_layer,
+        }  # fmt: skip
+        return Pathway({name: masks[name] for name in scores}, granularity, metadata)
     return per_layer_topk(scores, sparsity, granularity, min_per_layer=min_per_layer)
 
 
@@ -85,7 +115,10 @@ class CriticalConfig(FinderConfig):
     single activations). Element units are the default because one global threshold over
     *channels* at 0.9 empties whole layers of small networks (77 of 200 MNIST images, issue 15);
     over elements it rarely does. ``selection``: ``"global"``, one threshold over all layers (the
-    paper's rule), or ``"per_layer"`` top-k. ``min_per_layer`` **[ours]**, default 1: a layer
+    paper's rule; over heads and MLP neurons together in a transformer), ``"per_type"``, one
+    threshold per unit type (:attr:`~neuralpath.gating.GateSite.kind`: heads and MLP neurons
+    each keep ``1 - sparsity`` of their units; ``head_sparsity``, when set, is the heads' own)
+    **[ours]**, or ``"per_layer"`` top-k. ``min_per_layer`` **[ours]**, default 1: a layer
     that would keep fewer units also keeps its highest-scoring ones
     (:func:`~neuralpath.pathway.keep_per_layer`), so no pathway empties a layer and disconnects
     the network; 0 is the paper's rule exactly. ``chunk_size``: samples per percentile
@@ -97,10 +130,17 @@ class CriticalConfig(FinderConfig):
     selection: Selection = "global"
     min_per_layer: int = 1
     chunk_size: int | None = None
+    head_sparsity: float | None = None
 
     def check(self) -> None:
         check_sparsity(self.sparsity)
         require(self.min_per_layer >= 0, f"min_per_layer must be >= 0, got {self.min_per_layer}")
+        if self.head_sparsity is not None:
+            check_sparsity(self.head_sparsity)
+            require(
+                self.selection == "per_type",
+                f"head_sparsity needs selection='per_type', got selection={self.selection!r}",
+            )
         require(
             self.chunk_size is None or self.chunk_size >= 1,
             f"chunk_size must be None or an integer >= 1, got {self.chunk_size!r}",
@@ -171,20 +211,25 @@ def taylor_scores(
 
     ``inputs`` ``[B, *input_shape]``; ``masks`` (optional, any granularity) are applied during the
     forward (``a`` is a site's output before its mask, the gradient is taken at the masked
-    output). Returns ``({site: [B, *shape] or [B, C]}, target [B])``; one forward + backward.
+    output). Returns ``({site: [B, *site.element_shape] or [B, C]}, target [B])``; one forward
+    + backward.
     """
     gated.check_inputs(inputs)
     batch = inputs.shape[0]
     one = torch.ones((), dtype=inputs.dtype, device=inputs.device)
     gates = {}
     for site in gated.sites:
-        gate = one.expand(batch, *site.shape)  # a broadcast view: no memory per unit
+        gate = one.expand(batch, *site.element_shape)  # a broadcast view: no memory per unit
         if masks is not None and site.name in masks:
             mask = masks[site.name].to(device=inputs.device, dtype=inputs.dtype)
-            gate = gate * mask.reshape(*mask.shape, *[1] * (gate.dim() - mask.dim()))
+            gate = gate * (mask if mask.shape[1:] == site.element_shape else site.unit_view(mask))
         gates[site.name] = gate.requires_grad_(True)
     grads, cls = _gate_gradients(gated, inputs, gates, target)
-    return {n: reduce_to_granularity(g.abs(), granularity) for n, g in grads.items()}, cls
+    scores = {
+        site.name: reduce_to_granularity(grads[site.name].abs(), granularity, site)
+        for site in gated.sites
+    }
+    return scores, cls
 
 
 class CriticalPathwayFinder(PathwayFinder):
@@ -204,7 +249,8 @@ class CriticalPathwayFinder(PathwayFinder):
         self.granularity: Granularity = self.config.granularity
 
     def scores(self, inputs: Tensor, target: TargetType = None) -> dict[str, Tensor]:
-        """Unit scores ``{site: [B, *shape]}`` (element) or ``{site: [B, C]}`` (channel), >= 0."""
+        """Unit scores ``{site: [B, *site.element_shape]}`` (element) or ``{site: [B, C]}``
+        (channel), >= 0."""
         return self.scores_and_target(inputs, target)[0]
 
     @abstractmethod
@@ -220,6 +266,8 @@ class CriticalPathwayFinder(PathwayFinder):
         pathway = select_units(
             scores, cfg.sparsity, cfg.granularity, cfg.selection,
             chunk_size=cfg.chunk_size, min_per_layer=cfg.min_per_layer,
+            unit_types={site.name: site.kind for site in self.gated.sites},
+            type_sparsity=None if cfg.head_sparsity is None else {"head": cfg.head_sparsity},
         )  # fmt: skip
         pathway.metadata.update({"method": self.name, "selection": cfg.selection})
         return pathway, cls
@@ -298,17 +346,18 @@ class NeuronIntGrad(CriticalPathwayFinder):
         chunks = self._step_chunks(batch)
         scores = {}
         for site in gated.sites:
-            total = torch.zeros((batch, *site.shape), dtype=inputs.dtype, device=inputs.device)
+            shape = site.element_shape
+            total = torch.zeros((batch, *shape), dtype=inputs.dtype, device=inputs.device)
             for alphas in chunks:
                 steps = len(alphas)
                 stacked = inputs.repeat(steps, *[1] * (inputs.dim() - 1))
                 alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
-                gate = alpha.repeat_interleave(batch).reshape(-1, *[1] * len(site.shape))
-                gate = gate.expand(steps * batch, *site.shape).clone().requires_grad_(True)
+                gate = alpha.repeat_interleave(batch).reshape(-1, *[1] * len(shape))
+                gate = gate.expand(steps * batch, *shape).clone().requires_grad_(True)
                 grads, _ = _gate_gradients(gated, stacked, {site.name: gate}, cls.repeat(steps))
-                total += grads[site.name].reshape(steps, batch, *site.shape).sum(dim=0)
+                total += grads[site.name].reshape(steps, batch, *shape).sum(dim=0)
             element = (total / len(self.alphas)).abs()
-            scores[site.name] = reduce_to_granularity(element, self.granularity)
+            scores[site.name] = reduce_to_granularity(element, self.granularity, site)
         return scores, cls
 
     def forward_equivalents(self) -> float:

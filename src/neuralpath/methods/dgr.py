@@ -227,10 +227,7 @@ class DGR(PathwayFinder):
         dtype starts alike)."""
         cfg = self.config
         batch = inputs.shape[0]
-        shapes = {
-            site.name: (site.units,) if cfg.granularity == "channel" else site.shape
-            for site in self.gated.sites
-        }
+        shapes = {site.name: site.mask_shape(cfg.granularity) for site in self.gated.sites}
         if cfg.init == "ones":
             return {
                 name: torch.ones(batch, *shape, dtype=inputs.dtype, device=inputs.device)

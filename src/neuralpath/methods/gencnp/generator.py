@@ -244,12 +244,14 @@ class PathwayGenerator(nn.Module):
         self.config = config or GeneratorConfig()
         self.sites: tuple[GateSite, ...] = tuple(sites)
         cfg = self.config
-        conv_sides = [max(s.shape[1:]) for s in self.sites if len(s.shape) == 3]
+        conv_sides = [max(s.shape[1:]) for s in self.sites if s.spatial]
         self.resolution = min([cfg.resolution, *conv_sides])
+        # Token and head sites (units not first): the MLP RFE on their units, pooled over
+        # tokens (and head dimensions) once the units are moved first.
         self.rfe = nn.ModuleList(
             ConvRFE(s.shape, self.resolution, cfg.rfe_width, cfg.width)
-            if cfg.rfe == "conv" and len(s.shape) == 3
-            else MlpRFE(s.shape[0], cfg.width)
+            if cfg.rfe == "conv" and s.spatial
+            else MlpRFE(s.units, cfg.width)
             for s in self.sites
         )
         layers = len(self.sites)
@@ -280,7 +282,7 @@ class PathwayGenerator(nn.Module):
                     f"features of layer {site.name!r} have shape {list(fmap.shape[1:])}, "
                     f"the generator expects {list(site.shape)}"
                 )
-            tokens.append(rfe(fmap))
+            tokens.append(rfe(fmap.movedim(1 + site.unit_dim, 1)))
         decoded = self.rpd(self.pdn(torch.stack(tokens, dim=1)))
         scores = dict(zip(self.site_names, decoded, strict=True))
         masks = {name: self.daq(s) for name, s in scores.items()}
