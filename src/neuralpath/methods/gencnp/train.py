@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from neuralpath.data import LabeledDataset
-from neuralpath.errors import CheckpointError, InputError
+from neuralpath.errors import CheckpointError, InputError, check_non_negative
 from neuralpath.gating import GatedModel
 from neuralpath.io import load_tensors
 from neuralpath.methods.gencnp.checkpoint import (
@@ -112,11 +112,7 @@ class FitConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         for name, label in _WEIGHTS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, int | float) and math.isfinite(value) and value >= 0
-            ):
-                raise InputError(f"{label} must be a finite number >= 0, got {value!r}")
+            check_non_negative(getattr(self, name), label)
         if not self.temperature > 0:
             raise InputError(f"temperature must be positive, got {self.temperature!r}")
         if self.distillation not in ("kl", "ce"):
