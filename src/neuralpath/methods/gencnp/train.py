@@ -51,6 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from neuralpath.checkpoint import load_target
 from neuralpath.data import LabeledDataset
 from neuralpath.errors import CheckpointError, InputError, check_non_negative
 from neuralpath.gating import GatedModel
@@ -427,9 +428,8 @@ def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
     """
     config = config or FitConfig()
     if not isinstance(target, GatedModel):
-        from neuralpath.runner import open_target
-
-        loaded, target = open_target(str(target), device if device is not None else "auto")
+        loaded = load_target(str(target), device if device is not None else "auto")
+        target = GatedModel.discover(loaded.model, loaded.example_input())
         target_meta = loaded.meta.to_dict()
         data_name = data_name or loaded.meta.data
     gated: GatedModel = target
@@ -446,7 +446,11 @@ def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
         "blank_baseline": "zeros" if baseline is None else "given",
         "data": {"name": data_name, "samples": len(dataset)},  # type: ignore[arg-type]
     }
-    with distributed(run_device) as env:
+    own_rng = [run_device.index or 0] if run_device.type == "cuda" else []
+    with distributed(run_device) as env, torch.random.fork_rng(devices=own_rng):
+        # The fit's own stream (generator init, PDN dropout; a resume restores it), seeded here
+        # and dropped on exit, so the caller's global RNG is left where it was.
+        torch.manual_seed(config.seed)
         job = _Job(
             Path(out_dir) if out_dir is not None else None,
             resume,
@@ -489,7 +493,6 @@ def _fit(
         raise InputError(
             f"{n_train} training samples are fewer than one batch of {config.batch_size}"
         )
-    torch.manual_seed(config.seed)
     generator = PathwayGenerator(gated.sites, config.generator).to(device).train()
     optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
