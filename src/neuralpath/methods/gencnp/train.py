@@ -438,14 +438,7 @@ def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
         raise InputError(f"the target is on {gated.device}; move it to {run_device} first")
     if any(len(site.shape) == 0 for site in gated.sites):
         raise InputError("every gate site needs a [C, ...] output")
-    fixed_meta = {
-        "generator_config": config.generator.to_dict(),
-        "fit_config": config.to_dict(),
-        "target": target_identity(gated, target_meta),
-        "ablation": gated.intervention.describe(),
-        "blank_baseline": "zeros" if baseline is None else "given",
-        "data": {"name": data_name, "samples": len(dataset)},  # type: ignore[arg-type]
-    }
+    fixed_meta = _fixed_meta(gated, config, target_meta, data_name, dataset, baseline)
     own_rng = [run_device.index or 0] if run_device.type == "cuda" else []
     with distributed(run_device) as env, torch.random.fork_rng(devices=own_rng):
         # The fit's own stream (generator init, PDN dropout; a resume restores it), seeded here
@@ -462,6 +455,26 @@ def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
             baseline,
         )
         return _fit(gated, dataset, config, job)
+
+
+def _fixed_meta(
+    gated: GatedModel,
+    config: FitConfig,
+    target_meta: Mapping[str, Any] | None,
+    data_name: str | None,
+    dataset: LabeledDataset,
+    baseline: Tensor | None,
+) -> dict[str, Any]:
+    """The part of ``meta.json`` that no epoch changes: configs, the target's identity, the
+    intervention, the blank baseline and the data."""
+    return {
+        "generator_config": config.generator.to_dict(),
+        "fit_config": config.to_dict(),
+        "target": target_identity(gated, target_meta),
+        "ablation": gated.intervention.describe(),
+        "blank_baseline": "zeros" if baseline is None else "given",
+        "data": {"name": data_name, "samples": len(dataset)},  # type: ignore[arg-type]
+    }
 
 
 @dataclass(frozen=True)
