@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}` (torch {torch.__version__}, CPU, {args.threads} thread(s), "
         f"{args.repeats} repeats after one warm-up; machine shared with other jobs).",
         "",
-        f"Pathway Gradient vs Captum on {model_source}, {image_source} images, target = prediction. "
+        f"Pathway Gradient vs Captum on {model_source}, {image_source}, target = prediction. "
         "PG = NeuronMCT element scores (one forward + backward with all-ones element gates) + "
         "the input gradient of the pathway model at sparsity 0.9. IG = 50 steps, "
         "`internal_batch_size` = batch. Times are medians; ratios are medians of per-repeat ratios. "

@@ -231,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         f"default of all {judged['threads']} threads for both: {judged['throughput_ratio']}×; "
         f"each at its own fastest thread count (loop: {fastest_loop['threads']}, batch: "
         f"{fastest_batch['threads']}): {best_ratio}×; the verdict takes the smaller. "
-        "Nominal cost per batch 3T − 1 = "
+        "Nominal cost per batch 3T = "
         f"{result['forward_equivalents_nominal']:.0f} forward-equivalents (teacher forward + T "
-        "gated forwards + T − 1 backwards counted as 2 forwards each); the measured cost, "
+        "gated forwards + T − 1 backwards counted as 2 forwards each + the binary pathway's "
+        "forward, `DGR.forward_equivalents`); the measured cost, "
         "counted against the plain NCHW forward, is "
         f"{judged['forward_equivalents_measured']} at {judged['threads']} threads"
         + (

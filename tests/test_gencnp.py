@@ -302,6 +302,20 @@ def test_factory_needs_generator(gated, trained) -> None:
         build_finder("gencnp", gated, FinderOptions(generator="/nonexistent/generator"))
 
 
+def test_fit_leaves_the_callers_rng_alone(gated, data) -> None:
+    """Fitting seeds its own stream (config.seed): the caller's global RNG is where it was, and
+    the same seed gives the same generator whatever the caller drew before."""
+    config = FitConfig(epochs=1, batch_size=16, generator=SMALL, seed=3)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = fit_gencnp(gated, data[1], config, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(7)  # the caller moves on; the fit does not care
+    second = fit_gencnp(gated, data[1], config, progress=False)
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+
+
 def test_bad_fit_arguments(gated, data, tmp_path) -> None:
     with pytest.raises(InputError, match="alpha"):
         FitConfig(alpha=-0.1)

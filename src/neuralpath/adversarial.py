@@ -15,7 +15,6 @@ model would need pickle); only its metrics are reported.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from neuralpath.data import denormalize, normalize
-from neuralpath.errors import InputError
+from neuralpath.errors import InputError, check_non_negative
 from neuralpath.gating import GatedModel, check_inputs, frozen
 from neuralpath.methods.dgr import DGR
 
@@ -34,18 +33,8 @@ AttackName = Literal["fgsm", "pgd"]
 ATTACKS: tuple[AttackName, ...] = ("fgsm", "pgd")
 
 
-def _check_non_negative(value: object, what: str) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise InputError(f"{what} must be a finite number >= 0, got {value!r}")
-
-
 def _check_eps(eps: object) -> None:
-    _check_non_negative(eps, "eps (pixel scale, [0, 1])")
+    check_non_negative(eps, "eps (pixel scale, [0, 1])")
 
 
 def _check_steps(steps: object) -> None:
@@ -131,7 +120,7 @@ def pgd(  # noqa: PLR0913 -- public API; keyword-only attack settings
     labels = _check_attack_args(model, inputs, labels, eps, mean, std)
     _check_steps(steps)
     alpha = 2.5 * eps / steps if step_size is None else step_size
-    _check_non_negative(alpha, "step_size")
+    check_non_negative(alpha, "step_size")
     clean = denormalize(inputs, mean, std).detach()
     low, high = (clean - eps).clamp_min(0.0), (clean + eps).clamp_max(1.0)
     pixels = clean

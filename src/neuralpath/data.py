@@ -643,6 +643,21 @@ SYNTHETIC_MEAN = (0.5, 0.5, 0.5)
 SYNTHETIC_STD = (0.29, 0.29, 0.29)
 
 
+def _shape_masks(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    """Masks ``[n, 4, s, s]`` of a circle, square, triangle and cross (the classes' order) of
+    size ``r`` ``[n, 1, 1]``, at pixel coordinates ``u``, ``v`` ``[n, s, s]`` relative to each
+    shape's centre, rotated into its frame."""
+    circle = u**2 + v**2 <= (0.9 * r) ** 2
+    square = torch.maximum(u.abs(), v.abs()) <= 0.72 * r
+    triangle = torch.ones_like(circle)
+    for k in range(3):  # equilateral: inside three half-planes, circumradius 1.2 r
+        theta = math.pi / 2 + 2 * math.pi * k / 3
+        triangle &= u * math.cos(theta) + v * math.sin(theta) <= 0.6 * r
+    arm, bar = 0.3 * r, 0.95 * r
+    cross = ((u.abs() <= arm) & (v.abs() <= bar)) | ((v.abs() <= arm) & (u.abs() <= bar))
+    return torch.stack([circle, square, triangle, cross], dim=1)
+
+
 def synthetic_shapes(
     count: int, *, split: str = "test", seed: int = 0, image_size: int = 32
 ) -> ImageDataset:
@@ -671,17 +686,7 @@ def synthetic_shapes(
     dy = coords.view(1, s, 1) - cy.view(n, 1, 1)
     cos, sin = angle.cos().view(n, 1, 1), angle.sin().view(n, 1, 1)
     u, v = dx * cos + dy * sin, dy * cos - dx * sin
-    r = radius.view(n, 1, 1)
-    circle = u**2 + v**2 <= (0.9 * r) ** 2
-    square = torch.maximum(u.abs(), v.abs()) <= 0.72 * r
-    triangle = torch.ones_like(circle)
-    for k in range(3):  # equilateral: inside three half-planes, circumradius 1.2 r
-        theta = math.pi / 2 + 2 * math.pi * k / 3
-        triangle &= u * math.cos(theta) + v * math.sin(theta) <= 0.6 * r
-    arm, bar = 0.3 * r, 0.95 * r
-    cross = ((u.abs() <= arm) & (v.abs() <= bar)) | ((v.abs() <= arm) & (u.abs() <= bar))
-    shapes = torch.stack([circle, square, triangle, cross], dim=1)  # [n, 4, s, s]
-    masks = shapes[torch.arange(n), labels]
+    masks = _shape_masks(u, v, radius.view(n, 1, 1))[torch.arange(n), labels]
 
     foreground = uniform(n, 3, 1, 1)
     base = (foreground + 0.5 + uniform(n, 3, 1, 1, low=-0.15, high=0.15)) % 1.0

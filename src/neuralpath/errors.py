@@ -5,6 +5,8 @@ The CLI turns these into a one-line message and a non-zero exit code, without a 
 
 from __future__ import annotations
 
+import math
+
 
 class NeuralpathError(Exception):
     """Base class of all errors raised by neuralpath on bad input or bad files."""
@@ -28,6 +30,18 @@ class CheckpointError(NeuralpathError):
 
 class DataError(NeuralpathError):
     """A data set is unknown, missing from disk, or malformed."""
+
+
+def check_non_negative(value: object, what: str) -> None:
+    """Raise :class:`InputError` unless ``value`` is a finite int or float ``>= 0`` (not a bool);
+    ``what`` names it in the message."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InputError(f"{what} must be a finite number >= 0, got {value!r}")
 
 
 class ZeroMapsWarning(UserWarning):

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,17 @@ def load_tensors(
     return tensors, payload
 
 
+def load_artifact(
+    path: str | os.PathLike[str], file_format: str, kind: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`load_tensors` for a file whose metadata names ``file_format``; raises
+    :class:`CheckpointError` ("``path`` is not a neuralpath ``kind`` file") otherwise."""
+    tensors, meta = load_tensors(path)
+    if not isinstance(meta, dict) or meta.get("format") != file_format:
+        raise CheckpointError(f"{path} is not a neuralpath {kind} file")
+    return tensors, meta
+
+
 def _read_header(raw: bytes) -> dict[str, Any]:
     if len(raw) < 8:
         raise ValueError("file shorter than the 8-byte header length")
@@ -114,13 +125,19 @@ def _read_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def state_digest(module: torch.nn.Module) -> str:
+def state_digest(
+    module: torch.nn.Module, *, shape_as: Callable[[torch.Size], object] = list
+) -> str:
     """SHA-256 (hex) of ``module``'s state: every parameter's and buffer's name, dtype, shape and
-    values. Equal digests mean equal weights; caches keyed by it go stale when the model changes."""
+    values. Equal digests mean equal weights; caches keyed by it go stale when the model changes.
+
+    ``shape_as``: how each shape is written into the hash (``[3, 4]`` or ``(3, 4)``); GEN-CNP
+    checkpoints store the tuple form, everything else the list form, so stored digests stay valid.
+    """
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
+        digest.update(f"{name}|{value.dtype}|{shape_as(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 

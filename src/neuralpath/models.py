@@ -73,7 +73,32 @@ def _features(
     return nn.Sequential(*layers)
 
 
-class SmallAlexNet(nn.Module):
+class _SmallConvNet(nn.Module):
+    """``features`` (:func:`_features` of ``config``) -> ``avgpool`` to ``side`` -> flatten ->
+    ``classifier`` (set by the subclass). Input ``[B, in_channels, input_size, input_size]``,
+    output logits ``[B, num_classes]``."""
+
+    classifier: nn.Sequential
+
+    def __init__(
+        self,
+        config: tuple[int | str, ...],
+        in_channels: int,
+        input_size: int,
+        width: float,
+        batch_norm: bool,
+    ):
+        super().__init__()
+        self.features = _features(config, in_channels, width, batch_norm=batch_norm)
+        self.side = _pooled_side(input_size, config)
+        self.avgpool = nn.AdaptiveAvgPool2d(self.side)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.classifier(self.avgpool(self.features(x)).flatten(1))
+        return logits
+
+
+class SmallAlexNet(_SmallConvNet):
     """AlexNet for small images: 5 conv + ReLU layers, 3 pools, 3 FC layers with dropout.
 
     For ``width`` 1 the layer widths are torchvision's (64-192-384-256-256), with 2048 FC units.
@@ -82,10 +107,8 @@ class SmallAlexNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int, input_size: int, width: float):
-        super().__init__()
-        self.features = _features(ALEXNET_CONFIG, in_channels, width, batch_norm=False)
-        side = _pooled_side(input_size, ALEXNET_CONFIG)
-        self.avgpool = nn.AdaptiveAvgPool2d(side)
+        super().__init__(ALEXNET_CONFIG, in_channels, input_size, width, batch_norm=False)
+        side = self.side
         channels, hidden = _scaled(256, width), _scaled(2048, width)
         self.classifier = nn.Sequential(
             nn.Dropout(0.5),
@@ -97,12 +120,8 @@ class SmallAlexNet(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.classifier(self.avgpool(self.features(x)).flatten(1))
-        return logits
 
-
-class SmallVGG11(nn.Module):
+class SmallVGG11(_SmallConvNet):
     """VGG-11 (configuration A) with BatchNorm for small images: 8 conv + BN + ReLU layers,
     5 pools, then ``Linear -> ReLU -> Dropout -> Linear``.
 
@@ -110,21 +129,14 @@ class SmallVGG11(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int, input_size: int, width: float):
-        super().__init__()
-        self.features = _features(VGG11_CONFIG, in_channels, width, batch_norm=True)
-        side = _pooled_side(input_size, VGG11_CONFIG)
-        self.avgpool = nn.AdaptiveAvgPool2d(side)
-        channels = _scaled(512, width)
+        super().__init__(VGG11_CONFIG, in_channels, input_size, width, batch_norm=True)
+        side, channels = self.side, _scaled(512, width)
         self.classifier = nn.Sequential(
             nn.Linear(channels * side * side, channels),
             nn.ReLU(inplace=True),
             nn.Dropout(0.5),
             nn.Linear(channels, num_classes),
         )
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.classifier(self.avgpool(self.features(x)).flatten(1))
-        return logits
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

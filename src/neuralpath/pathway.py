@@ -13,6 +13,7 @@ import math
 import operator
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,12 +21,22 @@ import torch
 from torch import Tensor
 
 from neuralpath.errors import CheckpointError, InputError, ShapeError
-from neuralpath.io import load_tensors, pack_bits, save_tensors, unpack_bits
+from neuralpath.io import load_artifact, pack_bits, save_tensors, unpack_bits
 
 Granularity = Literal["channel", "element"]
 GRANULARITIES: tuple[Granularity, ...] = ("channel", "element")
 _FORMAT = "neuralpath.pathway"
 _CLASS_FORMAT = "neuralpath.class-pathways"
+
+
+@contextmanager
+def _corrupt_file(path: str | os.PathLike[str], kind: str) -> Iterator[None]:
+    """Turn a malformed entry of a ``kind`` file (missing key, wrong type or shape) into
+    :class:`CheckpointError` naming ``path``."""
+    try:
+        yield
+    except (KeyError, TypeError, ShapeError, InputError) as exc:
+        raise CheckpointError(f"corrupt {kind} file {path}: {exc}") from exc
 
 
 def _check_granularity(granularity: str) -> Granularity:
@@ -243,11 +254,9 @@ class Pathway(Mapping[str, Tensor]):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Pathway:
         """Read a file written by :meth:`save`."""
-        tensors, meta = load_tensors(path)
-        if not meta or meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{path} is not a neuralpath pathway file")
+        tensors, meta = load_artifact(path, _FORMAT, "pathway")
         masks = {}
-        try:
+        with _corrupt_file(path, "pathway"):
             for layer in meta["layers"]:
                 stored = tensors[f"mask/{layer['name']}"]
                 shape = tuple(int(s) for s in layer["shape"])
@@ -255,8 +264,6 @@ class Pathway(Mapping[str, Tensor]):
                 if tuple(masks[layer["name"]].shape) != shape:
                     raise CheckpointError(f"layer {layer['name']!r} has the wrong shape in {path}")
             return cls(masks, meta["granularity"], meta.get("metadata"))
-        except (KeyError, TypeError, ShapeError, InputError) as exc:
-            raise CheckpointError(f"corrupt pathway file {path}: {exc}") from exc
 
 
 def _jaccard_rows(a: Tensor, b: Tensor) -> Tensor:
@@ -429,15 +436,11 @@ class ClassPathways:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ClassPathways:
-        tensors, meta = load_tensors(path)
-        if not meta or meta.get("format") != _CLASS_FORMAT:
-            raise CheckpointError(f"{path} is not a neuralpath class-pathways file")
-        try:
+        tensors, meta = load_artifact(path, _CLASS_FORMAT, "class-pathways")
+        with _corrupt_file(path, "class-pathways"):
             freq = {n: tensors[f"frequency/{n}"] for n in meta["layers"]}
             frequency = Pathway(freq, meta["granularity"], meta.get("metadata"))
             return cls(frequency, tensors["counts"], float(meta["theta"]))
-        except (KeyError, TypeError, ShapeError, InputError) as exc:
-            raise CheckpointError(f"corrupt class-pathways file {path}: {exc}") from exc
 
 
 def aggregate_by_class(

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from neuralpath.data import LabeledDataset
 from neuralpath.errors import CheckpointError, InputError, ShapeError
 from neuralpath.gating import GatedModel, GateSite
-from neuralpath.io import load_tensors, save_tensors, state_digest
+from neuralpath.io import load_artifact, save_tensors, state_digest
 
 FORMAT = "neuralpath.reference"
 _SITE_PREFIX = "site/"
@@ -90,9 +90,7 @@ class ReferenceStatistics:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceStatistics:
-        tensors, meta = load_tensors(path)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a neuralpath reference-statistics file")
+        tensors, meta = load_artifact(path, FORMAT, "reference-statistics")
         if _INPUT_MEAN not in tensors or not isinstance(meta.get("sites"), list):
             raise CheckpointError(f"reference-statistics file {path} is incomplete")
         means = {name: tensors[_SITE_PREFIX + name] for name in meta["sites"]}

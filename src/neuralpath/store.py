@@ -139,21 +139,10 @@ def extract(  # noqa: PLR0913 -- public API; keyword-only extraction options
         unit="shard",
         disable=not progress or rank != 0,
     )
+    writer = _ShardWriter(finder, layer_shapes, batch_size, internal_batch_size, baseline, seed)
     for k in todo:
         start, stop = k * shard_size, min(total, (k + 1) * shard_size)
-        part = Subset(dataset, range(start, stop))
-        path = out / shard_name(k)
-        _write_shard(
-            finder,
-            part,
-            start,
-            path,
-            layer_shapes,
-            batch_size=batch_size,
-            internal_batch_size=internal_batch_size,
-            baseline=baseline,
-            seed=seed,
-        )
+        writer.write(Subset(dataset, range(start, stop)), start, out / shard_name(k))
         bar.update(1)
         if on_shard is not None:
             on_shard(k)
@@ -233,43 +222,46 @@ def _index_payload(info: ExtractionInfo, complete: bool) -> dict[str, Any]:
     }
 
 
-def _write_shard(  # noqa: PLR0913 -- extract()'s keyword-only options, passed through
-    finder: PathwayFinder,
-    part: LabeledDataset,
-    start: int,
-    path: Path,
-    layer_shapes: dict[str, tuple[int, ...]],
-    *,
-    batch_size: int,
-    internal_batch_size: int | None,
-    baseline: Tensor | None,
-    seed: int,
-) -> None:
-    """Find, measure and write the pathways of ``part`` (samples ``start...``) as one shard."""
-    rows, labels, predictions, kept, leaks = [], [], [], [], []
-    device = finder.gated.device
-    for images, batch_labels in DataLoader(part, batch_size=batch_size, shuffle=False):
-        images = images.to(device)
-        pathway = find_in_chunks(finder, images, None, internal_batch_size).detach()
-        if pathway.layer_shapes != layer_shapes:
-            raise ShapeError(f"{finder.name} changed its pathway layout between batches")
-        rows.append(_pack_rows(pathway))
-        labels.append(batch_labels.to(torch.long))
-        leak = leakage_outcome(finder.gated, images, pathway, baseline=baseline, seed=seed)
-        predictions.append(leak.target)  # the target model's own prediction (target None)
-        kept.append(pathway.kept_fraction().cpu().float())
-        leaks.append(leak)
-    count = sum(r.shape[0] for r in rows)
-    leakage = LeakageOutcome.cat(leaks)
-    tensors = {
-        "packed": torch.cat(rows),
-        "ids": torch.arange(start, start + count, dtype=torch.long),
-        "labels": torch.cat(labels),
-        "predictions": torch.cat(predictions),
-        "kept_fraction": torch.cat(kept),
-        **{_LEAKAGE + f.name: getattr(leakage, f.name) for f in fields(LeakageOutcome)},
-    }
-    save_tensors(path, tensors, {"format": FORMAT, "start": start, "count": count})
+@dataclass(frozen=True)
+class _ShardWriter:
+    """Writes shards of one extraction: ``finder``'s pathways of a part of the data set (with the
+    per-layer mask shapes every batch must keep), found ``batch_size`` samples at a time in chunks
+    of ``internal_batch_size``, with leakage controls against ``baseline`` and swap ``seed``."""
+
+    finder: PathwayFinder
+    layer_shapes: dict[str, tuple[int, ...]]
+    batch_size: int
+    internal_batch_size: int | None
+    baseline: Tensor | None
+    seed: int
+
+    def write(self, part: LabeledDataset, start: int, path: Path) -> None:
+        """Find, measure and write the pathways of ``part`` (samples ``start...``) as one
+        shard."""
+        finder, gated = self.finder, self.finder.gated
+        rows, labels, predictions, kept, leaks = [], [], [], [], []
+        for images, batch_labels in DataLoader(part, batch_size=self.batch_size, shuffle=False):
+            images = images.to(gated.device)
+            pathway = find_in_chunks(finder, images, None, self.internal_batch_size).detach()
+            if pathway.layer_shapes != self.layer_shapes:
+                raise ShapeError(f"{finder.name} changed its pathway layout between batches")
+            rows.append(_pack_rows(pathway))
+            labels.append(batch_labels.to(torch.long))
+            leak = leakage_outcome(gated, images, pathway, baseline=self.baseline, seed=self.seed)
+            predictions.append(leak.target)  # the target model's own prediction (target None)
+            kept.append(pathway.kept_fraction().cpu().float())
+            leaks.append(leak)
+        count = sum(r.shape[0] for r in rows)
+        leakage = LeakageOutcome.cat(leaks)
+        tensors = {
+            "packed": torch.cat(rows),
+            "ids": torch.arange(start, start + count, dtype=torch.long),
+            "labels": torch.cat(labels),
+            "predictions": torch.cat(predictions),
+            "kept_fraction": torch.cat(kept),
+            **{_LEAKAGE + f.name: getattr(leakage, f.name) for f in fields(LeakageOutcome)},
+        }
+        save_tensors(path, tensors, {"format": FORMAT, "start": start, "count": count})
 
 
 def _write_class_stats(out: Path, info: ExtractionInfo, mine: Sequence[int], rank: int) -> None:

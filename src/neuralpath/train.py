@@ -8,6 +8,7 @@ drawn by indexing, so the loop never leaves torch.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -122,40 +123,21 @@ def train_target(  # noqa: PLR0913 -- public API; keyword-only options mirror th
     :func:`~neuralpath.models.default_width`. Deterministic for a given seed and device; the
     global torch RNG state is left as it was.
     """
-    for key, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{key} must be a positive integer, got {value!r}")
-    if not lr > 0:
-        raise InputError(f"lr must be positive, got {lr!r}")
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise InputError(f"output path {out_dir} exists and is not a directory")
+    _check_train_args(epochs, batch_size, lr, out_dir)
     run_device = resolve_device(device)
     if isinstance(data, tuple):
         train_set, test_set = data
     else:
-        train_set, test_set = (
-            load_dataset(
-                str(data),
-                split,
-                data_root,
-                limit=limit,
-                seed=seed,
-                image_size=image_size,
-                download=download,
-            )
-            for split in ("train", "test")
-        )
+        load = functools.partial(
+            load_dataset, str(data), root=data_root, limit=limit, seed=seed,
+            image_size=image_size, download=download,
+        )  # fmt: skip
+        train_set, test_set = load("train"), load("test")
     if len(train_set) < 2 or train_set.input_shape != test_set.input_shape:
         raise InputError("need at least 2 training images, and test images of the same shape")
 
     started = time.perf_counter()
-    channels, height, _ = train_set.input_shape
-    arch_args: dict[str, Any] = {
-        "num_classes": train_set.num_classes,
-        "in_channels": channels,
-        "input_size": height,
-        "width": default_width(arch) if width is None else float(width),
-    }
+    arch_args = _arch_args(arch, width, train_set)
     cuda_devices = [run_device.index or 0] if run_device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)  # initial weights and dropout
@@ -164,19 +146,7 @@ def train_target(  # noqa: PLR0913 -- public API; keyword-only options mirror th
         model = model.to(memory_format=torch.channels_last)
         history = _optimise(model, train_set, test_set, epochs, seed, batch_size, lr, progress)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    meta = TargetMeta(
-        arch=arch,
-        arch_args=arch_args,
-        data=train_set.name,
-        input_shape=train_set.input_shape,
-        num_classes=train_set.num_classes,
-        class_names=list(train_set.class_names),
-        mean=train_set.mean,
-        std=train_set.std,
-        seed=seed,
-        epochs=epochs,
-        test_accuracy=history[-1].test_accuracy,
-    )
+    meta = _target_meta(arch, arch_args, train_set, seed, history)
     checkpoint = None if out_dir is None else save_target(out_dir, model, meta)
     return TrainResult(
         model=model,
@@ -186,6 +156,55 @@ def train_target(  # noqa: PLR0913 -- public API; keyword-only options mirror th
         num_parameters=count_parameters(model),
         checkpoint=checkpoint,
     )
+
+
+def _arch_args(arch: str, width: float | None, train_set: ImageDataset) -> dict[str, Any]:
+    """:func:`~neuralpath.models.build_model`'s arguments for ``train_set``'s images and
+    classes (``width`` ``None``: the architecture's default)."""
+    channels, height, _ = train_set.input_shape
+    return {
+        "num_classes": train_set.num_classes,
+        "in_channels": channels,
+        "input_size": height,
+        "width": default_width(arch) if width is None else float(width),
+    }
+
+
+def _target_meta(
+    arch: str,
+    arch_args: dict[str, Any],
+    train_set: ImageDataset,
+    seed: int,
+    history: list[EpochStats],
+) -> TargetMeta:
+    """What the checkpoint records of a run: model, data, seed, epochs and final accuracy."""
+    return TargetMeta(
+        arch=arch,
+        arch_args=arch_args,
+        data=train_set.name,
+        input_shape=train_set.input_shape,
+        num_classes=train_set.num_classes,
+        class_names=list(train_set.class_names),
+        mean=train_set.mean,
+        std=train_set.std,
+        seed=seed,
+        epochs=len(history),
+        test_accuracy=history[-1].test_accuracy,
+    )
+
+
+def _check_train_args(
+    epochs: int, batch_size: int, lr: float, out_dir: str | os.PathLike[str] | None
+) -> None:
+    """Raise :class:`InputError` for a non-positive ``epochs``/``batch_size``/``lr`` or an
+    ``out_dir`` that exists as a file."""
+    for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{key} must be a positive integer, got {value!r}")
+    if not lr > 0:
+        raise InputError(f"lr must be positive, got {lr!r}")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"output path {out_dir} exists and is not a directory")
 
 
 def _optimise(
@@ -206,40 +225,20 @@ def _optimise(
     batch_size = min(batch_size, len(train_set))
     steps = len(train_set) // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-    if epochs * steps >= MIN_ONE_CYCLE_STEPS:
-        schedule: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.25
-        )
-    else:  # too few steps for a warm-up phase (OneCycleLR would divide by zero): constant lr
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    schedule = _schedule(optimizer, lr, epochs * steps)
     shuffle = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
         order = torch.randperm(len(train_set), generator=shuffle).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        for step in bar:
-            batch = order[step * batch_size : (step + 1) * batch_size]
-            logits = model(images[batch])
-            loss = F.cross_entropy(logits, labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(dim=1) == labels[batch]).sum()
-            if progress and (step % 25 == 0 or step == steps - 1):
-                seen = (step + 1) * batch_size
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / (step + 1):.3f}", acc=f"{correct.item() / seen:.3f}"
-                )
+        batches = order[: steps * batch_size].view(steps, batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        loss_sum, correct = _train_epoch(model, images, labels, bar, optimizer, schedule)
         stats = EpochStats(
             epoch=epoch,
-            train_loss=loss_sum.item() / steps,
-            train_accuracy=correct.item() / (steps * batch_size),
+            train_loss=loss_sum / steps,
+            train_accuracy=correct / (steps * batch_size),
             test_accuracy=evaluate(model, test_set.images, test_set.labels),
             seconds=round(time.perf_counter() - epoch_start, 2),
         )
@@ -252,3 +251,46 @@ def _optimise(
                 file=sys.stderr,
             )
     return history
+
+
+def _schedule(
+    optimizer: torch.optim.Optimizer, lr: float, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle learning rate up to ``lr`` (25 % warm-up) over ``total_steps``; a constant
+    ``lr`` for runs under :data:`MIN_ONE_CYCLE_STEPS` steps."""
+    if total_steps >= MIN_ONE_CYCLE_STEPS:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25
+        )
+    # too few steps for a warm-up phase (OneCycleLR would divide by zero): constant lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+
+
+def _train_epoch(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batches: tqdm[Tensor],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[float, int]:
+    """One pass over ``batches`` (index rows ``[batch_size]`` into ``images``/``labels``, shown
+    by the progress bar): one optimiser and schedule step each. Returns the summed loss and the
+    count of correct training predictions."""
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for step, batch in enumerate(batches):
+        logits = model(images[batch])
+        loss = F.cross_entropy(logits, labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.detach()
+        correct += (logits.detach().argmax(dim=1) == labels[batch]).sum()
+        if not batches.disable and (step % 25 == 0 or step == len(batches) - 1):
+            seen = (step + 1) * batch.numel()
+            batches.set_postfix(
+                loss=f"{loss_sum.item() / (step + 1):.3f}", acc=f"{correct.item() / seen:.3f}"
+            )
+    return loss_sum.item(), int(correct.item())

@@ -76,16 +76,7 @@ def build_class_pathways(  # noqa: PLR0913 -- public API; keyword-only options
             predicted = finder.gated.forward(images).argmax(1).cpu()
         if predicted.max() >= num_classes:
             raise InputError(f"the target predicts class {int(predicted.max())} >= {num_classes}")
-        keep = (
-            predicted == labels
-            if instances == "correct"
-            else torch.ones_like(labels, dtype=torch.bool)
-        )
-        rank = torch.zeros_like(predicted)
-        for c in predicted[keep].unique():
-            members = keep & (predicted == c)
-            rank[members] = counts[c] + torch.arange(1, int(members.sum()) + 1)
-        useful = keep & (rank <= j)
+        useful = _still_needed(predicted, labels, counts, j, instances)
         if useful.any():
             index = useful.nonzero().squeeze(1)
             pathways.append(finder.find(images[index.to(device)]).detach().to("cpu"))
@@ -96,15 +87,7 @@ def build_class_pathways(  # noqa: PLR0913 -- public API; keyword-only options
         if bool((counts >= j).all()):
             break
     bar.close()
-    empty = [c for c in range(num_classes) if counts[c] == 0]
-    if len(empty) == num_classes or (empty and not allow_missing):
-        names = [f"{c} ({class_names[c]})" if class_names else str(c) for c in empty]
-        rule = "correctly predicted " if instances == "correct" else "predicted "
-        hint = "read more samples" + (" or count all instances" if instances == "correct" else "")
-        raise DataError(
-            f"no {rule}instances of class(es) {', '.join(names)} in the first {total} samples: "
-            f"{hint}"
-        )
+    _check_coverage(counts, instances, total, class_names, allow_missing)
     result = aggregate_by_class(
         Pathway.cat(pathways), torch.cat(classes), num_classes, theta=theta, per_class_limit=j
     )
@@ -112,6 +95,42 @@ def build_class_pathways(  # noqa: PLR0913 -- public API; keyword-only options
         {"j": j, "theta": theta, "instances": instances, "method": finder.name}
     )
     return result
+
+
+def _still_needed(
+    predicted: Tensor, labels: Tensor, counts: Tensor, j: int, instances: InstanceRule
+) -> Tensor:
+    """``[B]`` bool: the samples of a batch (``predicted``/``labels`` ``[B]``) that count as
+    instances under ``instances`` and are among the first ``j`` of their predicted class, given
+    ``counts`` ``[num_classes]`` instances taken from earlier batches."""
+    keep = (
+        predicted == labels if instances == "correct" else torch.ones_like(labels, dtype=torch.bool)
+    )
+    rank = torch.zeros_like(predicted)
+    for c in predicted[keep].unique():
+        members = keep & (predicted == c)
+        rank[members] = counts[c] + torch.arange(1, int(members.sum()) + 1)
+    return keep & (rank <= j)
+
+
+def _check_coverage(
+    counts: Tensor,
+    instances: InstanceRule,
+    total: int,
+    class_names: list[str] | None,
+    allow_missing: bool,
+) -> None:
+    """Raise :class:`DataError` naming the classes without instances (``counts`` ``[classes]``)
+    when every class lacks them, or any does and ``allow_missing`` is false."""
+    empty = [c for c in range(counts.numel()) if counts[c] == 0]
+    if len(empty) == counts.numel() or (empty and not allow_missing):
+        names = [f"{c} ({class_names[c]})" if class_names else str(c) for c in empty]
+        rule = "correctly predicted " if instances == "correct" else "predicted "
+        hint = "read more samples" + (" or count all instances" if instances == "correct" else "")
+        raise DataError(
+            f"no {rule}instances of class(es) {', '.join(names)} in the first {total} samples: "
+            f"{hint}"
+        )
 
 
 @dataclass(frozen=True)
@@ -193,13 +212,12 @@ def transfer_from_run(
         rows = covered[start : start + images.shape[0]]
         images = images.to(device)
         pathway = class_pathways.for_labels(run.outcome.prediction[rows]).to(device)
-        outcome = pathway_outcome(gated, images, pathway)
-        outcomes.append(outcome)
-        leaks.append(
-            leakage_outcome(gated, images, pathway, baseline=baseline, seed=seed, outcome=outcome)
+        outcome, leak, hits = _measure_transfer(
+            gated, class_pathways, images, pathway, baseline=baseline, seed=seed
         )
-        hits, valid = transfer_specificity_outcome(gated, images, class_pathways, seed=seed)
-        forced.append(hits[valid])
+        outcomes.append(outcome)
+        leaks.append(leak)
+        forced.append(hits)
         cpu_pathway = pathway.to("cpu")
         transferred.append(cpu_pathway)
         jaccard.append(run.pathway.select(rows).jaccard(cpu_pathway))
@@ -218,3 +236,21 @@ def transfer_from_run(
         transfer=transfer_summary,
         instance_class_jaccard=float(100.0 * torch.cat(jaccard).mean()),
     )
+
+
+def _measure_transfer(
+    gated: GatedModel,
+    class_pathways: ClassPathways,
+    images: Tensor,
+    pathway: Pathway,
+    *,
+    baseline: Tensor | None,
+    seed: int,
+) -> tuple[PathwayOutcome, LeakageOutcome, Tensor]:
+    """Faithfulness outcome and leakage controls of the transferred ``pathway`` on ``images``
+    ``[B, *input_shape]``, and the transfer-specificity hits ``[V]`` of the samples with another
+    class pathway to try (``V <= B``)."""
+    outcome = pathway_outcome(gated, images, pathway)
+    leak = leakage_outcome(gated, images, pathway, baseline=baseline, seed=seed, outcome=outcome)
+    hits, valid = transfer_specificity_outcome(gated, images, class_pathways, seed=seed)
+    return outcome, leak, hits[valid]

@@ -41,7 +41,6 @@ Conventions, shared by :mod:`~neuralpath.metrics.roar`:
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from neuralpath.errors import InputError, ShapeError
+from neuralpath.errors import InputError, ShapeError, check_non_negative
 from neuralpath.gating import GatedModel, check_inputs, frozen
 from neuralpath.seeding import sample_seed
 from neuralpath.targets import resolve_target
@@ -189,13 +188,7 @@ def check_removal(removal: str, noise_std: float, seed: int = 0) -> None:
         raise InputError(f"seed must be an integer, got {seed!r}")
     if removal not in REMOVALS:
         raise InputError(f"unknown removal {removal!r}; expected one of {', '.join(REMOVALS)}")
-    if (
-        isinstance(noise_std, bool)
-        or not isinstance(noise_std, int | float)
-        or not math.isfinite(noise_std)
-        or noise_std < 0
-    ):
-        raise InputError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    check_non_negative(noise_std, "noise_std")
 
 
 # ROAD's neighbourhood: (row offset, column offset, weight); the weights sum to 1.

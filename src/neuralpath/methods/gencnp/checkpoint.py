@@ -16,7 +16,6 @@ Files are written atomically, ``meta.json`` last: a directory whose ``meta.json`
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from torch import nn
 
 from neuralpath.errors import CheckpointError, InputError
 from neuralpath.gating import GatedModel, GateSite
-from neuralpath.io import load_tensors, read_json, save_tensors, write_json_atomic
+from neuralpath.io import load_tensors, read_json, save_tensors, state_digest, write_json_atomic
 from neuralpath.methods.gencnp.generator import GeneratorConfig, PathwayGenerator
 
 FORMAT = "neuralpath.gencnp-generator"
@@ -39,13 +38,10 @@ META_FILE = "meta.json"
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of ``model``'s state dict."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 over the names, dtypes, shapes and bytes of ``model``'s state dict
+    (:func:`~neuralpath.io.state_digest` with shapes written as tuples, as stored checkpoints
+    hold it)."""
+    return state_digest(model, shape_as=tuple)
 
 
 def target_identity(

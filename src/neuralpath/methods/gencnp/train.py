@@ -51,8 +51,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from neuralpath.checkpoint import load_target
 from neuralpath.data import LabeledDataset
-from neuralpath.errors import CheckpointError, InputError
+from neuralpath.errors import CheckpointError, InputError, check_non_negative
 from neuralpath.gating import GatedModel
 from neuralpath.io import load_tensors
 from neuralpath.methods.gencnp.checkpoint import (
@@ -112,11 +113,7 @@ class FitConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         for name, label in _WEIGHTS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, int | float) and math.isfinite(value) and value >= 0
-            ):
-                raise InputError(f"{label} must be a finite number >= 0, got {value!r}")
+            check_non_negative(getattr(self, name), label)
         if not self.temperature > 0:
             raise InputError(f"temperature must be positive, got {self.temperature!r}")
         if self.distillation not in ("kl", "ce"):
@@ -431,9 +428,8 @@ def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
     """
     config = config or FitConfig()
     if not isinstance(target, GatedModel):
-        from neuralpath.runner import open_target
-
-        loaded, target = open_target(str(target), device if device is not None else "auto")
+        loaded = load_target(str(target), device if device is not None else "auto")
+        target = GatedModel.discover(loaded.model, loaded.example_input())
         target_meta = loaded.meta.to_dict()
         data_name = data_name or loaded.meta.data
     gated: GatedModel = target
@@ -442,15 +438,12 @@ def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
         raise InputError(f"the target is on {gated.device}; move it to {run_device} first")
     if any(len(site.shape) == 0 for site in gated.sites):
         raise InputError("every gate site needs a [C, ...] output")
-    fixed_meta = {
-        "generator_config": config.generator.to_dict(),
-        "fit_config": config.to_dict(),
-        "target": target_identity(gated, target_meta),
-        "ablation": gated.intervention.describe(),
-        "blank_baseline": "zeros" if baseline is None else "given",
-        "data": {"name": data_name, "samples": len(dataset)},  # type: ignore[arg-type]
-    }
-    with distributed(run_device) as env:
+    fixed_meta = _fixed_meta(gated, config, target_meta, data_name, dataset, baseline)
+    own_rng = [run_device.index or 0] if run_device.type == "cuda" else []
+    with distributed(run_device) as env, torch.random.fork_rng(devices=own_rng):
+        # The fit's own stream (generator init, PDN dropout; a resume restores it), seeded here
+        # and dropped on exit, so the caller's global RNG is left where it was.
+        torch.manual_seed(config.seed)
         job = _Job(
             Path(out_dir) if out_dir is not None else None,
             resume,
@@ -462,6 +455,26 @@ def fit_gencnp(  # noqa: PLR0913 -- public API; keyword-only job options
             baseline,
         )
         return _fit(gated, dataset, config, job)
+
+
+def _fixed_meta(
+    gated: GatedModel,
+    config: FitConfig,
+    target_meta: Mapping[str, Any] | None,
+    data_name: str | None,
+    dataset: LabeledDataset,
+    baseline: Tensor | None,
+) -> dict[str, Any]:
+    """The part of ``meta.json`` that no epoch changes: configs, the target's identity, the
+    intervention, the blank baseline and the data."""
+    return {
+        "generator_config": config.generator.to_dict(),
+        "fit_config": config.to_dict(),
+        "target": target_identity(gated, target_meta),
+        "ablation": gated.intervention.describe(),
+        "blank_baseline": "zeros" if baseline is None else "given",
+        "data": {"name": data_name, "samples": len(dataset)},  # type: ignore[arg-type]
+    }
 
 
 @dataclass(frozen=True)
@@ -493,7 +506,6 @@ def _fit(
         raise InputError(
             f"{n_train} training samples are fewer than one batch of {config.batch_size}"
         )
-    torch.manual_seed(config.seed)
     generator = PathwayGenerator(gated.sites, config.generator).to(device).train()
     optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
