@@ -130,6 +130,12 @@ def test_find_attribute_and_compare_gate_the_chosen_units(user, tmp_path, capsys
         capsys,
     )  # fmt: skip
     assert attribute["n"] == 2
+    rollout = _run(
+        ["attribute", *_model(user, units=None), "--method", "attention-rollout", "--data",
+         "synthetic", "--limit", "2", "--no-progress", "--out", str(tmp_path / "rollout")],
+        capsys,
+    )  # fmt: skip
+    assert rollout["n"] == 2
     study = tmp_path / "study"
     _run(
         ["compare", *_model(user, units="heads"), "--methods", "random,cp-mct", "--limit", "4",
@@ -188,3 +194,9 @@ def test_bad_unit_choices_are_one_error_line(user, tmp_path, capsys) -> None:
         capsys,
     )  # fmt: skip
     assert "no attention heads" in study
+    rollout = _error(
+        ["attribute", *_model(user, "cnn", units=None), "--method", "attention-rollout",
+         "--data", "synthetic", "--limit", "2", "--out", str(tmp_path / "maps")],
+        capsys,
+    )  # fmt: skip
+    assert "attention rollout needs a vision transformer" in rollout
