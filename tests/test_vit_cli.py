@@ -114,6 +114,17 @@ def test_find_attribute_and_compare_gate_the_chosen_units(user, tmp_path, capsys
     pathway = Pathway.load(out)
     assert sorted(pathway) == sorted(HEADS + NEURONS)
     assert pathway[HEADS[0]].shape == (4, 2) and pathway[NEURONS[1]].shape == (4, 16)
+    per_type = tmp_path / "per_type.safetensors"
+    _run(
+        ["find", *_model(user), "--method", "cp-mct", "--sparsity", "0.5", "--limit", "4",
+         "--granularity", "channel", "--set", "selection=per_type", "--set", "head_sparsity=0",
+         "--reference-size", "16", "--no-progress", "--out", str(per_type)],
+        capsys,
+    )  # fmt: skip
+    budgets = Pathway.load(per_type)
+    assert all(bool(budgets[name].all()) for name in HEADS)  # the heads' own budget: keep all
+    kept = sum(int(budgets[name].sum()) for name in NEURONS)
+    assert kept == 4 * 16  # half of 2 x 16 neurons per sample, one percentile over the MLPs
     head_only = tmp_path / "h.safetensors"
     _run(
         ["find", *_model(user, units="heads"), "--method", "random", "--limit", "4",

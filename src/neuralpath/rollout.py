@@ -34,7 +34,7 @@ def patch_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
     :class:`LayerError` when there is none."""
     for prefix in range(1, tokens):
         patches = tokens - prefix
-        rows = math.isqrt(patches * height // width) if width else 0
+        rows = math.isqrt(patches * height // max(1, width))
         for h in (rows, rows + 1):
             if h > 0 and patches % h == 0 and h * width == (patches // h) * height:
                 return h, patches // h
