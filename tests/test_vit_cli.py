@@ -159,14 +159,17 @@ def test_find_attribute_and_compare_gate_the_chosen_units(user, tmp_path, capsys
     assert config["unit_types"] == ["heads"]
 
 
-def test_gencnp_fits_and_finds_on_heads_and_mlp_neurons(user, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("rfe", ["conv", "token"])
+def test_gencnp_fits_and_finds_on_heads_and_mlp_neurons(user, tmp_path, capsys, rfe) -> None:
     generator = tmp_path / "generator"
     fit = _run(
         ["fit-gencnp", *_model(user), "--limit", "16", "--epochs", "1", "--batch-size", "8",
-         "--no-progress", "--out", str(generator)],
+         "--rfe", rfe, "--no-progress", "--out", str(generator)],
         capsys,
     )  # fmt: skip
     assert fit["epochs_done"] == 1
+    meta = json.loads((generator / "meta.json").read_text())
+    assert meta["generator_config"]["rfe"] == rfe
     out = tmp_path / "g.safetensors"
     _run(
         ["find", *_model(user), "--method", "gencnp", "--generator", str(generator),
