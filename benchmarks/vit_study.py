@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -49,14 +50,22 @@ from _common import command_line, shown, write_section  # noqa: E402
 SECTION = "## Vision transformer"
 COLUMNS = (
     ("agreement", "agreement ↑", "{:.3f}"),
-    ("mic", "mIC ↑", "{:.2f}"),
-    ("mdc", "mDC ↓", "{:.2f}"),
-    ("aciou", "acIOU ↓", "{:.1f}"),
+    ("mic", "mIC % ↑", "{:.2f}"),
+    ("mdc", "mDC % ↓", "{:.2f}"),
+    ("aciou", "acIOU % ↑", "{:.1f}"),
     ("kept_fraction_mean", "kept", "{:.2f}"),
     ("blank_agreement", "blank agr. ↓", "{:.2f}"),
     ("swap_follows_mask", "swap follows mask ↓", "{:.2f}"),
     ("seconds_per_image", "s / image", "{:.4f}"),
     ("forward_equivalents", "forwards / batch", "{:.1f}"),
+)
+TRANSFER = (
+    ("agreement", "agreement ↑", "{:.3f}"),
+    ("transfer_specificity", "forced to c ↓", "{:.2f}"),
+    ("blank_agreement", "blank agr. ↓", "{:.2f}"),
+    ("swap_follows_mask", "swap follows mask ↓", "{:.2f}"),
+    ("kept_fraction_mean", "kept", "{:.2f}"),
+    ("instance_class_jaccard", "instance-class Jaccard %", "{:.1f}"),
 )
 
 
@@ -108,7 +117,7 @@ def target_lines(args: argparse.Namespace) -> list[str]:
         f"Target `{shown(args.checkpoint)}`: {meta['arch']} ({meta['arch_args']}), test accuracy "
         f"**{accuracy:.2f} %** after {meta['epochs']} epochs. Recipe: `neuralpath train --arch "
         f"vit-tiny --data fashion-mnist --image-size {meta['input_shape'][-1]} --epochs "
-        f"{meta['epochs']} --seed {meta['seed']}` (AdamW, one-cycle lr 2e-3, batch 128, no "
+        f"{meta['epochs']} --seed {meta['seed']} --out {shown(args.checkpoint)}` (AdamW, one-cycle lr 2e-3, batch 128, no "
         "augmentation; torchvision's VisionTransformer, patches of 4 px, 4 blocks of 4 heads, "
         "width 64, MLP 128 [ours]).",
     ]
@@ -132,7 +141,9 @@ def fit_generators(args: argparse.Namespace, ablations: list[str]) -> dict[str, 
     generators = {}
     for ablation in ablations:
         directory = args.out / "generators" / ablation
-        if args.refit or not (directory / "meta.json").exists():
+        if args.refit and directory.exists():
+            shutil.rmtree(directory)  # fit-gencnp refuses to overwrite a generator
+        if not (directory / "meta.json").exists():
             _cli(
                 ["fit-gencnp", "--checkpoint", str(args.checkpoint), "--units", args.units,
                  "--ablation", ablation, "--epochs", str(args.fit_epochs), "--limit",
@@ -140,6 +151,19 @@ def fit_generators(args: argparse.Namespace, ablations: list[str]) -> dict[str, 
             )  # fmt: skip
         generators[ablation] = directory
     return generators
+
+
+def fit_lines(generators: dict[str, Path]) -> list[str]:
+    """What fitting each generator cost and reached on its validation split (its meta.json)."""
+    parts = []
+    for ablation, directory in generators.items():
+        history = json.loads((directory / "meta.json").read_text())["history"]
+        last = history[-1]
+        parts.append(
+            f"{ablation}: {sum(e['seconds'] for e in history):.0f} s, validation agreement "
+            f"{last['val_agreement']:.3f} at kept fraction {last['val_kept_fraction']:.2f}"
+        )
+    return [f"GEN-CNP fits ({'; '.join(parts)})."]
 
 
 def run_compare(args: argparse.Namespace, generators: dict[str, Path]) -> dict[str, Any]:
@@ -225,11 +249,11 @@ def figure(gated: GatedModel, generator: Path, images: Tensor, shown_images: Ten
     plt.close(fig)
 
 
-def table(rows: dict[str, dict[str, Any]]) -> list[str]:
-    head = "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    lines = [head, "|---|" + "---|" * len(COLUMNS)]
+def table(rows: dict[str, dict[str, Any]], columns: tuple[tuple[str, str, str], ...]) -> list[str]:
+    head = "| method | " + " | ".join(title for _, title, _ in columns) + " |"
+    lines = [head, "|---|" + "---|" * len(columns)]
     for method, row in rows.items():
-        cells = " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS)
+        cells = " | ".join(fmt.format(row[key]) for key, _, fmt in columns)
         lines.append(f"| {method} | {cells} |")
     return lines
 
@@ -257,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         SECTION,
         "",
         f"`{command_line('vit_study.py', env=f'OMP_NUM_THREADS={torch.get_num_threads()}')}` "
-        f"({minutes:.1f} min on the shared 2-core CPU).",
+        f"({minutes:.1f} min on the shared 2-core CPU, generators fitted unless present in "
+        f"`{shown(args.out / 'generators')}`).",
         "",
         *target_lines(args),
         "",
@@ -272,12 +297,22 @@ def main(argv: list[str] | None = None) -> int:
         "sample's class. Written by `neuralpath compare` into "
         f"`{shown(args.out / 'compare')}` (report.html there).",
         "",
+        *fit_lines(generators),
+        "",
     ]
     for ablation in ablations:
+        part = results["interventions"][ablation]
         lines += [
             f"### {ablation} ablation",
             "",
-            *table(results["interventions"][ablation]["methods"]),
+            *table(part["methods"], COLUMNS),
+            "",
+            "Class pathways (each method's pathways of up to 20 correctly predicted training "
+            "images per class, kept where they fire in at least half of them) applied to the "
+            "same test images by predicted class; forced to c: another class's image run "
+            "through class c's pathway predicts c:",
+            "",
+            *table(part["transfer"], TRANSFER),
             "",
         ]
     lines += [
