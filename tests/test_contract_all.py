@@ -36,7 +36,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from neuralpath.attribution import METHOD_NAMES, PATHWAY_METHODS, make_explainer
+from neuralpath.attribution import (
+    ATTENTION_METHODS,
+    METHOD_NAMES,
+    PATHWAY_METHODS,
+    make_explainer,
+)
 from neuralpath.errors import CheckpointError, ZeroMapsWarning
 from neuralpath.gating import GatedModel
 from neuralpath.interventions import (
@@ -66,9 +71,10 @@ from contract import (
 from toys import tiny_cnn
 
 FINDERS = finder_names()
-SALIENCY = [(m, None) for m in METHOD_NAMES if m not in PATHWAY_METHODS] + [
-    (m, f) for m in PATHWAY_METHODS for f in FINDERS
-]
+# the toy is a CNN: attention methods keep their contract in tests/test_rollout.py
+SALIENCY = [
+    (m, None) for m in METHOD_NAMES if m not in PATHWAY_METHODS and m not in ATTENTION_METHODS
+] + [(m, f) for m in PATHWAY_METHODS for f in FINDERS]
 
 QUICK: dict[str, dict[str, Any]] = {
     "cp-intgrad": {"steps": 2},

@@ -4,6 +4,8 @@ every saliency method, ours and Captum's.
 * :class:`PathwayGradient`: ``PG(x) = ∇_x y_c(H_P(x))`` with the pathway ``P`` found by a finder on
   the same inputs and then held fixed: removed units pass neither signal nor gradient.
 * :class:`PathwayGradCAM`: Grad-CAM computed from the gated activations and gradients of ``H_P``.
+* ``"attention-rollout"`` (:class:`~neuralpath.rollout.AttentionRollout`): the attention-rollout
+  baseline of vision transformers.
 
 Both are :class:`captum.attr.GradientAttribution` subclasses: they work inside
 ``captum.attr.NoiseTunnel`` and take Captum's ``additional_forward_args``.
@@ -59,6 +61,7 @@ from neuralpath.methods.base import FinderOptions, PathwayFinder, build_finder
 from neuralpath.methods.critical import CriticalPathwayFinder
 from neuralpath.pathway import Granularity, Pathway, check_sparsity
 from neuralpath.reference import reference_statistics
+from neuralpath.rollout import AttentionRollout
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
 if TYPE_CHECKING:
@@ -327,7 +330,9 @@ CAPTUM_METHODS = (
     "guided-backprop",
     "grad-cam",
 )
-METHOD_NAMES: tuple[str, ...] = PATHWAY_METHODS + CAPTUM_METHODS
+ATTENTION_METHODS = ("attention-rollout",)
+"""Methods that need a vision transformer (attention modules, see :mod:`neuralpath.rollout`)."""
+METHOD_NAMES: tuple[str, ...] = PATHWAY_METHODS + CAPTUM_METHODS + ATTENTION_METHODS
 
 
 def check_method(name: str) -> str:
@@ -407,10 +412,21 @@ def make_explainer(
     ``[B, 1, H, W]`` for the CAMs). ``targets``: ``[B]`` classes (None or an int work too).
 
     Pathway methods need ``finder`` (built once on ``gated``, whose intervention their pathway
-    model runs under); Captum's take none and ignore the intervention. ``layer``: the Grad-CAM
-    gate site (default: the last spatial site).
+    model runs under); Captum's and attention rollout take none and ignore the intervention
+    (rollout: ``[B, 1, H, W]``, class-agnostic, a :class:`LayerError` on a model without
+    attention). ``layer``: the Grad-CAM gate site (default: the last spatial site).
     """
     check_method(name)
+    if name in ATTENTION_METHODS:
+        if finder is not None:
+            raise InputError(f"{name!r} takes no pathway finder")
+        rollout = AttentionRollout(gated.model)
+
+        def explain_rollout(inputs: Tensor, targets: TargetType) -> Tensor:
+            gated.check_inputs(inputs)
+            return rollout.attribute(inputs, targets).detach()
+
+        return explain_rollout
     if name in CAPTUM_METHODS:
         if finder is not None:
             raise InputError(f"{name!r} takes no pathway finder")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -91,15 +92,11 @@ def _mha_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any
     return call
 
 
-def mha_heads(
+def _mha_qkv(
     mha: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str
-) -> Tensor:
-    """The head outputs ``[B, T, H, d]`` of one call of ``mha`` (in eval mode: no dropout).
-
-    Supports batched self- and cross-attention without ``attn_mask``, ``key_padding_mask``,
-    causal masking, ``bias_k``/``bias_v`` or ``add_zero_attn`` (vision transformers use none of
-    these); anything else is a :class:`LayerError` naming the module.
-    """
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, keys and values ``[B, H, T, d]`` of one call of ``mha`` (see :func:`mha_heads`
+    for what is supported)."""
     call = _mha_call(args, kwargs)
     unsupported = [
         key for key in ("key_padding_mask", "attn_mask") if call.get(key) is not None
@@ -110,7 +107,7 @@ def mha_heads(
         unsupported.append("add_zero_attn")
     if unsupported:
         raise LayerError(
-            f"heads of attention {name!r} cannot be gated: nn.MultiheadAttention called with "
+            f"heads of attention {name!r} cannot be read: nn.MultiheadAttention called with "
             f"{', '.join(unsupported)} is not supported"
         )
     query, key, value = call["query"], call["key"], call["value"]
@@ -129,7 +126,62 @@ def mha_heads(
     q = F.linear(query, w_q, b_q).unflatten(-1, shape).transpose(1, 2)  # [B, H, T, d]
     k = F.linear(key, w_k, b_k).unflatten(-1, shape).transpose(1, 2)
     v = F.linear(value, w_v, b_v).unflatten(-1, shape).transpose(1, 2)
+    return q, k, v
+
+
+def mha_heads(
+    mha: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str
+) -> Tensor:
+    """The head outputs ``[B, T, H, d]`` of one call of ``mha`` (in eval mode: no dropout).
+
+    Supports batched self- and cross-attention without ``attn_mask``, ``key_padding_mask``,
+    causal masking, ``bias_k``/``bias_v`` or ``add_zero_attn`` (vision transformers use none of
+    these); anything else is a :class:`LayerError` naming the module.
+    """
+    q, k, v = _mha_qkv(mha, args, kwargs, name)
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, T, H, d]
+
+
+def _projection_qk(
+    module: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str
+) -> tuple[Tensor, Tensor, float]:
+    """Queries and keys ``[B, H, T, d]`` and the logit scale of one call of a projection-input
+    attention with a fused ``qkv`` linear (timm's ``Attention``), its ``q_norm``/``k_norm``
+    applied."""
+    qkv = getattr(module, "qkv", None)
+    if not isinstance(qkv, nn.Linear):
+        raise LayerError(
+            f"the attention weights of {name!r} ({type(module).__name__}) cannot be read: it "
+            "has no fused nn.Linear 'qkv'"
+        )
+    x = args[0] if args else kwargs.get("x")
+    if kwargs.get("attn_mask") is not None or kwargs.get("is_causal") or len(args) > 1:
+        raise LayerError(f"attention {name!r} was called with a mask: not supported")
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise LayerError(f"attention {name!r} needs batched [B, T, D] inputs")
+    q, k, _ = qkv(x).unflatten(-1, (3, num_heads(module), -1)).permute(2, 0, 3, 1, 4).unbind(0)
+    for key in ("q_norm", "k_norm"):
+        norm = getattr(module, key, None)
+        if isinstance(norm, nn.Module):
+            if key == "q_norm":
+                q = norm(q)
+            else:
+                k = norm(k)
+    scale = getattr(module, "scale", None)
+    return q, k, float(scale) if isinstance(scale, int | float) else q.shape[-1] ** -0.5
+
+
+def attention_weights(
+    module: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str
+) -> Tensor:
+    """The attention probabilities ``[B, H, T, S]`` (rows sum to 1) of one call of a recognised
+    attention module, recomputed from its inputs (eval mode: no dropout)."""
+    if isinstance(module, nn.MultiheadAttention):
+        q, k, _ = _mha_qkv(module, args, kwargs, name)
+        scale = q.shape[-1] ** -0.5
+    else:
+        q, k, scale = _projection_qk(module, args, kwargs, name)
+    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
 
 
 def mha_output_change(mha: nn.MultiheadAttention, change: Tensor) -> Tensor:

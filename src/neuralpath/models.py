@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from neuralpath.errors import InputError
+from neuralpath.vit import VIT_ARCHS, build_vit
 
 OUR_ARCHS = ("alexnet", "vgg11")
 DEFAULT_WIDTHS = {"alexnet": 0.25, "vgg11": 0.25}
@@ -184,14 +185,19 @@ def build_model(
             raise InputError(f"input_size must be at least 2, got {input_size}")
         model_class = SmallAlexNet if arch == "alexnet" else SmallVGG11
         return model_class(num_classes, in_channels, input_size, float(width))
+    if arch in VIT_ARCHS:
+        return build_vit(
+            arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+            width=float(width),
+        )  # fmt: skip
     name = arch.removeprefix(TORCHVISION_PREFIX)
     known = torchvision_archs()
     if name not in known:
-        close = difflib.get_close_matches(name, [*OUR_ARCHS, *known], n=3)
+        close = difflib.get_close_matches(name, [*OUR_ARCHS, *VIT_ARCHS, *known], n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise InputError(
-            f"unknown architecture {arch!r}{hint}: use {', '.join(OUR_ARCHS)}, or a torchvision "
-            "classifier such as resnet18 or mobilenet_v2 (torchvision.models.list_models())"
+            f"unknown architecture {arch!r}{hint}: use {', '.join((*OUR_ARCHS, *VIT_ARCHS))}, or a "
+            "torchvision classifier such as resnet18 or mobilenet_v2 (torchvision.models.list_models())"
         )
     if width != 1.0:
         raise InputError(f"width applies to {', '.join(OUR_ARCHS)} only, not to {arch!r}")

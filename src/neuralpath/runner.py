@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from neuralpath.checkpoint import Target, load_target
 from neuralpath.data import LabeledDataset, load_dataset
 from neuralpath.errors import InputError, LeakageWarning, ShapeError
-from neuralpath.gating import GatedModel, LayerSelection
+from neuralpath.gating import GatedModel, LayerSelection, UnitType
 from neuralpath.interventions import (
     AblationName,
     Intervention,
@@ -50,14 +51,17 @@ def open_target(
     *,
     layers: LayerSelection = None,
     include_fc: bool = False,
+    unit_types: Sequence[UnitType] | None = None,
 ) -> tuple[Target, GatedModel]:
     """Load a target checkpoint (or take an opened :class:`Target`, e.g. a user's model from
     :func:`neuralpath.model_source.open_model`, as it is) and discover its gate sites (default:
-    post-activation of convs)."""
+    post-activation of convs; ``layers`` or a transformer's ``unit_types``, see
+    :meth:`GatedModel.discover`)."""
     target = checkpoint if isinstance(checkpoint, Target) else load_target(checkpoint, device)
     gated = GatedModel.discover(
-        target.model, target.example_input(), layers=layers, include_fc=include_fc
-    )
+        target.model, target.example_input(), layers=layers, include_fc=include_fc,
+        unit_types=unit_types,
+    )  # fmt: skip
     return target, gated
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from neuralpath.checkpoint import Target
 from neuralpath.data import FolderSplit, ImageDataset, load_dataset
 from neuralpath.errors import InputError
-from neuralpath.gating import GatedModel
+from neuralpath.gating import GatedModel, UnitType
 from neuralpath.interventions import check_ablation
 from neuralpath.io import write_json_atomic
 from neuralpath.methods import FinderOptions, build_finder, finder_entry, finder_names
@@ -65,7 +65,8 @@ class StudyConfig:
     ``reference_size``: training images behind the reference statistics and resample donors.
     ``generators``: ablation -> the GEN-CNP generator used under it (e.g. one trained under that
     ablation, as DGR optimises under it); ``generator`` serves the ablations not listed.
-    ``layers``/``include_fc``: the gate sites (see :meth:`GatedModel.discover`); ``folder``: how
+    ``layers``/``unit_types``/``include_fc``: the gate sites (see :meth:`GatedModel.discover`;
+    ``unit_types`` such as ``("heads", "mlp")`` for a vision transformer); ``folder``: how
     an image folder ``data`` is split (None: :class:`~neuralpath.data.FolderSplit` defaults).
     """
 
@@ -88,6 +89,7 @@ class StudyConfig:
     generators: dict[str, str] = field(default_factory=dict)
     layers: tuple[str, ...] | None = None
     include_fc: bool = False
+    unit_types: tuple[UnitType, ...] | None = None
     folder: FolderSplit | None = None
 
     def __post_init__(self) -> None:
@@ -206,7 +208,10 @@ def run_study(  # noqa: PLR0913 -- public API; keyword-only run options
     Returns the result, the gated target under the first ablation and the evaluation data.
     """
     opened = checkpoint if isinstance(checkpoint, Target) else str(checkpoint)
-    target, gated = open_target(opened, device, layers=config.layers, include_fc=config.include_fc)
+    target, gated = open_target(
+        opened, device, layers=config.layers, include_fc=config.include_fc,
+        unit_types=config.unit_types,
+    )  # fmt: skip
     evaluation = _load(target, config, config.split)
     train = _load(target, config, "train")
     reference_set = _load(target, config, "train", config.reference_size)

@@ -32,6 +32,7 @@ METHODS = (
     "integrated-gradients",
     "guided-backprop",
     "grad-cam",
+    "attention-rollout",
 )
 
 

@@ -20,6 +20,7 @@ from neuralpath.cli.model_args import (
     folder_split,
     layer_names,
     open_model,
+    unit_types,
 )
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ def _config(args: argparse.Namespace) -> StudyConfig:
         reference_size=reference_size(args),
         layers=None if (layers := layer_names(args)) is None else tuple(layers),
         include_fc=args.include_fc,
+        unit_types=None if (units := unit_types(args)) is None else tuple(units),
         folder=folder_split(args),
     )
 

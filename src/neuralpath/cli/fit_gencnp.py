@@ -59,7 +59,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="end this session after epoch N (continue later with --resume)",
     )
     _add_knobs(fit)
-    fit.add_argument("--rfe", choices=("conv", "mlp"), default="conv", help="RFE variant")
+    fit.add_argument(
+        "--rfe",
+        choices=("conv", "mlp", "token"),
+        default="conv",
+        help="RFE variant: conv (paper; token sites pooled over tokens), mlp (ablation), token "
+        "(conv on conv sites, the token RFE on a transformer's token and head sites)",
+    )
     fit.add_argument("--pdn", choices=("shared", "per-layer"), default="shared", help="PDN variant")
     fit.add_argument("--width", type=int, default=64, help="generator token width D (64)")
     fit.add_argument("--resolution", type=int, default=4, help="RFE common resolution S (4)")

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "every other command does and print where it came from, its metadata (input shape, "
         "normalisation mean/std, resize, classes), its parameter count and the gate sites "
         "pathways are found over (name, module, kind, units, activation shape per sample). "
-        "--layers and --include-fc change the sites as they do in every command.",
+        "--layers (or --units) and --include-fc change the sites as they do in every command.",
     )
     cmd.add_argument("path", nargs="?", metavar="DIR", help="checkpoint directory")
     add_model_args(cmd, required=False)

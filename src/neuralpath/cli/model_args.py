@@ -2,7 +2,8 @@
 
 The target is a neuralpath checkpoint (``--checkpoint DIR``) or the user's own model (``--model
 SPEC`` with ``--weights``, ``--model-card`` and the card flags; see
-:mod:`neuralpath.model_source`); ``--layers`` and ``--include-fc`` choose its gate sites. The
+:mod:`neuralpath.model_source`); ``--layers`` (or, for a transformer, ``--units``) and
+``--include-fc`` choose its gate sites. The
 data options name a data set or an image folder and how a folder is split; every data path
 applies the target's own input shape, resize and normalisation
 (:meth:`~neuralpath.checkpoint.TargetMeta.preprocessing`).
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
     from neuralpath.data import FolderSplit, ImageDataset
-    from neuralpath.gating import GatedModel
+    from neuralpath.gating import GatedModel, UnitType
     from neuralpath.model_source import ModelCard
 
 CARD_FLAGS = ("input_shape", "mean", "std", "class_names", "num_classes", "resize")
@@ -68,6 +69,13 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
         help="gate these modules' outputs (see `neuralpath info`) instead of the default sites",
     )
     group.add_argument(
+        "--units",
+        metavar="TYPE,...",
+        help="vision transformers: gate these unit types instead of --layers: heads (each "
+        "attention head's output before the output projection) and/or mlp (each block's MLP "
+        "neurons), e.g. heads,mlp",
+    )
+    group.add_argument(
         "--include-fc",
         action="store_true",
         help="also gate the activations after hidden fully connected layers (as the reference "
@@ -97,13 +105,14 @@ def open_model(args: argparse.Namespace, device: str) -> Target:
 
 
 def open_gated(args: argparse.Namespace, device: str) -> tuple[Target, GatedModel]:
-    """``(target, its gated model)``: :func:`open_model` with the sites of ``--layers`` and
-    ``--include-fc``. Where the command has ``--data`` and it is not given, it becomes the
-    target's data set (an error when the target names none)."""
+    """``(target, its gated model)``: :func:`open_model` with the sites of ``--layers`` or
+    ``--units``, and ``--include-fc``. Where the command has ``--data`` and it is not given, it
+    becomes the target's data set (an error when the target names none)."""
     from neuralpath.runner import open_target
 
+    layers, units = layer_names(args), unit_types(args)
     target, gated = open_target(
-        open_model(args, device), layers=layer_names(args), include_fc=args.include_fc
+        open_model(args, device), layers=layers, include_fc=args.include_fc, unit_types=units
     )
     if "data" in args:
         args.data = data_name(args, target)
@@ -126,6 +135,30 @@ def layer_names(args: argparse.Namespace) -> list[str] | None:
     if not args.layers:
         return None
     return [name.strip() for name in args.layers.split(",") if name.strip()]
+
+
+def unit_types(args: argparse.Namespace) -> list[UnitType] | None:
+    """``--units`` as a list of :data:`~neuralpath.gating.UNIT_TYPES` (None: not given);
+    :class:`InputError` for an unknown type, an empty list, or ``--units`` with ``--layers``."""
+    from neuralpath.errors import InputError
+    from neuralpath.gating import UNIT_TYPES
+
+    if args.units is None:
+        return None
+    if args.layers:
+        raise InputError("--units and --layers both choose the gate sites: give one of them")
+    names = [name.strip() for name in args.units.split(",") if name.strip()]
+    if not names:
+        raise InputError(f"--units takes unit types from {', '.join(UNIT_TYPES)}, got nothing")
+    unknown = [name for name in names if name not in UNIT_TYPES]
+    if unknown:
+        raise InputError(
+            f"--units: unknown unit type(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(UNIT_TYPES)}"
+        )
+    if len(set(names)) != len(names):
+        raise InputError(f"--units lists a unit type twice: {args.units!r}")
+    return [unit for unit in UNIT_TYPES if unit in names]
 
 
 def model_card(args: argparse.Namespace) -> ModelCard:

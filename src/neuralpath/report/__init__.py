@@ -63,18 +63,23 @@ def _img(png: bytes, alt: str) -> str:
 
 def _panel_maps(
     gated: GatedModel, result: StudyResult, images: Tensor
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per method: (Pathway Gradient display maps [P, H, W], Grad-CAM of H_P [P, H, W])."""
-    gradient, cam = PathwayGradient(gated), PathwayGradCAM(gated)
+) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """Per method: (Pathway Gradient display maps [P, H, W], Grad-CAM of H_P [P, H, W], or None
+    where no gate site is spatial, e.g. a vision transformer's heads and MLP neurons)."""
+    gradient = PathwayGradient(gated)
+    cam = PathwayGradCAM(gated) if any(site.spatial for site in gated.sites) else None
     count = images.shape[0]
-    maps = {}
+    maps: dict[str, tuple[Tensor, Tensor | None]] = {}
     for method, outcome in result.methods.items():
         pathway = outcome.run.pathway.select(slice(0, count)).to(gated.device)
+        grad_cam = None
         with warnings.catch_warnings():  # a blank panel is labelled in the figure instead
             warnings.simplefilter("ignore", ZeroMapsWarning)
             pg = signed_max_abs(gradient.attribute(images, pathway=pathway)).cpu()
-            grad_cam = cam.attribute(images, pathway=pathway)[:, 0].cpu()
-        grad_cam = grad_cam / grad_cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+            if cam is not None:
+                grad_cam = cam.attribute(images, pathway=pathway)[:, 0].cpu()
+        if grad_cam is not None:
+            grad_cam = grad_cam / grad_cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         maps[method] = (pg, grad_cam)
     return maps
 
@@ -176,7 +181,7 @@ def _panels(
         predicted = class_names[int(first.outcome.prediction[i])]
         figure = figures.sample_panel(
             shown[i],
-            {m: (v[0][i], v[1][i]) for m, v in maps.items()},
+            {m: (v[0][i], None if v[1] is None else v[1][i]) for m, v in maps.items()},
             f"sample {i}: label {label}, predicted {predicted}",
         )
         panels.append(_img(figure, f"explanations of sample {i}"))

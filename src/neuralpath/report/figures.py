@@ -30,10 +30,13 @@ def _image(ax: Axes, picture: Tensor) -> None:
     ax.set_axis_off()
 
 
-def sample_panel(image: Tensor, maps: Mapping[str, tuple[Tensor, Tensor]], title: str) -> bytes:
+def sample_panel(
+    image: Tensor, maps: Mapping[str, tuple[Tensor, Tensor | None]], title: str
+) -> bytes:
     """One sample: its image, then per method its Pathway Gradient (signed, top row) and
-    Grad-CAM of the pathway model (bottom row). ``image`` ``[C, H, W]`` in [0, 1]; maps ``[H, W]``.
-    An all-zero gradient map (a pathway that passes nothing) is labelled as such.
+    Grad-CAM of the pathway model (bottom row; the image alone where the model has no spatial
+    gate site: None). ``image`` ``[C, H, W]`` in [0, 1]; maps ``[H, W]``. An all-zero gradient
+    map (a pathway that passes nothing) is labelled as such.
     """
     columns = 1 + len(maps)
     fig, axes = plt.subplots(2, columns, figsize=(1.6 * columns, 3.4), squeeze=False)
@@ -49,12 +52,16 @@ def sample_panel(image: Tensor, maps: Mapping[str, tuple[Tensor, Tensor]], title
                 ha="center", va="center", fontsize=7,
             )  # fmt: skip
         _image(axes[1, col], image)
-        axes[1, col].imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        if cam is not None:
+            axes[1, col].imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axes[0, col].set_axis_off()
     axes[1, 0].text(
         0.5,
         0.5,
-        "top row:\nPathway Gradient\n(signed max-abs)\n\nbottom row:\nGrad-CAM on H_P",
+        "top row:\nPathway Gradient\n(signed max-abs)\n\nbottom row:\nGrad-CAM on H_P"
+        + (
+            "" if any(cam is not None for _, cam in maps.values()) else "\n(none: no\nspatial site)"
+        ),
         transform=axes[1, 0].transAxes,
         ha="center",
         va="center",

@@ -56,6 +56,8 @@ def target_identity(
                 "call_index": s.call_index,
                 "shape": list(s.shape),
                 "kind": s.kind,
+                "unit_dim": s.unit_dim,
+                "feature_dims": s.feature_dims,
             }
             for s in gated.sites
         ],
@@ -94,6 +96,8 @@ def check_identity(
 
 
 def sites_from_identity(identity: Mapping[str, Any]) -> list[GateSite]:
+    """The gate sites of a stored identity (``unit_dim``/``feature_dims`` 0 where a generator
+    saved before they were recorded: channels-first sites)."""
     return [
         GateSite(
             s["name"],
@@ -101,6 +105,8 @@ def sites_from_identity(identity: Mapping[str, Any]) -> list[GateSite]:
             int(s["call_index"]),
             tuple(int(v) for v in s["shape"]),
             s["kind"],
+            int(s.get("unit_dim", 0)),
+            int(s.get("feature_dims", 0)),
         )
         for s in identity["sites"]
     ]

@@ -9,7 +9,11 @@ through :class:`GeneratorConfig`:
   then a 1×1 projection to ``width`` channels (+ GroupNorm + ReLU); the ``[D, S, S]`` embedding
   is flattened and linearly mapped to one ``D``-dim layer token [ours]. The ``"mlp"`` variant
   (the ablation) global-average-pools the map and applies an MLP. FC sites (``[C]`` outputs)
-  always use the MLP. GroupNorm (not BatchNorm) keeps every sample independent, so a batch
+  always use the MLP. Token sites of a transformer (``[T, D]`` MLP neurons, ``[T, H, d]`` heads)
+  use the MLP on their units pooled over tokens, or, with ``rfe="token"``, the token RFE: a
+  per-token linear embedding (``rfe_width``) + LayerNorm + ReLU, average-pooled over the token
+  sequence to ``resolution²`` groups, flattened and linearly mapped to the layer token, so the
+  token layout reaches the generator as the spatial layout does through the conv RFE [ours]. GroupNorm (not BatchNorm) keeps every sample independent, so a batch
   equals a loop and DDP needs no synchronised statistics [ours].
 * **PDN** (Pathway Distillation Network), shared across layers: a pre-norm transformer encoder
   over the ``L`` layer tokens plus a learned layer embedding [ours]. Attention lets the token of a
@@ -44,7 +48,7 @@ from neuralpath.errors import InputError, ShapeError
 from neuralpath.gating import GateSite
 from neuralpath.methods.gencnp.daq import DAQ, DEFAULT_BETA, DEFAULT_SIGMA
 
-RfeKind = Literal["conv", "mlp"]
+RfeKind = Literal["conv", "mlp", "token"]
 PdnKind = Literal["shared", "per-layer"]
 
 
@@ -54,8 +58,8 @@ class GeneratorConfig:
 
     ``width``: token width D; ``rfe_width``: channels of the RFE's stride-2 conv blocks (kept
     small so the generator costs less than one target forward); ``resolution``: the common side
-    S of the RFE maps (capped at the smallest conv site side); ``rfe``: ``"conv"`` (paper) or
-    ``"mlp"`` (ablation); ``pdn``: ``"shared"`` (paper) or ``"per-layer"`` (ablation);
+    S of the RFE maps (capped at the smallest conv site side); ``rfe``: ``"conv"`` (paper),
+    ``"mlp"`` (ablation) or ``"token"`` (conv RFE on conv sites, token RFE on token sites); ``pdn``: ``"shared"`` (paper) or ``"per-layer"`` (ablation);
     ``pdn_depth``/``heads``: encoder layers and attention heads of the shared PDN;
     ``init_logit``/``init_spread``: mean and standard deviation of the units' initial score
     logits (a spread makes units cross the 0.5 threshold one after another instead of all at
@@ -76,8 +80,8 @@ class GeneratorConfig:
     daq_sigma: float = DEFAULT_SIGMA
 
     def __post_init__(self) -> None:
-        if self.rfe not in ("conv", "mlp"):
-            raise InputError(f"rfe must be 'conv' or 'mlp', got {self.rfe!r}")
+        if self.rfe not in ("conv", "mlp", "token"):
+            raise InputError(f"rfe must be 'conv', 'mlp' or 'token', got {self.rfe!r}")
         if self.pdn not in ("shared", "per-layer"):
             raise InputError(f"pdn must be 'shared' or 'per-layer', got {self.pdn!r}")
         for name in ("width", "rfe_width", "resolution", "pdn_depth", "heads"):
@@ -150,6 +154,28 @@ class ConvRFE(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         embedded = self.project(self.pool(self.down(features)))  # [B, D, S, S]
         token: Tensor = self.token(embedded.flatten(1))
+        return token
+
+
+class TokenRFE(nn.Module):
+    """Token features ``[B, *shape]`` (tokens on the dimensions before ``unit_dim``: ``[B, T, D]``
+    or heads ``[B, T, H, d]``) -> token ``[B, D']``: per-token linear embedding to ``hidden``,
+    average-pooled over the tokens to ``groups`` groups, flattened, linear to ``width``."""
+
+    def __init__(self, shape: tuple[int, ...], unit_dim: int, groups: int, hidden: int, width: int):
+        super().__init__()
+        if unit_dim < 1:
+            raise InputError(f"the token RFE needs token dimensions before the units, got {shape}")
+        self.token_dims = unit_dim
+        tokens, features = math.prod(shape[:unit_dim]), math.prod(shape[unit_dim:])
+        self.embed = nn.Sequential(nn.Linear(features, hidden), nn.LayerNorm(hidden), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool1d(min(groups, tokens))
+        self.token = nn.Linear(hidden * min(groups, tokens), width)
+
+    def forward(self, features: Tensor) -> Tensor:
+        per_token = features.flatten(1, self.token_dims).flatten(2)  # [B, T, F]
+        grouped = self.pool(self.embed(per_token).transpose(1, 2))  # [B, hidden, groups]
+        token: Tensor = self.token(grouped.flatten(1))
         return token
 
 
@@ -246,14 +272,7 @@ class PathwayGenerator(nn.Module):
         cfg = self.config
         conv_sides = [max(s.shape[1:]) for s in self.sites if s.spatial]
         self.resolution = min([cfg.resolution, *conv_sides])
-        # Token and head sites (units not first): the MLP RFE on their units, pooled over
-        # tokens (and head dimensions) once the units are moved first.
-        self.rfe = nn.ModuleList(
-            ConvRFE(s.shape, self.resolution, cfg.rfe_width, cfg.width)
-            if cfg.rfe == "conv" and s.spatial
-            else MlpRFE(s.units, cfg.width)
-            for s in self.sites
-        )
+        self.rfe = nn.ModuleList(self._embedder(s) for s in self.sites)
         layers = len(self.sites)
         self.pdn: nn.Module = (
             SharedPDN(layers, cfg.width, cfg.pdn_depth, cfg.heads)
@@ -265,6 +284,18 @@ class PathwayGenerator(nn.Module):
         )
         self.daq = DAQ(cfg.daq_beta, cfg.daq_sigma)
         self.fit_history: list[dict[str, Any]] = []  # per-epoch records, set by fit_gencnp
+
+    def _embedder(self, site: GateSite) -> nn.Module:
+        """The RFE of ``site`` (see the module docstring). Token and head sites (units not
+        first) without the token RFE: the MLP RFE on their units, pooled over tokens (and head
+        dimensions) once the units are moved first."""
+        cfg = self.config
+        if cfg.rfe != "mlp" and site.spatial:
+            return ConvRFE(site.shape, self.resolution, cfg.rfe_width, cfg.width)
+        if cfg.rfe == "token" and site.unit_dim > 0:
+            groups = self.resolution * self.resolution
+            return TokenRFE(site.shape, site.unit_dim, groups, cfg.rfe_width, cfg.width)
+        return MlpRFE(site.units, cfg.width)
 
     @property
     def site_names(self) -> list[str]:
@@ -282,7 +313,9 @@ class PathwayGenerator(nn.Module):
                     f"features of layer {site.name!r} have shape {list(fmap.shape[1:])}, "
                     f"the generator expects {list(site.shape)}"
                 )
-            tokens.append(rfe(fmap.movedim(1 + site.unit_dim, 1)))
+            tokens.append(
+                rfe(fmap if isinstance(rfe, TokenRFE) else fmap.movedim(1 + site.unit_dim, 1))
+            )
         decoded = self.rpd(self.pdn(torch.stack(tokens, dim=1)))
         scores = dict(zip(self.site_names, decoded, strict=True))
         masks = {name: self.daq(s) for name, s in scores.items()}
