@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuralpath import __version__
-from neuralpath.errors import LeakageWarning, NeuralpathError, ZeroMapsWarning
+from neuralpath.errors import (
+    DisconnectedWarning,
+    LeakageWarning,
+    NeuralpathError,
+    ZeroMapsWarning,
+)
 
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
@@ -326,7 +331,7 @@ def _one_line_warnings(show: Any) -> Any:
     """``warnings.showwarning`` printing our own warnings as ``neuralpath: warning: ...``."""
 
     def display(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, (ZeroMapsWarning, LeakageWarning)):
+        if issubclass(category, (ZeroMapsWarning, LeakageWarning, DisconnectedWarning)):
             print(f"neuralpath: warning: {message}", file=sys.stderr)
         else:
             show(message, category, *args, **kwargs)
