@@ -90,6 +90,29 @@ def test_empty_layer_is_disconnected_and_named() -> None:
     assert empty_layers(pathway).tolist() == [True]
 
 
+class Residual(nn.Module):
+    """conv - ReLU (site ``a``) - [conv - ReLU (site ``b``)] + skip from ``a`` - mean - linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.a = nn.Conv2d(1, 2, 1), nn.ReLU()
+        self.conv2, self.b = nn.Conv2d(2, 2, 1), nn.ReLU()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(self.conv1(x))
+        return self.fc((self.b(self.conv2(a)) + a).mean(dim=(2, 3)))
+
+
+def test_empty_layer_bypassed_by_a_skip_connection_is_connected() -> None:
+    torch.manual_seed(0)
+    gated = GatedModel.discover(Residual().eval(), torch.zeros(1, 1, 4, 4))
+    pathway = channels([True, True], [False, False])
+    assert empty_layers(pathway).tolist() == [True]
+    assert connected(gated, pathway) == [True] * 3
+    assert connected(gated, channels([False, False], [True, True])) == [False] * 3
+
+
 def test_relu_dead_but_connected_pathway_is_connected() -> None:
     # bias -1: at x = 0 every unit of a is below zero, so the gradient there is exactly zero,
     # but a brighter input passes: the pathway connects; the probes find it.

@@ -16,9 +16,14 @@ all inactive at this input (ReLU below zero, a saturated or clipped unit): such 
 again at seeded noisy copies of the input (:data:`PROBE_SCALES`), and any non-zero gradient there
 makes them connected. A sample is reported **disconnected** when its gradient is exactly zero at the
 input and at every probe. A structural disconnection is always reported (its gradient is zero
-everywhere); a connected pathway is reported only if it is locally constant at all probes too.
+everywhere). So is a *dead end*: kept units that are linked but never pass anything, e.g. one kept
+channel (non-negative after a ReLU) whose weights into the only kept channel of the next layer
+drive it below zero for any input; its output is then constant too (measured on the Fashion-MNIST
+VGG-11: identical logits over 200 other test images). A pathway with a live chain is reported only
+if it is locally constant at the input and at all probes.
 A structural check of grouped convs is therefore not needed beside it; :func:`empty_layers` names
-the cheap structural cause (a layer that keeps nothing).
+the cheap structural cause (a layer that keeps nothing; it disconnects the network unless a skip
+connection bypasses that layer).
 """
 
 from __future__ import annotations
@@ -34,7 +39,11 @@ from neuralpath.targets import select_logit
 PROBE_SCALES: tuple[float, ...] = (1.0, 4.0, 16.0)
 """Noise levels of the probes, in units of ``max(1, std(x))`` per sample: probe ``k`` is
 ``x + scale_k · max(1, std(x)) · ε_k`` with ``ε_k ~ N(0, I)`` drawn from a hash of ``x`` and the
-seed (the same for a sample in any batch) [ours]."""
+seed (the same for a sample in any batch) [ours]. Measured on the demo's Fashion-MNIST targets
+(channel critical pathways at sparsity 0.9, 200 test images): the gradient at the sample alone
+reports 191 (VGG-11) and 92 (AlexNet) disconnected, 19 of AlexNet's with logits that vary over
+the 200 images (false reports); with these three probes 188 and 19, none varying, the same as with
+six scales from 0.5 to 16; two probes (2, 8) left 33 on AlexNet."""
 
 
 def empty_layers(pathway: Pathway) -> Tensor:
@@ -48,7 +57,7 @@ def _gradient_reaches(
 ) -> Tensor:
     """``[B]`` bool (on the inputs' device): ``∂y_c(H_P(x))/∂x`` is non-zero somewhere."""
     with torch.enable_grad():
-        leaf = inputs.detach().requires_grad_()
+        leaf = gated.fast_layout(inputs.detach()).requires_grad_()
         logits = gated.forward(leaf, pathway)
         (grad,) = torch.autograd.grad(select_logit(logits, classes).sum(), leaf, allow_unused=True)
     if grad is None:
@@ -82,7 +91,10 @@ def input_dependence(
 
     ``inputs``: ``[B, *gated.input_shape]``; ``pathway``: its ``[B, ...]`` masks, run under the
     gated model's intervention. See the module docstring for the rule; ``probe_scales`` ``()``
-    keeps the plain gradient test (ReLU-dead samples then count as disconnected).
+    keeps the plain gradient test (ReLU-dead samples then count as disconnected). Samples whose
+    pathway empties a layer are probed too: a skip connection around that layer (ResNet,
+    EfficientNet) may still carry the input. The passes run channels-last where the model allows
+    it (:meth:`~neuralpath.gating.GatedModel.fast_layout`).
     """
     classes = classes.to(inputs.device)
     connected = _gradient_reaches(gated, inputs, pathway, classes)
