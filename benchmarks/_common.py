@@ -15,8 +15,10 @@ import torch
 from neuralpath.checkpoint import load_target
 from neuralpath.data import load_dataset
 from neuralpath.errors import DataError
+from neuralpath.gating import GatedModel
 from neuralpath.io import write_bytes_atomic
 from neuralpath.models import build_model
+from neuralpath.pathway import Pathway
 
 
 def write_section(path: Path, section: str) -> None:
@@ -92,3 +94,13 @@ def command_line(script: str, argv: Sequence[str] | None = None, env: str = "") 
 def in_repository(path: Path) -> bool:
     """Whether ``path`` lies inside the repository (figures the docs link to must)."""
     return path.resolve().is_relative_to(ROOT)
+
+
+def constant_logits(gated: GatedModel, images: torch.Tensor, pathway: Pathway) -> bool:
+    """Whether the one-sample ``pathway``, applied to every image of ``images`` ``[N, ...]`` (one
+    image per forward, so that no batch position rounds differently), gives bit-identical
+    logits: a check that a pathway found disconnected (:mod:`neuralpath.metrics.connectivity`)
+    does not depend on the input."""
+    with torch.no_grad():
+        logits = torch.cat([gated.forward(image.unsqueeze(0), pathway) for image in images])
+    return bool((logits == logits[:1]).all())

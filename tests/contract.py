@@ -30,6 +30,8 @@ LEAKAGE_KEYS = frozenset(
         "swap_follows_mask",
         "swap_n",
         "input_attributable_confidence",
+        "disconnected",
+        "disconnected_n",
     }
 )
 """The leakage keys of the ``find``/``extract``/``compare`` JSON contract (issue 13)."""

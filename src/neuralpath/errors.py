@@ -50,3 +50,8 @@ class ZeroMapsWarning(UserWarning):
 
 class LeakageWarning(UserWarning):
     """Pathway models follow the mask rather than the input (see :mod:`neuralpath.metrics.leakage`)."""
+
+
+class DisconnectedWarning(UserWarning):
+    """Some pathways disconnect the network: their pathway model's output does not depend on the
+    input (see :mod:`neuralpath.metrics.connectivity`)."""

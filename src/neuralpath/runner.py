@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from neuralpath.checkpoint import Target, load_target
 from neuralpath.data import LabeledDataset, load_dataset
-from neuralpath.errors import InputError, LeakageWarning, ShapeError
+from neuralpath.errors import DisconnectedWarning, InputError, LeakageWarning, ShapeError
 from neuralpath.gating import GatedModel, LayerSelection, UnitType
 from neuralpath.interventions import (
     AblationName,
@@ -31,6 +31,7 @@ from neuralpath.interventions import (
     check_ablation,
 )
 from neuralpath.methods.base import PathwayFinder, find_in_chunks
+from neuralpath.metrics.connectivity import disconnect_warning
 from neuralpath.metrics.faithfulness import PathwayOutcome, pathway_outcome, summarize
 from neuralpath.metrics.leakage import (
     LeakageOutcome,
@@ -170,6 +171,19 @@ class FinderRun:
         :func:`~neuralpath.metrics.leakage.leak_warning`)."""
         warn_if_leaking(self.summary(), self.method)
 
+    def warn_if_disconnected(self) -> None:
+        """Issue a :class:`DisconnectedWarning` when some pathways disconnect the network (see
+        :mod:`~neuralpath.metrics.connectivity`)."""
+        warn_if_disconnected(self.summary(), self.method)
+
+
+def warn_if_disconnected(summary: dict[str, Any], what: str) -> None:
+    """Issue a :class:`DisconnectedWarning` when ``summary`` (``disconnected_n``, ``n``) counts
+    pathways whose pathway model does not depend on the input."""
+    message = disconnect_warning(summary, what)
+    if message is not None:
+        warnings.warn(message, DisconnectedWarning, stacklevel=3)
+
 
 def warn_if_leaking(summary: dict[str, Any], what: str) -> None:
     """Issue a :class:`LeakageWarning` when ``summary`` (leakage keys and ``ablation``) shows
@@ -197,7 +211,9 @@ def run_finder(  # noqa: PLR0913 -- public API; keyword-only run options
     Pathways are kept on the CPU; timing covers :meth:`PathwayFinder.find` only.
     ``internal_batch_size`` bounds memory (see :func:`find_in_chunks`). With ``leakage``, the
     leakage controls are measured on every batch (baseline ``[*input_shape]``, default zeros;
-    swap partners drawn with ``seed``) under the finder's gated model's intervention.
+    swap partners drawn with ``seed``) under the finder's gated model's intervention. Every
+    pathway is checked for connecting the input to the output (``disconnected`` in the summary;
+    ``seed`` draws the probes of :func:`~neuralpath.metrics.connectivity.input_dependence`).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -217,7 +233,7 @@ def run_finder(  # noqa: PLR0913 -- public API; keyword-only run options
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start
-        outcome = pathway_outcome(finder.gated, images, pathway)
+        outcome = pathway_outcome(finder.gated, images, pathway, seed=seed)
         outcomes.append(outcome)
         if leakage:
             leaks.append(

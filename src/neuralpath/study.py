@@ -288,6 +288,7 @@ def _run_method(
         method=name, baseline=baseline, seed=config.seed,
     )  # fmt: skip
     run.warn_if_leaking()
+    run.warn_if_disconnected()
     classes = build_class_pathways(
         finder,
         train,

@@ -25,7 +25,13 @@ from neuralpath.cli.model_args import (
     open_gated,
     target_provenance,
 )
-from neuralpath.errors import InputError, LeakageWarning, NeuralpathError, ZeroMapsWarning
+from neuralpath.errors import (
+    DisconnectedWarning,
+    InputError,
+    LeakageWarning,
+    NeuralpathError,
+    ZeroMapsWarning,
+)
 
 if TYPE_CHECKING:
     from neuralpath.checkpoint import Target
@@ -362,7 +368,7 @@ def _one_line_warnings(show: Any) -> Any:
     """``warnings.showwarning`` printing our own warnings as ``neuralpath: warning: ...``."""
 
     def display(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, (ZeroMapsWarning, LeakageWarning)):
+        if issubclass(category, (ZeroMapsWarning, LeakageWarning, DisconnectedWarning)):
             print(f"neuralpath: warning: {message}", file=sys.stderr)
         else:
             show(message, category, *args, **kwargs)

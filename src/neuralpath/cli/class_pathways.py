@@ -75,7 +75,7 @@ def run_class_pathways(args: argparse.Namespace) -> int:
     from neuralpath.errors import InputError
     from neuralpath.io import write_json_atomic
     from neuralpath.methods import FinderOptions, build_finder
-    from neuralpath.runner import warn_if_leaking
+    from neuralpath.runner import warn_if_disconnected, warn_if_leaking
     from neuralpath.transfer import build_class_pathways, evaluate_transfer
 
     if not 0.0 < args.theta <= 1.0:
@@ -115,6 +115,7 @@ def run_class_pathways(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     warn_if_leaking(result.instance, args.method)
+    warn_if_disconnected(result.instance, args.method)
     payload = {
         **_settings(args),
         "data_split": eval_set.split_info,

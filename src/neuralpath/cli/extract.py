@@ -38,7 +38,7 @@ def run_extract(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from neuralpath.interventions import check_ablation
-    from neuralpath.runner import warn_if_leaking
+    from neuralpath.runner import warn_if_disconnected, warn_if_leaking
     from neuralpath.store import PathwayStore, extract
 
     finder_config(args)  # settings checked before any process group is set up
@@ -71,6 +71,7 @@ def run_extract(args: argparse.Namespace) -> int:
         if not distributed or dist.get_rank() == 0:
             store = PathwayStore(out)
             warn_if_leaking(store.summary, args.method)
+            warn_if_disconnected({**store.summary, "n": len(store)}, args.method)
             print_json(
                 {
                     "store": str(out),

@@ -61,5 +61,6 @@ def run_find(args: argparse.Namespace) -> int:
     )
     run.pathway.save(args.out)
     run.warn_if_leaking()
+    run.warn_if_disconnected()
     print_json(summary)
     return 0

@@ -120,9 +120,11 @@ class CriticalConfig(FinderConfig):
     each keep ``1 - sparsity`` of their units; ``head_sparsity``, when set, is the heads' own)
     **[ours]**, or ``"per_layer"`` top-k. ``min_per_layer`` **[ours]**, default 1: a layer
     that would keep fewer units also keeps its highest-scoring ones
-    (:func:`~neuralpath.pathway.keep_per_layer`), so no pathway empties a layer and disconnects
-    the network; 0 is the paper's rule exactly. ``chunk_size``: samples per percentile
-    computation (bounds its memory; None: the whole batch).
+    (:func:`~neuralpath.pathway.keep_per_layer`), so no pathway empties a layer; 0 is the paper's
+    rule exactly. A layer left with one or two channels may still pass nothing (a dead end):
+    ``find`` reports such pathways as ``disconnected`` (:mod:`neuralpath.metrics.connectivity`).
+    ``chunk_size``: samples per percentile computation (bounds its memory; None: the whole
+    batch).
     """
 
     sparsity: float = 0.9

@@ -8,7 +8,14 @@ With ``p = softmax(H(x))_c`` and ``p' = softmax(H_P(x))_c`` for the explained cl
 * mIC: ``100 * mean(max(0, p' - p))`` (higher is better), with ``ic_fraction`` = share of ``p' > p``;
 * acIOU: per class, mean pairwise Jaccard of its instance pathways; then mean over classes
   (higher = more class-relevant);
-* kept fraction: mean and standard deviation of the fraction of units kept.
+* kept fraction: mean and standard deviation of the fraction of units kept;
+* ``disconnected`` (share, lower is better) and ``disconnected_n``: samples whose pathway model's
+  output does not depend on the input (:mod:`neuralpath.metrics.connectivity`);
+  ``empty_layer_n``: samples whose pathway keeps no unit of some layer.
+
+A disconnected sample predicts the same for every input, so it is never counted faithful
+[ours]: it scores as if ``H_P`` had lost the class (``p' = 0``: no agreement, no accuracy, no
+increase, a full decrease). Connected samples score as before.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from torch import Tensor
 
 from neuralpath.errors import ShapeError
 from neuralpath.gating import GatedModel
+from neuralpath.metrics.connectivity import empty_layers, input_dependence
 from neuralpath.pathway import Pathway
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
@@ -30,6 +38,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "ic_fraction": True,
     "mdc": False,
     "aciou": True,
+    "disconnected": False,
 }
 
 
@@ -43,6 +52,8 @@ class PathwayOutcome:
     confidence: Tensor  # p
     pathway_confidence: Tensor  # p'
     kept_fraction: Tensor
+    connected: Tensor  # the target logit of H_P depends on the input
+    empty_layer: Tensor  # the pathway keeps no unit of some layer
 
     @classmethod
     def cat(cls, outcomes: list[PathwayOutcome]) -> PathwayOutcome:
@@ -54,9 +65,11 @@ class PathwayOutcome:
 
 @torch.no_grad()
 def pathway_outcome(
-    gated: GatedModel, inputs: Tensor, pathway: Pathway, target: TargetType = None
+    gated: GatedModel, inputs: Tensor, pathway: Pathway, target: TargetType = None, seed: int = 0
 ) -> PathwayOutcome:
-    """Run ``H`` and ``H_P`` on ``inputs`` ``[B, ...]`` and collect confidences and predictions."""
+    """Run ``H`` and ``H_P`` on ``inputs`` ``[B, ...]`` and collect confidences and predictions,
+    and whether each pathway connects (one forward and backward more; ``seed`` draws the probes
+    of :func:`~neuralpath.metrics.connectivity.input_dependence`)."""
     logits = gated.forward(inputs)
     path_logits = gated.forward(inputs, pathway)
     cls = resolve_target(logits, target)
@@ -67,6 +80,8 @@ def pathway_outcome(
         confidence=select_logit(logits.softmax(1), cls).float().cpu(),
         pathway_confidence=select_logit(path_logits.softmax(1), cls).float().cpu(),
         kept_fraction=pathway.kept_fraction().float().cpu(),
+        connected=input_dependence(gated, inputs, pathway, cls, seed=seed),
+        empty_layer=empty_layers(pathway),
     )
 
 
@@ -105,12 +120,16 @@ def summarize(
 ) -> dict[str, float]:
     """The faithfulness keys every finder reports (``find``/``compare`` JSON contract).
 
-    acIOU groups the pathways by the explained class (``outcome.target``).
+    acIOU groups the pathways by the explained class (``outcome.target``). Disconnected samples
+    count as unfaithful (see the module docstring).
     """
-    p, p_path = outcome.confidence, outcome.pathway_confidence
+    connected = outcome.connected
+    p = outcome.confidence
+    p_path = torch.where(connected, outcome.pathway_confidence, torch.zeros_like(p))
+    agrees = (outcome.pathway_prediction == outcome.prediction) & connected
     result = {
         "n": int(p.numel()),
-        "agreement": float((outcome.pathway_prediction == outcome.prediction).float().mean()),
+        "agreement": float(agrees.float().mean()),
         "accuracy": float("nan"),
         "target_accuracy": float("nan"),
         "mic": mean_increase_in_confidence(p, p_path),
@@ -121,9 +140,13 @@ def summarize(
         else float("nan"),
         "kept_fraction_mean": float(outcome.kept_fraction.mean()),
         "kept_fraction_std": float(outcome.kept_fraction.std(unbiased=False)),
+        "disconnected": float((~connected).float().mean()),
+        "disconnected_n": int((~connected).sum()),
+        "empty_layer_n": int(outcome.empty_layer.sum()),
     }
     if labels is not None:
         labels = torch.as_tensor(labels).cpu()
-        result["accuracy"] = float((outcome.pathway_prediction == labels).float().mean())
+        correct = (outcome.pathway_prediction == labels) & connected
+        result["accuracy"] = float(correct.float().mean())
         result["target_accuracy"] = float((outcome.prediction == labels).float().mean())
     return result

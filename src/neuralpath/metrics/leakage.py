@@ -29,6 +29,7 @@ from torch import Tensor
 
 from neuralpath.errors import InputError, ShapeError
 from neuralpath.gating import GatedModel
+from neuralpath.metrics.connectivity import input_dependence
 from neuralpath.metrics.faithfulness import PathwayOutcome
 from neuralpath.pathway import ClassPathways, Pathway
 from neuralpath.seeding import sample_seeds
@@ -40,6 +41,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "swap_follows_mask": False,
     "input_attributable_confidence": True,
     "transfer_specificity": False,
+    "disconnected": False,
 }
 LEAK_WARNING_THRESHOLD = 0.2
 """``swap_follows_mask`` above which a run is announced as leaking (``leak_warning``) [ours]."""
@@ -58,6 +60,7 @@ class LeakageOutcome:
     swap_valid: Tensor
     swap_follows_input: Tensor
     swap_follows_mask: Tensor
+    connected: Tensor
 
     @classmethod
     def cat(cls, outcomes: list[LeakageOutcome]) -> LeakageOutcome:
@@ -111,8 +114,8 @@ def leakage_outcome(
     """Blank and swap controls for ``inputs`` ``[B, ...]`` and their ``pathway`` (``[B, ...]``
     per site); see the module docstring. ``baseline``: ``[*input_shape]``, default zeros.
     ``outcome``: the :func:`~neuralpath.metrics.faithfulness.pathway_outcome` of the same inputs
-    and pathway, whose explained class and pathway confidence are reused (two forwards fewer);
-    ``target`` must then be None."""
+    and pathway, whose explained class, pathway confidence and connectivity are reused (two
+    forwards and a backward fewer); ``target`` must then be None."""
     if pathway.batch_size != inputs.shape[0]:
         raise ShapeError(
             f"pathway has batch size {pathway.batch_size}, inputs have {inputs.shape[0]}"
@@ -122,10 +125,12 @@ def leakage_outcome(
         cls = resolve_target(gated.forward(inputs), target)
         path_probs = gated.forward(inputs, pathway).softmax(1)
         confidence = select_logit(path_probs, cls).float().cpu()
+        connected = input_dependence(gated, inputs, pathway, cls, seed=seed)
     elif target is not None:
         raise InputError("give the target to pathway_outcome, not beside its outcome")
     else:
         cls, confidence = outcome.target.to(inputs.device), outcome.pathway_confidence
+        connected = outcome.connected
     blank = baseline_batch(gated, baseline, batch)
     plain_blank = gated.forward(blank[:1]).argmax(1).expand(batch)
     blank_probs = gated.forward(blank, pathway).softmax(1)
@@ -140,6 +145,7 @@ def leakage_outcome(
         swap_valid=valid,
         swap_follows_input=(swapped == cls).cpu(),
         swap_follows_mask=(swapped == cls[partner.to(cls.device)]).cpu(),
+        connected=connected,
     )
 
 
@@ -162,6 +168,8 @@ def summarize_leakage(outcome: LeakageOutcome) -> dict[str, float | int]:
         "input_attributable_confidence": float(
             (outcome.pathway_confidence - outcome.blank_confidence).mean()
         ),
+        "disconnected": float((~outcome.connected.bool()).float().mean()),
+        "disconnected_n": int((~outcome.connected.bool()).sum()),
     }
 
 
