@@ -193,6 +193,19 @@ def warn_if_leaking(summary: dict[str, Any], what: str) -> None:
         warnings.warn(message, LeakageWarning, stacklevel=3)
 
 
+def _first_batches(
+    dataset: LabeledDataset, batch_size: int, limit: int | None
+) -> tuple[DataLoader[tuple[Tensor, Tensor]], int]:
+    """``(loader over the first limit samples in order, their number)``; checks both."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    total = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    if total <= 0:
+        raise InputError("no samples to explain (empty data set or limit <= 0)")
+    subset = torch.utils.data.Subset(dataset, range(total))
+    return DataLoader(subset, batch_size=batch_size, shuffle=False), total
+
+
 def run_finder(  # noqa: PLR0913 -- public API; keyword-only run options
     finder: PathwayFinder,
     dataset: LabeledDataset,
@@ -215,13 +228,7 @@ def run_finder(  # noqa: PLR0913 -- public API; keyword-only run options
     pathway is checked for connecting the input to the output (``disconnected`` in the summary;
     ``seed`` draws the probes of :func:`~neuralpath.metrics.connectivity.input_dependence`).
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    total = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
-    if total <= 0:
-        raise InputError("no samples to explain (empty data set or limit <= 0)")
-    subset = torch.utils.data.Subset(dataset, range(total))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    loader, total = _first_batches(dataset, batch_size, limit)
     device = finder.gated.device
     pathways, outcomes, labels, leaks = [], [], [], []
     seconds = 0.0

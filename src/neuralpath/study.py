@@ -225,16 +225,12 @@ def run_study(  # noqa: PLR0913 -- public API; keyword-only run options
         for ablation in config.ablations
     }
     order = sorted(config.methods, key=lambda name: name != "gencnp")
-    sparsity = config.sparsity
-    if sparsity is None:
-        sparsity = _shared_default(config.methods, "sparsity")
-    granularity = config.granularity or _shared_default(config.methods, "granularity") or "channel"
-    result = StudyResult(config, target.meta.to_dict(), sparsity, granularity)
+    result = StudyResult(config, target.meta.to_dict(), *_study_units(config))
     for ablation, intervened in models.items():
         results: dict[str, MethodResult] = {}
         for name in order:
             options = FinderOptions(
-                result.sparsity, granularity, config.generator_for(ablation), config.seed,
+                result.sparsity, result.granularity, config.generator_for(ablation), config.seed,
                 config.settings.get(name, {}),
             )  # fmt: skip
             results[name] = _run_method(
@@ -247,6 +243,16 @@ def run_study(  # noqa: PLR0913 -- public API; keyword-only run options
     if pathway_dir is not None:  # only once every method has finished: no partial study
         _save_pathways(result, Path(pathway_dir))
     return result, models[config.ablations[0]], evaluation
+
+
+def _study_units(config: StudyConfig) -> tuple[float | None, Granularity]:
+    """``(sparsity, granularity)`` every method of the study shares: the configured ones, else
+    the methods' common defaults (granularity ``channel`` when they disagree)."""
+    sparsity = config.sparsity
+    if sparsity is None:
+        sparsity = _shared_default(config.methods, "sparsity")
+    granularity = config.granularity or _shared_default(config.methods, "granularity") or "channel"
+    return sparsity, granularity
 
 
 def _load(

@@ -63,6 +63,11 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
         metavar="N",
         help="resize images to shorter side N, then centre-crop to H x W (default: max(H, W))",
     )
+    _add_site_args(group)
+
+
+def _add_site_args(group: argparse._ArgumentGroup) -> None:
+    """``--layers``, ``--units``, ``--include-fc`` (which gate sites) and ``--reference-dir``."""
     group.add_argument(
         "--layers",
         metavar="NAME,...",
