@@ -56,6 +56,7 @@ COLUMNS = (
     ("kept_fraction_mean", "kept", "{:.2f}"),
     ("blank_agreement", "blank agr. ↓", "{:.2f}"),
     ("swap_follows_mask", "swap follows mask ↓", "{:.2f}"),
+    ("disconnected", "disconnected ↓", "{:.2f}"),
     ("seconds_per_image", "s / image", "{:.4f}"),
     ("forward_equivalents", "forwards / batch", "{:.1f}"),
 )
