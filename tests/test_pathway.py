@@ -137,6 +137,12 @@ def test_sparsity_zero_keeps_everything_and_bad_sparsity_is_an_error() -> None:
             global_percentile(scores, bad)
     with pytest.raises(InputError, match="NaN"):
         global_percentile({"a": torch.tensor([[float("nan"), 1.0]])}, 0.5)
+    inf = float("inf")
+    with pytest.raises(InputError, match="NaN"):  # among infinities (their sum is NaN too)
+        global_percentile({"a": torch.tensor([[inf, -inf, float("nan"), 1.0]])}, 0.5)
+    # infinite scores without a NaN are scores: their NaN sum is not taken for a NaN score
+    both = global_percentile({"a": torch.tensor([[inf, -inf, 0.0, 1.0]])}, 0.5)
+    assert both["a"].tolist() == [[True, False, False, True]]
     with pytest.raises(ShapeError, match="batch"):
         global_percentile({"a": torch.rand(2, 3), "b": torch.rand(3, 3)}, 0.5)
 

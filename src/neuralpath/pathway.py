@@ -284,7 +284,8 @@ def _check_scores(scores: Mapping[str, Tensor]) -> int:
     for name, s in scores.items():
         if not s.is_floating_point():
             raise InputError(f"scores for layer {name!r} must be floating point, got {s.dtype}")
-        if torch.isnan(s).any():
+        # a NaN makes the sum NaN: one reduction, the elementwise test only when it is not finite
+        if not torch.isfinite(s.sum()) and torch.isnan(s).any():
             raise InputError(f"scores for layer {name!r} contain NaN")
     return batch.pop()
 
@@ -343,7 +344,8 @@ def keep_per_layer(pathway: Pathway, scores: Mapping[str, Tensor], min_per_layer
     for name, mask in pathway.items():
         flat = mask.reshape(mask.shape[0], -1)
         keep = min(min_per_layer, flat.shape[1])
-        short = (flat != 0).sum(dim=1) < keep
+        kept = flat.sum(dim=1) if flat.dtype == torch.bool else (flat != 0).sum(dim=1)
+        short = kept < keep
         if short.any():
             flat = flat.clone()
             top = scores[name].reshape(flat.shape)[short].topk(keep, dim=1).indices
