@@ -149,14 +149,23 @@ def test_find_attribute_and_compare_gate_the_chosen_units(user, tmp_path, capsys
     assert rollout["n"] == 2
     study = tmp_path / "study"
     _run(
-        ["compare", *_model(user, units="heads"), "--methods", "random,cp-mct", "--limit", "4",
+        ["compare", *_model(user), "--methods", "random,cp-mct", "--limit", "4",
          "--j", "1", "--instances", "all", "--ablation", "zero", "--reference-size", "16",
          "--no-progress", "--out", str(study)],
         capsys,
     )  # fmt: skip
-    assert sorted(Pathway.load(study / "pathways" / "cp-mct.safetensors")) == HEADS
+    assert sorted(Pathway.load(study / "pathways" / "cp-mct.safetensors")) == sorted(
+        HEADS + NEURONS
+    )
     config = json.loads((study / "results.json").read_text())["config"]
-    assert config["unit_types"] == ["heads"]
+    assert config["unit_types"] == ["heads", "mlp"]
+    # the per-layer profile labels heads and MLP neurons per block, in forward order
+    layers = (study / "report.html").read_text().split('<section id="layers">')[1]
+    layers = layers.split("</section>")[0]
+    rows = ["block 0 heads", "block 0 MLP", "block 1 heads", "block 1 MLP"]
+    positions = [layers.index(f"<tr><th>{row}</th>") for row in rows]
+    assert positions == sorted(positions)
+    assert layers.count("<td>") == len(rows) * 2  # one kept fraction per method
 
 
 @pytest.mark.parametrize("rfe", ["conv", "token"])
