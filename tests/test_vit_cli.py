@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from neuralpath.cli import main
 from neuralpath.pathway import Pathway
 
 FACTORY = """
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import VisionTransformer
 
@@ -223,3 +225,22 @@ def test_bad_unit_choices_are_one_error_line(user, tmp_path, capsys) -> None:
         capsys,
     )  # fmt: skip
     assert "attention rollout needs a vision transformer" in rollout
+    budget = _error(
+        ["find", *_model(user), "--method", "cp-mct", "--set", "token_budget=18", "--limit", "2",
+         "--no-progress", "--out", str(tmp_path / "p.safetensors")],
+        capsys,
+    )  # fmt: skip
+    assert "token_budget=18 is larger than the sequence of 17 tokens" in budget
+
+
+def test_attribute_grad_cam_on_the_vit_patch_tokens(user, tmp_path, capsys) -> None:
+    for method in ("grad-cam", "pathway-grad-cam"):
+        out = tmp_path / method
+        summary = _run(
+            ["attribute", *_model(user), "--method", method, "--data", "synthetic", "--limit",
+             "2", "--no-progress", "--out", str(out)],
+            capsys,
+        )  # fmt: skip
+        assert summary["n"] == 2
+        maps = load_file(out / "maps.safetensors")["maps"]
+        assert maps.shape == (2, 1, 16, 16) and (maps >= 0).all() and maps.amax() > 0
