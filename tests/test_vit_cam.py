@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from test_vit_units import literal_torchvision, torchvision_vit
+from test_vit_units import LITERAL, literal_torchvision, torchvision_vit
 from torch import Tensor
 
 from neuralpath.attribution import PathwayGradCAM, default_cam_layer, make_explainer
@@ -39,7 +39,11 @@ def _vit() -> tuple[torch.nn.Module, GatedModel, Tensor]:
 
 
 def literal_token_cam(
-    model: torch.nn.Module, x: Tensor, layer: str, masks: Callable[[str, Tensor], Tensor]
+    model: torch.nn.Module,
+    x: Tensor,
+    layer: str,
+    masks: Callable[[str, Tensor], Tensor],
+    literal: Callable[..., Tensor] = literal_torchvision,
 ) -> Tensor:
     """Grad-CAM written out: the (masked) activation ``a`` of ``layer`` ``[B, 5, ...]`` from the
     literal forward, ``w_k = mean over the 4 patch tokens of ∂y_c/∂a_k``, ``relu(Σ_k w_k a_k)``
@@ -50,7 +54,7 @@ def literal_token_cam(
         seen[name] = masks(name, a)
         return seen[name]
 
-    logits = literal_torchvision(model, x, site)
+    logits = literal(model, x, site)
     target = model(x).argmax(dim=1)
     a = seen[layer]
     (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), a)
@@ -91,6 +95,20 @@ def test_pathway_grad_cam_of_the_vit_is_the_literal_gated_token_cam(layer: str) 
     assert expected.amax() > 0
     torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(cam.attribute(x, pathway=pathway), maps, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer", ["blocks.0.mlp.act", "blocks.0.attn"])
+def test_grad_cam_of_a_timm_vit_is_the_literal_token_cam(layer: str) -> None:
+    build, literal = LITERAL["timm"]
+    model = build()
+    torch.manual_seed(5)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    gm = GatedModel.discover(model, x[:1], unit_types=["heads", "mlp"])
+    assert default_cam_layer(gm) == "blocks.0.mlp.act"
+    maps = make_explainer("grad-cam", gm, layer=layer)(x, None)
+    expected = literal_token_cam(model, x, layer, _unmasked, literal)
+    assert expected.amax() > 0
+    torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_vit_grad_cam_defaults_to_the_last_token_site_before_the_last_block() -> None:
