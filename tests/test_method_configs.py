@@ -180,7 +180,8 @@ def test_unknown_key_names_the_settable_ones_with_types() -> None:
         config_from_settings("cp-mct", {}, {"bogus": 1})
     assert str(info.value) == (
         "cp-mct has no setting bogus; settable: selection (global|per_layer|per_type), "
-        "min_per_layer (int), chunk_size (int|null), head_sparsity (float|null)"
+        "min_per_layer (int), chunk_size (int|null), head_sparsity (float|null), "
+        "token_budget (int|null)"
     )
     with pytest.raises(InputError, match="dgr-r has no setting init"):  # fixed by the method
         config_from_settings("dgr-r", {}, {"init": "ones"})

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from neuralpath.cli import main
 from neuralpath.pathway import Pathway
 
 FACTORY = """
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import VisionTransformer
 
@@ -149,14 +151,23 @@ def test_find_attribute_and_compare_gate_the_chosen_units(user, tmp_path, capsys
     assert rollout["n"] == 2
     study = tmp_path / "study"
     _run(
-        ["compare", *_model(user, units="heads"), "--methods", "random,cp-mct", "--limit", "4",
+        ["compare", *_model(user), "--methods", "random,cp-mct", "--limit", "4",
          "--j", "1", "--instances", "all", "--ablation", "zero", "--reference-size", "16",
          "--no-progress", "--out", str(study)],
         capsys,
     )  # fmt: skip
-    assert sorted(Pathway.load(study / "pathways" / "cp-mct.safetensors")) == HEADS
+    assert sorted(Pathway.load(study / "pathways" / "cp-mct.safetensors")) == sorted(
+        HEADS + NEURONS
+    )
     config = json.loads((study / "results.json").read_text())["config"]
-    assert config["unit_types"] == ["heads"]
+    assert config["unit_types"] == ["heads", "mlp"]
+    # the per-layer profile labels heads and MLP neurons per block, in forward order
+    layers = (study / "report.html").read_text().split('<section id="layers">')[1]
+    layers = layers.split("</section>")[0]
+    rows = ["block 0 heads", "block 0 MLP", "block 1 heads", "block 1 MLP"]
+    positions = [layers.index(f"<tr><th>{row}</th>") for row in rows]
+    assert positions == sorted(positions)
+    assert layers.count("<td>") == len(rows) * 2  # one kept fraction per method
 
 
 @pytest.mark.parametrize("rfe", ["conv", "token"])
@@ -214,3 +225,22 @@ def test_bad_unit_choices_are_one_error_line(user, tmp_path, capsys) -> None:
         capsys,
     )  # fmt: skip
     assert "attention rollout needs a vision transformer" in rollout
+    budget = _error(
+        ["find", *_model(user), "--method", "cp-mct", "--set", "token_budget=18", "--limit", "2",
+         "--no-progress", "--out", str(tmp_path / "p.safetensors")],
+        capsys,
+    )  # fmt: skip
+    assert "token_budget=18 is larger than the sequence of 17 tokens" in budget
+
+
+def test_attribute_grad_cam_on_the_vit_patch_tokens(user, tmp_path, capsys) -> None:
+    for method in ("grad-cam", "pathway-grad-cam"):
+        out = tmp_path / method
+        summary = _run(
+            ["attribute", *_model(user), "--method", method, "--data", "synthetic", "--limit",
+             "2", "--no-progress", "--out", str(out)],
+            capsys,
+        )  # fmt: skip
+        assert summary["n"] == 2
+        maps = load_file(out / "maps.safetensors")["maps"]
+        assert maps.shape == (2, 1, 16, 16) and (maps >= 0).all() and maps.amax() > 0

@@ -15,8 +15,8 @@ import torch
 from test_vit_units import literal_torchvision, torchvision_vit
 from torch import Tensor
 
-from neuralpath.attribution import PathwayGradCAM, PathwayGradient
-from neuralpath.errors import InputError, LayerError
+from neuralpath.attribution import PathwayGradient
+from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderOptions, build_finder
 from neuralpath.methods.baselines import ActivePathway
@@ -167,11 +167,3 @@ def test_pathway_gradient_through_heads_and_neurons_is_the_literal_input_gradien
     target = model(x).argmax(dim=1)
     (expected,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), inputs)
     torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-12)
-
-
-def test_grad_cam_refuses_token_and_head_sites() -> None:
-    _model, gm, _x = _vit()
-    with pytest.raises(LayerError, match=r"Grad-CAM needs a gate site with a spatial \[C, H, W\]"):
-        PathwayGradCAM(gm)
-    with pytest.raises(LayerError, match="has no spatial"):
-        PathwayGradCAM(gm, layer=gm.sites[0].name)

@@ -3,7 +3,8 @@ every saliency method, ours and Captum's.
 
 * :class:`PathwayGradient`: ``PG(x) = ∇_x y_c(H_P(x))`` with the pathway ``P`` found by a finder on
   the same inputs and then held fixed: removed units pass neither signal nor gradient.
-* :class:`PathwayGradCAM`: Grad-CAM computed from the gated activations and gradients of ``H_P``.
+* :class:`PathwayGradCAM`: Grad-CAM computed from the gated activations and gradients of ``H_P``,
+  on a CNN's conv maps or on the patch tokens of a vision transformer's MLP neurons or heads.
 * ``"attention-rollout"`` (:class:`~neuralpath.rollout.AttentionRollout`): the attention-rollout
   baseline of vision transformers.
 
@@ -54,14 +55,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from neuralpath.errors import InputError, LayerError, ZeroMapsWarning
-from neuralpath.gating import GatedModel, frozen
+from neuralpath.gating import GatedModel, GateSite, frozen
+from neuralpath.heads import block_index, transformer_blocks
 from neuralpath.interventions import Intervention, MeanAblation
 from neuralpath.io import atomic_path, save_tensors, write_json_atomic
 from neuralpath.methods.base import FinderOptions, PathwayFinder, build_finder
 from neuralpath.methods.critical import CriticalPathwayFinder
 from neuralpath.pathway import Granularity, Pathway, check_sparsity
 from neuralpath.reference import reference_statistics
-from neuralpath.rollout import AttentionRollout
+from neuralpath.rollout import AttentionRollout, patch_grid
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
 if TYPE_CHECKING:
@@ -267,19 +269,84 @@ def _warn_about_zero_maps(maps: Tensor, pathway: Pathway, method: str, otherwise
     )
 
 
+def token_grid(gated: GatedModel, site: GateSite) -> tuple[int, int] | None:
+    """The patch grid ``(h, w)`` behind the tokens of a transformer site ``site`` (MLP neurons
+    ``(T, D)`` or heads ``(T, H, d)``) of ``gated``'s images (:func:`~neuralpath.rollout.patch_grid`),
+    or None when ``site`` has no tokens or they are not a class token followed by patches."""
+    tokens = (site.kind == "token" and len(site.shape) == 2) or (
+        site.kind == "head" and len(site.shape) == 3 and site.feature_dims == 1
+    )
+    if not tokens or site.unit_dim == 0 or len(gated.input_shape) != 3:
+        return None
+    try:
+        return patch_grid(site.shape[0], *gated.input_shape[-2:])
+    except LayerError:
+        return None
+
+
 def default_cam_layer(gated: GatedModel) -> str:
-    """The last gate site with a spatial ``(C, H, W)`` output (Grad-CAM's usual layer)."""
+    """Grad-CAM's layer: the last gate site with a spatial ``(C, H, W)`` output (a CNN); else,
+    in a vision transformer, the last token site with patch tokens (MLP neurons or heads) outside
+    the last block **[ours]**: the last block reads only its class token on to the classifier,
+    so the gradient at its patch tokens is zero and its CAM would be blank."""
     spatial = [site.name for site in gated.sites if site.spatial]
-    if not spatial:
-        raise LayerError("Grad-CAM needs a gate site with a spatial [C, H, W] output")
-    return spatial[-1]
+    if spatial:
+        return spatial[-1]
+    blocks = transformer_blocks(gated.model)
+    tokens = [site for site in gated.sites if token_grid(gated, site) is not None]
+    if blocks:
+        last = len(blocks) - 1
+        tokens = [s for s in tokens if block_index(s.module_name, blocks) not in (last, None)]
+    if not tokens:
+        raise LayerError(
+            "Grad-CAM needs a gate site with a spatial [C, H, W] output (a CNN) or a vision "
+            "transformer's MLP-neuron or head site with patch tokens before its last block; "
+            "gate more blocks (--units heads,mlp) or pass the layer"
+        )
+    return tokens[-1].name
+
+
+def check_cam_layer(gated: GatedModel, layer: str) -> None:
+    """A clear :class:`LayerError` unless gate site ``layer`` has a spatial ``[C, H, W]`` output
+    or patch tokens (:func:`token_grid`)."""
+    site = gated.site(layer)
+    if not site.spatial and token_grid(gated, site) is None:
+        raise LayerError(
+            f"Grad-CAM layer {layer!r} (output {list(site.shape)}) has neither a spatial "
+            "[C, H, W] output nor a class token followed by a grid of patch tokens"
+        )
+
+
+def grad_cam_map(
+    activation: Tensor, grad: Tensor, grid: tuple[int, int] | None, size: Sequence[int]
+) -> Tensor:
+    """Grad-CAM ``relu(Σ_k mean(∂y/∂a_k) · a_k)`` upsampled to ``size`` (H, W): ``[B, 1, H, W]``.
+
+    ``grid`` None: ``activation`` and ``grad`` are ``[B, C, H, W]``, means over H×W. Else they are
+    tokens ``[B, T, ...]`` (features flattened to ``K`` units): the leading (class) tokens are
+    dropped, the weights are means over the ``h·w`` patch tokens and the map is laid out on the
+    patch grid ``(h, w)``.
+    """
+    if grid is None:
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        raw = (weights * activation).sum(dim=1, keepdim=True)
+    else:
+        patches = grid[0] * grid[1]
+        tokens = activation.flatten(2)[:, -patches:]
+        weights = grad.flatten(2)[:, -patches:].mean(dim=1, keepdim=True)
+        raw = (weights * tokens).sum(dim=2).view(-1, 1, *grid)
+    return F.interpolate(raw.clamp_min(0), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class PathwayGradCAM(_PathwayAttribution):
-    """Grad-CAM of the pathway model: ``relu(Σ_k mean_hw(∂y_c/∂ã_k) · ã_k)``, upsampled.
+    """Grad-CAM of the pathway model: ``relu(Σ_k mean(∂y_c/∂ã_k) · ã_k)``, upsampled.
 
-    ``ã`` is the gated (masked) output of gate site ``layer`` (default: the last spatial site)
-    in ``H_P``; the map is bilinearly upsampled to the input's H×W. All-zero maps raise a
+    ``ã`` is the gated (masked) output of gate site ``layer`` in ``H_P`` (default:
+    :func:`default_cam_layer`). On a CNN's ``[C, H, W]`` site the means run over H×W; on a vision
+    transformer's MLP-neuron ``[T, D]`` or head ``[T, H, d]`` site (dispatched by the site's
+    shape), the units are the features of a token, the means run over the patch tokens (class
+    token dropped) and the map lies on the patch grid (:func:`grad_cam_map`). The map is bilinearly
+    upsampled to the input's H×W. All-zero maps raise a
     :class:`~neuralpath.errors.ZeroMapsWarning` naming the layers their pathways empty.
     """
 
@@ -290,8 +357,8 @@ class PathwayGradCAM(_PathwayAttribution):
     ):
         super().__init__(gated, finder)
         self.layer = default_cam_layer(gated) if layer is None else layer
-        if not gated.site(self.layer).spatial:
-            raise LayerError(f"Grad-CAM layer {self.layer!r} has no spatial [C, H, W] output")
+        check_cam_layer(gated, self.layer)
+        self.grid = token_grid(gated, gated.site(self.layer))
 
     def _maps(self, run: _PathwayForward) -> Tensor:
         """Grad-CAM of ``H_P``: ``[B, 1, H, W]``, >= 0."""
@@ -299,14 +366,11 @@ class PathwayGradCAM(_PathwayAttribution):
         (grad,) = torch.autograd.grad(run.objective, activation, allow_unused=True)
         if grad is None:
             raise InputError(f"no gradient reaches layer {self.layer!r} from the output")
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = (weights * activation.detach()).sum(dim=1, keepdim=True).clamp_min(0)
-        size = run.inputs.shape[-2:]
-        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+        maps = grad_cam_map(activation.detach(), grad, self.grid, run.inputs.shape[-2:])
         _warn_about_zero_maps(
-            cam, run.pathway, "Pathway Grad-CAM", f"Grad-CAM at {self.layer} is nowhere positive"
+            maps, run.pathway, "Pathway Grad-CAM", f"Grad-CAM at {self.layer} is nowhere positive"
         )
-        return cam
+        return maps
 
 
 def signed_max_abs(attributions: Tensor) -> Tensor:
@@ -382,11 +446,15 @@ def _captum_attribute(name: str, gated: GatedModel, layer: str | None) -> Attrib
 
 
 def _grad_cam(gated: GatedModel, layer: str | None) -> Attribute:
-    """Captum's Grad-CAM at gate site ``layer`` (default: the last spatial one), upsampled."""
+    """Captum's Grad-CAM at gate site ``layer`` (default: :func:`default_cam_layer`),
+    upsampled; on a vision transformer's token site, :class:`PathwayGradCAM` with every unit
+    kept (the plain model's token Grad-CAM)."""
     site = gated.site(default_cam_layer(gated) if layer is None else layer)
-    if site.name != site.module_name:
-        # Captum hooks a module, not one call of a reused module (ResNet's relu): the same
-        # Grad-CAM through our per-call gates, with every unit kept.
+    check_cam_layer(gated, site.name)
+    if site.name != site.module_name or not site.spatial:
+        # Captum hooks a module, not one call of a reused module (ResNet's relu), and pools
+        # over H×W only: the same Grad-CAM through our per-call gates, with every unit kept
+        # (also a vision transformer's token sites, see PathwayGradCAM).
         keep_all = Pathway({site.name: torch.ones(1, site.units, dtype=torch.bool)}, "channel")
         cam = PathwayGradCAM(gated, layer=site.name)
         return lambda x, cls: cam.attribute(x, cls, pathway=keep_all)
@@ -414,7 +482,7 @@ def make_explainer(
     Pathway methods need ``finder`` (built once on ``gated``, whose intervention their pathway
     model runs under); Captum's and attention rollout take none and ignore the intervention
     (rollout: ``[B, 1, H, W]``, class-agnostic, a :class:`LayerError` on a model without
-    attention). ``layer``: the Grad-CAM gate site (default: the last spatial site).
+    attention). ``layer``: the Grad-CAM gate site (default: :func:`default_cam_layer`).
     """
     check_method(name)
     if name in ATTENTION_METHODS:

@@ -189,3 +189,21 @@ def mha_output_change(mha: nn.MultiheadAttention, change: Tensor) -> Tensor:
     (``[B, T, D]``, or ``[T, B, D]`` unless ``batch_first``); no bias."""
     out = F.linear(change.flatten(-2), mha.out_proj.weight)
     return out if mha.batch_first else out.transpose(0, 1)
+
+
+def transformer_blocks(model: nn.Module) -> list[str]:
+    """The names of the blocks of a transformer ``model``: the parents of its recognised
+    attention modules (:func:`attention_modules`), in module order (``""`` for an attention at
+    the top level)."""
+    return [name.rpartition(".")[0] for name in attention_modules(model)]
+
+
+def block_index(module_name: str, blocks: list[str]) -> int | None:
+    """The index in ``blocks`` (:func:`transformer_blocks`) of the block holding module
+    ``module_name``, or None when it lies in no block (the innermost block wins)."""
+    found = None
+    for index, block in enumerate(blocks):
+        inside = block == "" or module_name == block or module_name.startswith(block + ".")
+        if inside and (found is None or len(block) >= len(blocks[found])):
+            found = index
+    return found

@@ -66,7 +66,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--generator", help="GEN-CNP generator directory (finder gencnp)")
     add_settings_arg(parser)
-    parser.add_argument("--layer", help="gate site for Grad-CAM (default: the last conv site)")
+    parser.add_argument(
+        "--layer",
+        help="gate site for Grad-CAM (default: the last conv site; on a vision transformer "
+        "the last MLP or head site before the last block, CAM over its patch tokens)",
+    )
     add_data_args(parser, required=True)
     parser.add_argument("--split", choices=("train", "test"), default="test", help="(default test)")
     parser.add_argument(

@@ -124,7 +124,9 @@ class CriticalConfig(FinderConfig):
     rule exactly. A layer left with one or two channels may still pass nothing (a dead end):
     ``find`` reports such pathways as ``disconnected`` (:mod:`neuralpath.metrics.connectivity`).
     ``chunk_size``: samples per percentile computation (bounds its memory; None: the whole
-    batch).
+    batch). ``token_budget`` **[ours]**, element granularity only: at most this many tokens per
+    MLP neuron or head of a transformer's token sites (its highest-scoring kept tokens; None:
+    no cap); a budget larger than a site's sequence is an :class:`InputError`.
     """
 
     sparsity: float = 0.9
@@ -133,9 +135,16 @@ class CriticalConfig(FinderConfig):
     min_per_layer: int = 1
     chunk_size: int | None = None
     head_sparsity: float | None = None
+    token_budget: int | None = None
 
     def check(self) -> None:
         check_sparsity(self.sparsity)
+        if self.token_budget is not None:
+            require(self.token_budget >= 1, f"token_budget must be >= 1, got {self.token_budget}")
+            require(
+                self.granularity == "element",
+                "token_budget needs granularity='element' (a channel unit spans every token)",
+            )
         require(self.min_per_layer >= 0, f"min_per_layer must be >= 0, got {self.min_per_layer}")
         if self.head_sparsity is not None:
             check_sparsity(self.head_sparsity)
@@ -202,6 +211,48 @@ def _gate_gradients(
     return dict(zip(names, grads, strict=True)), cls
 
 
+def token_sites(gated: GatedModel) -> list[GateSite]:
+    """The sites of ``gated`` whose units repeat over tokens: MLP neurons ``(T, D)`` and heads
+    ``(T, H, d)`` of a transformer (element shape ``[T, units]``)."""
+    return [
+        s for s in gated.sites if s.kind in ("token", "head") and s.element_shape[1:] == (s.units,)
+    ]
+
+
+def check_token_budget(gated: GatedModel, budget: int) -> None:
+    """A clear :class:`InputError` unless ``gated`` has token sites and ``budget`` tokens fit in
+    the sequence of every one of them."""
+    sites = token_sites(gated)
+    if not sites:
+        raise InputError(
+            f"token_budget={budget} needs a transformer's token sites (MLP neurons or heads, "
+            f"--units heads,mlp); this model's gate sites are {gated.site_names}"
+        )
+    for site in sites:
+        if budget > site.shape[0]:
+            raise InputError(
+                f"token_budget={budget} is larger than the sequence of {site.shape[0]} tokens of "
+                f"gate site {site.name!r}"
+            )
+
+
+def cap_tokens(
+    pathway: Pathway, scores: Mapping[str, Tensor], sites: list[GateSite], budget: int
+) -> Pathway:
+    """``pathway`` (element granularity) keeping, per sample and per unit of each token site in
+    ``sites``, at most ``budget`` of its kept tokens: those of highest ``scores``
+    ``[B, T, units]``."""
+    masks = dict(pathway.items())
+    for site in sites:
+        kept = masks[site.name].bool()
+        ranked = scores[site.name].masked_fill(~kept, float("-inf"))
+        top = ranked.topk(budget, dim=1).indices
+        capped = torch.zeros_like(kept).scatter_(1, top, True) & kept
+        masks[site.name] = capped.to(masks[site.name].dtype)
+    metadata = {**pathway.metadata, "token_budget": budget}
+    return Pathway(masks, pathway.granularity, metadata)
+
+
 def taylor_scores(
     gated: GatedModel,
     inputs: Tensor,
@@ -249,6 +300,8 @@ class CriticalPathwayFinder(PathwayFinder):
         self.config = make_config(self.config_class, config, changes)
         self.sparsity = self.config.sparsity
         self.granularity: Granularity = self.config.granularity
+        if self.config.token_budget is not None:
+            check_token_budget(gated, self.config.token_budget)
 
     def scores(self, inputs: Tensor, target: TargetType = None) -> dict[str, Tensor]:
         """Unit scores ``{site: [B, *site.element_shape]}`` (element) or ``{site: [B, C]}``
@@ -271,6 +324,9 @@ class CriticalPathwayFinder(PathwayFinder):
             unit_types={site.name: site.kind for site in self.gated.sites},
             type_sparsity=None if cfg.head_sparsity is None else {"head": cfg.head_sparsity},
         )  # fmt: skip
+        if cfg.token_budget is not None:
+            sites = token_sites(self.gated)
+            pathway = cap_tokens(pathway, scores, sites, cfg.token_budget)
         pathway.metadata.update({"method": self.name, "selection": cfg.selection})
         return pathway, cls
 

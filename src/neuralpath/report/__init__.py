@@ -19,8 +19,9 @@ from torch import Tensor
 
 from neuralpath.attribution import PathwayGradCAM, PathwayGradient, signed_max_abs
 from neuralpath.data import ImageDataset
-from neuralpath.errors import ZeroMapsWarning
+from neuralpath.errors import LayerError, ZeroMapsWarning
 from neuralpath.gating import GatedModel
+from neuralpath.heads import block_index, transformer_blocks
 from neuralpath.io import write_bytes_atomic
 from neuralpath.report import figures
 from neuralpath.report.tables import (
@@ -65,9 +66,12 @@ def _panel_maps(
     gated: GatedModel, result: StudyResult, images: Tensor
 ) -> dict[str, tuple[Tensor, Tensor | None]]:
     """Per method: (Pathway Gradient display maps [P, H, W], Grad-CAM of H_P [P, H, W], or None
-    where no gate site is spatial, e.g. a vision transformer's heads and MLP neurons)."""
+    where no gate site suits Grad-CAM, see :func:`~neuralpath.attribution.default_cam_layer`)."""
     gradient = PathwayGradient(gated)
-    cam = PathwayGradCAM(gated) if any(site.spatial for site in gated.sites) else None
+    try:
+        cam: PathwayGradCAM | None = PathwayGradCAM(gated)
+    except LayerError:
+        cam = None
     count = images.shape[0]
     maps: dict[str, tuple[Tensor, Tensor | None]] = {}
     for method, outcome in result.methods.items():
@@ -188,14 +192,47 @@ def _panels(
     return panels
 
 
+def layer_labels(gated: GatedModel, layers: Sequence[str]) -> list[str]:
+    """Display labels of gate sites ``layers`` of ``gated``: in a transformer, the block and the
+    unit type (``"block 0 heads"``, ``"block 0 MLP"``; ``"block 0 <name>"`` for other sites in a
+    block), else the site's name. Labels two sites would share get the site name appended."""
+    blocks = transformer_blocks(gated.model)
+    labels = []
+    for name in layers:
+        site = gated.site(name)
+        block = block_index(site.module_name, blocks) if blocks else None
+        kind = {"head": "heads", "token": "MLP"}.get(site.kind, name)
+        labels.append(name if block is None else f"block {block} {kind}")
+    return [
+        f"{label} ({name})" if labels.count(label) > 1 else label
+        for label, name in zip(labels, layers, strict=True)
+    ]
+
+
+def _layer_table(kept_per_layer: Mapping[str, Sequence[float]], labels: Sequence[str]) -> str:
+    """HTML table: mean fraction of units kept per gate site (rows, labelled) and method."""
+    methods = list(kept_per_layer)
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th>"
+        + "".join(f"<td>{kept_per_layer[m][i]:.3f}</td>" for m in methods)
+        + "</tr>"
+        for i, label in enumerate(labels)
+    )
+    return (
+        f'<table class="layers"><thead><tr><th>units kept</th>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
 def _class_figures(result: StudyResult, layers: list[str], class_names: list[str]) -> list[str]:
-    """Each method's class pathways (first ablation)."""
+    """Each method's class pathways (first ablation); ``layers``: the display labels."""
     class_figures = []
     for method, outcome in result.methods.items():
         if outcome.classes is None:
             continue
         freq = outcome.classes.frequency
-        flat = torch.cat([freq[n].reshape(freq.batch_size, -1) for n in layers], dim=1)
+        flat = torch.cat([freq[n].reshape(freq.batch_size, -1) for n in freq.units], dim=1)
         figure = figures.class_pathways(
             flat.cpu(), list(freq.units.values()), layers, class_names, method,
             outcome.classes.theta,
@@ -213,7 +250,7 @@ def _figure_sections(
 ) -> dict[str, str]:
     """The figure sections of the HTML report (first ablation)."""
     methods = list(result.methods)
-    layers = next(iter(result.methods.values())).run.pathway.layer_names
+    labels = layer_labels(gated, next(iter(result.methods.values())).run.pathway.layer_names)
     kept_per_layer = {
         m: [float(v.mean()) for v in r.run.pathway.binarize().kept_fraction_per_layer().values()]
         for m, r in result.methods.items()
@@ -221,8 +258,9 @@ def _figure_sections(
     kept = {m: r.run.outcome.kept_fraction for m, r in result.methods.items()}
     return {
         "samples": "".join(_panels(result, gated, evaluation, panel_samples)),
-        "layers": _img(figures.layer_profile(kept_per_layer, layers), "units kept per layer"),
-        "class-pathways": "".join(_class_figures(result, layers, list(evaluation.class_names))),
+        "layers": _img(figures.layer_profile(kept_per_layer, labels), "units kept per layer")
+        + _layer_table(kept_per_layer, labels),
+        "class-pathways": "".join(_class_figures(result, labels, list(evaluation.class_names))),
         "overlap": _img(figures.overlap(_overlap_matrix(result), methods), "pathway overlap"),
         "sparsity": _img(figures.sparsity_distribution(kept), "kept fraction distributions"),
         "frontier": _img(figures.frontier(frontier), "GEN-CNP trade-off frontier")

@@ -59,9 +59,7 @@ def sample_panel(
         0.5,
         0.5,
         "top row:\nPathway Gradient\n(signed max-abs)\n\nbottom row:\nGrad-CAM on H_P"
-        + (
-            "" if any(cam is not None for _, cam in maps.values()) else "\n(none: no\nspatial site)"
-        ),
+        + ("" if any(cam is not None for _, cam in maps.values()) else "\n(none: no\nCAM site)"),
         transform=axes[1, 0].transAxes,
         ha="center",
         va="center",
