@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fit-limit", type=int, default=3000, help="GEN-CNP training images")
     parser.add_argument("--fit-epochs", type=int, default=3)
     parser.add_argument("--alpha", type=float, default=1.0, help="GEN-CNP sparsity weight")
+    parser.add_argument(
+        "--rfe",
+        choices=("token", "conv"),
+        default="token",
+        help="GEN-CNP feature encoder: token (per-token embedding, default) or conv (the "
+        "paper's, token sites pooled over tokens)",
+    )
     parser.add_argument("--refit", action="store_true", help="fit the generators again")
     parser.add_argument("--cost-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
@@ -141,14 +148,15 @@ def fit_generators(args: argparse.Namespace, ablations: list[str]) -> dict[str, 
     """One GEN-CNP generator per ablation (fitted unless present)."""
     generators = {}
     for ablation in ablations:
-        directory = args.out / "generators" / ablation
+        directory = args.out / "generators" / f"{args.rfe}-{ablation}"
         if args.refit and directory.exists():
             shutil.rmtree(directory)  # fit-gencnp refuses to overwrite a generator
         if not (directory / "meta.json").exists():
             _cli(
                 ["fit-gencnp", "--checkpoint", str(args.checkpoint), "--units", args.units,
                  "--ablation", ablation, "--epochs", str(args.fit_epochs), "--limit",
-                 str(args.fit_limit), "--alpha", str(args.alpha), "--out", str(directory)]
+                 str(args.fit_limit), "--alpha", str(args.alpha), "--rfe", args.rfe,
+                 "--out", str(directory)]
             )  # fmt: skip
         generators[ablation] = directory
     return generators
@@ -210,7 +218,8 @@ def gencnp_cost(gated: GatedModel, generator: Path, images: Tensor, repeats: int
 def figure(gated: GatedModel, generator: Path, images: Tensor, shown_images: Tensor,
            sparsity: float, path: Path) -> None:  # fmt: skip
     """Rows: samples; columns: the image, Pathway Gradient through cp-mct's and GEN-CNP's
-    pathways, the gradient (signed max-abs) and attention rollout (scaled to its maximum)."""
+    pathways, Grad-CAM of cp-mct's pathway model, the gradient and integrated gradients (signed
+    max-abs), and attention rollout (Grad-CAM and rollout scaled to their maximum)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,13 +232,17 @@ def figure(gated: GatedModel, generator: Path, images: Tensor, shown_images: Ten
             "pathway-gradient", gated, cp
         ),
         "Pathway Gradient\n(GEN-CNP)": make_explainer("pathway-gradient", gated, gen),
+        f"Grad-CAM of H_P\n(cp-mct, {sparsity:.0%} dropped)": make_explainer(
+            "pathway-grad-cam", gated, cp
+        ),
         "gradient": make_explainer("gradient", gated),
+        "integrated gradients\n(Captum, 50 steps)": make_explainer("integrated-gradients", gated),
         "attention rollout": make_explainer("attention-rollout", gated),
     }
     maps = {}
     for title, explain in columns.items():
         raw = explain(images, None)
-        if "rollout" in title:
+        if "rollout" in title or "Grad-CAM" in title:  # non-negative maps
             maps[title] = (raw[:, 0] / raw.flatten(1).amax(1).view(-1, 1, 1), "viridis", 0.0)
         else:
             maps[title] = (signed_max_abs(raw), "bwr", -1.0)
@@ -291,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         f"images; the finders with a sparsity knob drop {args.sparsity:.0%} of the units "
         "(channel granularity: a head or an MLP neuron across all tokens); GEN-CNP chooses per "
         f"sample (generators fitted per ablation on {args.fit_limit} training images for "
-        f"{args.fit_epochs} epochs, alpha {args.alpha}). Blank agreement: the pathway model's "
+        f"{args.fit_epochs} epochs, alpha {args.alpha}, `--rfe {args.rfe}`). Blank agreement: the pathway model's "
         "agreement on the mean training image under each sample's mask (the plain model's: "
         f"{next(iter(results['interventions'][ablations[0]]['methods'].values()))['blank_agreement_plain']:.2f}); "
         "swap follows mask: another class's image run through the sample's mask predicts the "
@@ -322,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{1000 * cost['gencnp']:.1f} ms: **{ratio:.2f}×** one forward (goal ≤ 2×: "
         f"**{'met' if ratio <= 2 else 'NOT met'}**).",
         "",
-        f"![Pathway Gradient vs gradient vs attention rollout]({os.path.relpath(args.figure, args.results.parent)})",
+        f"![Pathway Gradient vs gradient, integrated gradients, Grad-CAM and attention rollout]({os.path.relpath(args.figure, args.results.parent)})",
         "",
-        f"*Figure: the first {args.samples} test images; Pathway Gradient and the gradient as "
-        "signed max-abs maps (red positive, blue negative), attention rollout (class token to "
-        "patches, class-agnostic) scaled to its maximum.*",
+        f"*Figure: the first {args.samples} test images; Pathway Gradient, the gradient and "
+        "integrated gradients as signed max-abs maps (red positive, blue negative); Grad-CAM of the pathway model (patch tokens of the last MLP site before the "
+        "last block) and attention rollout (class token to patches, class-agnostic) scaled to "
+        "their maximum.*",
     ]
     section = "\n".join(lines)
     print(section)
