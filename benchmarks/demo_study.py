@@ -194,12 +194,16 @@ def section(runs: Path) -> str:
     ablations = list(first["ablations"])
     config = first["config"]
     timing = runs / "demo" / "timing.json"
-    took = (
-        f" The whole demo took {json.loads(timing.read_text())['seconds'] / 60:.1f} min "
-        f"(`{shown(timing)}`)."
-        if timing.exists()
-        else ""
-    )
+    took = ""
+    if timing.exists():
+        record = json.loads(timing.read_text())
+        how = "from scratch" if record.get("from_scratch", True) else (
+            "resumed: steps whose output existed were skipped, so this is not the from-scratch time"
+        )  # fmt: skip
+        took = (
+            f" The demo run behind these tables took {record['seconds'] / 60:.1f} min ({how}; "
+            f"`{shown(timing)}`)."
+        )
     lines = [
         SECTION,
         "",
