@@ -59,6 +59,22 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(
+    variants: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, float]:
+    """Median seconds of each variant, timed once per round, rounds interleaved (one warm-up
+    call of each first)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def load_model(checkpoint: Path) -> tuple[torch.nn.Module, str]:
     """The target at ``checkpoint``, or a same-architecture VGG-11 with random weights when the
     checkpoint is absent (timings do not depend on the weights); with a description."""

@@ -21,9 +21,7 @@ figure to ``docs/figures/frontier.png``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,25 +41,19 @@ from neuralpath.reference import ReferenceStatistics, reference_statistics
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, load_batch, load_model, shown, write_section  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    interleaved_medians,
+    load_batch,
+    load_model,
+    shown,
+    write_section,
+)
 
 COST_SECTION = "## Intervention cost"
 FRONTIER_SECTION = "## Faithfulness–sparsity frontier under zero and mean ablation"
 KEPT = (0.9, 0.7, 0.5, 0.3, 0.1)
 METHODS = ("cp-mct", "random", "dgr")
-
-
-def _interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each variant, timed once per round, rounds interleaved."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _command() -> str:
@@ -102,7 +94,7 @@ def cost_section(checkpoint: Path, batch: int, repeats: int) -> str:
     variants = {"plain forward": forward(None)}
     variants.update({f"gated forward, {n}": forward(g) for n, g in under.items()})
     variants.update({f"DGR-style step, {n}": step(under[n]) for n in ("zero", "mean")})
-    seconds = _interleaved(variants, repeats)
+    seconds = interleaved_medians(variants, repeats)
     rows = [f"| {name} | {1000 * s:.1f} |" for name, s in seconds.items()]
     fwd = seconds["gated forward, mean"] / seconds["gated forward, zero"]
     bwd = seconds["DGR-style step, mean"] / seconds["DGR-style step, zero"]

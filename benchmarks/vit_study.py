@@ -26,10 +26,8 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ from neuralpath.methods import FinderOptions, build_finder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, shown, write_section  # noqa: E402
+from _common import command_line, interleaved_medians, shown, write_section  # noqa: E402
 
 SECTION = "## Vision transformer"
 COLUMNS = (
@@ -192,18 +190,6 @@ def run_compare(args: argparse.Namespace, generators: dict[str, Path]) -> dict[s
     return payload
 
 
-def _interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def gencnp_cost(gated: GatedModel, generator: Path, images: Tensor, repeats: int) -> dict:
     """Median seconds of one target forward and of GEN-CNP's pathways of the same batch."""
     finder = build_finder("gencnp", gated, FinderOptions(generator=str(generator)))
@@ -212,7 +198,7 @@ def gencnp_cost(gated: GatedModel, generator: Path, images: Tensor, repeats: int
         with torch.no_grad():
             return gated.model(images)
 
-    return _interleaved({"forward": forward, "gencnp": lambda: finder.find(images)}, repeats)
+    return interleaved_medians({"forward": forward, "gencnp": lambda: finder.find(images)}, repeats)
 
 
 def figure(gated: GatedModel, generator: Path, images: Tensor, shown_images: Tensor,
