@@ -58,7 +58,7 @@ def measure(checkpoint: Path, limit: int) -> list[dict[str, Any]]:
     rows = []
     for label, finder in finders(gated).items():
         print(f"{checkpoint.name}: {label}", file=sys.stderr, flush=True)
-        run = run_finder(finder, data, batch_size=100, limit=limit, progress=False, leakage=False)
+        run = run_finder(finder, data, batch_size=100, limit=limit, progress=False)
         summary = run.summary()
         disconnected = (~run.outcome.connected).nonzero().squeeze(1)
         check = None
@@ -76,18 +76,24 @@ def render(results: dict[str, list[dict[str, Any]]], command: str, limit: int) -
         "pathways whose pathway model's output does not depend on the input (input gradient of "
         "the explained logit exactly zero at the image and at seeded noisy copies; "
         "`neuralpath.metrics.connectivity`); agreement counts them unfaithful; constant: the "
-        "first disconnected pathway, applied to every image, gives bit-identical logits.", "",
+        "first disconnected pathway, applied to every image, gives bit-identical logits. Leakage "
+        "controls beside agreement: blank agr. (the pathway model fed the all-zero normalised "
+        "image, i.e. the data set's mean pixel value, still predicts the sample's class) and "
+        "swap -> mask (a sample of another class run through the pathway predicts its class).",
+        "",
     ]  # fmt: skip
     for name, rows in results.items():
         lines += [
             f"**{name}**", "",
-            "| pathways | kept | empty layer | disconnected | agreement | constant |",
-            "|---|---|---|---|---|---|",
+            "| pathways | kept | empty layer | disconnected | agreement | blank agr. | swap → mask "
+            "| constant |",
+            "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for row in rows:
             lines.append(
                 f"| {row['method']} | {row['kept_fraction_mean']:.3f} | {row['empty_layer_n']} | "
                 f"{row['disconnected_n']} / {row['n']} | {row['agreement']:.3f} | "
+                f"{row['blank_agreement']:.3f} | {row['swap_follows_mask']:.3f} | "
                 f"{CHECK[row['constant']]} |"
             )
         lines.append("")
