@@ -32,6 +32,7 @@ LEAKAGE_KEYS = frozenset(
         "input_attributable_confidence",
         "disconnected",
         "disconnected_n",
+        "repaired_n",
     }
 )
 """The leakage keys of the ``find``/``extract``/``compare`` JSON contract (issue 13)."""

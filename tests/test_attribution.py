@@ -396,9 +396,17 @@ def test_cli_attribute_writes_maps_meta_and_overlays(tmp_path, capsys) -> None:
     )
     assert bad == 2 and "sparsity" in capsys.readouterr().err
 
+    cut = ["--method", "pathway-gradient", "--granularity", "channel", "--sparsity", "0.99"]
     code = main([
-        "attribute", *common, "--method", "pathway-gradient", "--granularity", "channel",
-        "--sparsity", "0.99", "--set", "min_per_layer=0", "--no-png", "--out", str(tmp_path / "cut"),
+        "attribute", *common, *cut, "--set", "min_per_layer=0", "--no-png",
+        "--out", str(tmp_path / "repaired"),
+    ])  # fmt: skip
+    printed = capsys.readouterr()  # the default connecting repair widens the emptied pathways
+    assert code == 0 and __import__("json").loads(printed.out)["zero_maps"] == 0
+    assert "warning" not in printed.err
+    code = main([
+        "attribute", *common, *cut, "--set", "min_per_layer=0", "--set", "connect=false",
+        "--no-png", "--out", str(tmp_path / "cut"),
     ])  # fmt: skip
     printed = capsys.readouterr()
     assert code == 0 and __import__("json").loads(printed.out)["zero_maps"] == 3

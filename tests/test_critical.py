@@ -171,7 +171,7 @@ def test_global_selection_equals_literal_threshold(method: str, granularity: str
     """``min_per_layer=0``: the paper's rule exactly; the default 1 adds the top unit of each
     layer the rule empties (this toy's channel pathways at 0.8 empty ``features.1``)."""
     _, gated, inputs = _double_setup(seed=7)
-    paper = {"min_per_layer": 0}
+    paper = {"min_per_layer": 0, "connect": False}
     options = FinderOptions(sparsity=0.8, granularity=granularity, settings=paper)  # type: ignore[arg-type]
     finder = build_finder(method, gated, options)
     pathway = finder.find(inputs)
@@ -220,8 +220,11 @@ def test_sparsity_zero_keeps_everything_and_registry() -> None:
         pathway = build_finder(name, gated, FinderOptions(sparsity=0.0)).find(inputs)
         assert pathway.granularity == "element"  # the method's default
         assert all(bool(m.all()) for m in pathway.values())
-    assert NeuronMCT(gated).forward_equivalents() == 3.0
-    assert NeuronIntGrad(gated, steps=10).forward_equivalents() == 1.0 + 3.0 * 3 * 11
+    assert NeuronMCT(gated, connect=False).forward_equivalents() == 3.0
+    assert NeuronMCT(gated).forward_equivalents() == 6.0  # + the connectivity test
+    intgrad = NeuronIntGrad(gated, steps=10, connect=False)
+    assert intgrad.forward_equivalents() == 1.0 + 3.0 * 3 * 11
+    assert NeuronIntGrad(gated, steps=10).forward_equivalents() == 4.0 + 3.0 * 3 * 11
 
 
 @pytest.mark.parametrize("granularity", ["element", "channel"])

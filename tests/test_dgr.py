@@ -250,7 +250,7 @@ def test_gamma_zero_with_ones_never_moves(gated, inputs) -> None:
 
 def test_large_gamma_keeps_only_what_the_prediction_needs(gated, inputs) -> None:
     small = DGR(gated, DGRConfig(gamma=0.01)).optimise(inputs)
-    large = DGR(gated, DGRConfig(gamma=1.0)).optimise(inputs)
+    large = DGR(gated, DGRConfig(gamma=1.0, connect=False)).optimise(inputs)
     assert large.kept_prediction.all()
     kept_large, kept_small = large.pathway.kept_fraction(), small.pathway.kept_fraction()
     assert (kept_large <= 0.2).all() and (kept_large > 0).all()  # zero gates would predict class 0
@@ -269,7 +269,7 @@ def test_no_kept_iterate_returns_start_and_retries(gated, inputs) -> None:
     torch.testing.assert_close(result.gates.flatten(), torch.ones_like(result.gates.flatten()))
     torch.testing.assert_close(result.best_loss, result.losses[0])
     torch.testing.assert_close(result.gamma, torch.full((6,), cfg.gamma * 0.1, dtype=torch.float64))
-    assert result.forward_equivalents == pytest.approx(2 + 2 * (3 * 5 - 2))
+    assert result.forward_equivalents == pytest.approx(2 + 2 * (3 * 5 - 2) + 3)
     assert finder.optimise(inputs).forward_equivalents == pytest.approx(
         finder.forward_equivalents()
     )
@@ -295,7 +295,7 @@ def test_retry_with_smaller_gamma_only_for_failed_samples(gated, inputs) -> None
     assert result.gamma.tolist() == pytest.approx(expected_gamma)
     assert torch.equal(result.best_iteration[failed], retried.best_iteration)
     share = failed.numel() / inputs.shape[0]
-    assert result.forward_equivalents == pytest.approx(2 + (3 * 10 - 2) * (1 + share))
+    assert result.forward_equivalents == pytest.approx(2 + (3 * 10 - 2) * (1 + share) + 3)
 
 
 def test_pathwaygrad_preset() -> None:
@@ -385,7 +385,7 @@ def test_registry(gated, inputs) -> None:
     assert isinstance(dgr_r, DGRR) and dgr_r.config.init == "uniform" and dgr_r.config.seed == 4
     pathway = dgr.find(inputs)
     assert pathway.is_binary and pathway.batch_size == 6
-    assert dgr.forward_equivalents() == 90.0  # 3T
+    assert dgr.forward_equivalents() == 93.0  # 3T + the connectivity test
 
 
 # ---------------------------------------------------------------------- bad input
@@ -476,7 +476,8 @@ def test_channels_last_gives_the_contiguous_result(granularity) -> None:
     results = {}
     for fmt in ("contiguous", "channels_last", "auto"):
         layouts.clear()
-        results[fmt] = DGR(gated, DGRConfig(granularity=granularity, memory_format=fmt)).optimise(x)
+        config = DGRConfig(granularity=granularity, memory_format=fmt, connect=False)
+        results[fmt] = DGR(gated, config).optimise(x)
         assert set(layouts) == {fmt != "contiguous"}
     reference = results["contiguous"]
     for result in results.values():

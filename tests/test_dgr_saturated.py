@@ -8,6 +8,7 @@ from torch import Tensor
 
 from neuralpath.gating import GatedModel
 from neuralpath.methods.dgr import DGR, DGRConfig, distillation_loss
+from neuralpath.metrics.connectivity import input_dependence
 
 from toys import tiny_cnn
 
@@ -77,10 +78,14 @@ def test_empty_pathway_never_keeps_the_prediction() -> None:
         model.classifier[4].bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
     inputs = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     gated = GatedModel.discover(model, inputs[:1])
-    result = DGR(gated, DGRConfig(gamma=1.0)).optimise(inputs)
+    result = DGR(gated, DGRConfig(gamma=1.0, connect=False)).optimise(inputs)
     assert (result.best_iteration >= 0).all() and (result.gates.flatten() == 0).all()
     assert (result.pathway.kept_fraction() == 0).all()
     assert not result.kept_prediction.any()
+    # by default the empty pathway is widened until the input reaches the output
+    repaired = DGR(gated, DGRConfig(gamma=1.0)).optimise(inputs).pathway
+    assert (repaired.kept_fraction() > 0).all()
+    assert input_dependence(gated, inputs, repaired, result.target).all()
 
 
 def test_distillation_gradient_survives_saturation() -> None:

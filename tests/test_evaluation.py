@@ -48,11 +48,11 @@ def test_payload_equals_the_metrics_called_directly(dataset) -> None:
     assert payload["results"]["pathway-gradient:cp-mct"]["lerf"]["samples"] == 6
     assert row["zero_maps"] == 0
 
-    # channels at 99 % with the paper's rule (no unit kept per layer): the global threshold
-    # empties whole layers, so every map is zero
+    # channels at 99 % with the paper's rule (no unit kept per layer, no connecting repair): the
+    # global threshold empties whole layers, so every map is zero
     cut = replace(
         config, metrics=("lerf",), sparsity=0.99, granularity="channel",
-        finder_settings={"cp-mct": {"min_per_layer": 0}},
+        finder_settings={"cp-mct": {"min_per_layer": 0, "connect": False}},
     )  # fmt: skip
     with pytest.warns(ZeroMapsWarning) as caught:  # one warning for the run, not one per batch
         zero = evaluate_attribution(model, dataset, ["pathway-gradient:cp-mct"], cut)

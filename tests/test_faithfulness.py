@@ -66,7 +66,7 @@ def test_pathway_outcome_and_summary_on_hand_model() -> None:
 
 
 def test_outcome_cat() -> None:
-    one = PathwayOutcome(*(torch.tensor([v]) for v in (0, 1, 1, 0.5, 0.4, 0.3, True, False)))
+    one = PathwayOutcome(*(torch.tensor([v]) for v in (0, 1, 1, 0.5, 0.4, 0.3, True, False, False)))
     both = PathwayOutcome.cat([one, one])
     assert both.confidence.tolist() == [0.5, 0.5]
     assert both.connected.tolist() == [True, True] and both.empty_layer.tolist() == [False] * 2

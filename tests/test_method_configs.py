@@ -181,7 +181,7 @@ def test_unknown_key_names_the_settable_ones_with_types() -> None:
     assert str(info.value) == (
         "cp-mct has no setting bogus; settable: selection (global|per_layer|per_type), "
         "min_per_layer (int), chunk_size (int|null), head_sparsity (float|null), "
-        "token_budget (int|null)"
+        "token_budget (int|null), connect (bool)"
     )
     with pytest.raises(InputError, match="dgr-r has no setting init"):  # fixed by the method
         config_from_settings("dgr-r", {}, {"init": "ones"})
@@ -271,7 +271,8 @@ def test_channel_pathways_at_high_sparsity_keep_every_layer(name, gated, inputs)
     fast = {"iterations": 3} if name == "dgr" else {"steps": 2} if name != "cp-mct" else {}
     options = {"sparsity": 0.9, "granularity": "channel", "settings": fast}
     default = build_finder(name, gated, FinderOptions(**options)).find(inputs)  # type: ignore[arg-type]
-    plain = {**options, "settings": {**fast, "min_per_layer": 0}}
+    paper_rule = {"min_per_layer": 0} | ({} if name == "greedy" else {"connect": False})
+    plain = {**options, "settings": {**fast, **paper_rule}}
     paper = build_finder(name, gated, FinderOptions(**plain)).find(inputs)  # type: ignore[arg-type]
     assert all((m.sum(dim=1) >= 1).all() for m in default.values())
     assert any((m.sum(dim=1) == 0).any() for m in paper.values())

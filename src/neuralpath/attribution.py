@@ -125,6 +125,8 @@ class _PathwayForward(NamedTuple):
     objective: Tensor
     pathway: Pathway
     recording: Any
+    target: Tensor
+    additional_forward_args: object
 
 
 class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum is untyped
@@ -133,6 +135,9 @@ class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum 
 
     records = False
     """Whether the maps need the site outputs of the forward."""
+    tests_connection = False
+    """Whether :meth:`_maps` runs the connecting repair of a critical-pathway finder itself (its
+    input gradient is the repair's connectivity test), so the finder skips it."""
 
     def __init__(self, gated: GatedModel, finder: PathwayFinder | None = None):
         if not isinstance(gated, GatedModel):
@@ -158,7 +163,8 @@ class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum 
             if self.finder is None:
                 raise InputError("needs a finder (at construction) or a pathway (in attribute())")
             if isinstance(self.finder, CriticalPathwayFinder):
-                return self.finder.find_with_target(inputs, target)
+                connect = False if self.tests_connection else None
+                return self.finder.find_with_target(inputs, target, connect=connect)
             with torch.no_grad():
                 cls = resolve_target(self.gated.forward(inputs), target)
             return self.finder.find(inputs, cls), cls
@@ -212,7 +218,8 @@ class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum 
                 logits = self.gated.model(x)
         if not logits.requires_grad:
             raise InputError(_NO_GRADIENT)
-        return _PathwayForward(x, select_logit(logits, cls).sum(), pathway, recording)
+        objective = select_logit(logits, cls).sum()
+        return _PathwayForward(x, objective, pathway, recording, cls, additional_forward_args)
 
 
 class PathwayGradient(_PathwayAttribution):
@@ -223,17 +230,53 @@ class PathwayGradient(_PathwayAttribution):
     >>> smooth = NoiseTunnel(pg).attribute(images, nt_type="smoothgrad", stdevs=0.1)
     """
 
+    tests_connection = True
+
     def _maps(self, run: _PathwayForward) -> Tensor:
-        """Pathway Gradient: same shape and dtype as the inputs."""
+        """Pathway Gradient: same shape and dtype as the inputs. With a critical-pathway finder
+        whose ``connect`` is on, samples whose gradient is zero everywhere (the connectivity test
+        of :mod:`neuralpath.metrics.connectivity`) get their pathway repaired and their maps
+        recomputed: connected samples cost nothing more."""
         (grad,) = torch.autograd.grad(run.objective, run.inputs, allow_unused=True)
         if grad is None:
             raise InputError(_NO_GRADIENT)
+        if self._repairs(run) and zero_maps(grad).any():
+            grad = self._repaired_maps(run, grad)
         _warn_about_zero_maps(
             grad,
             run.pathway,
             "Pathway Gradient",
             "no gradient reaches the input through their pathways",
         )
+        return grad
+
+    def _repairs(self, run: _PathwayForward) -> bool:
+        """Whether this run's pathway came from a critical finder that left the repair to us."""
+        finder = self.finder
+        return (
+            isinstance(finder, CriticalPathwayFinder)
+            and finder.config.connect
+            and "connect_floor" not in run.pathway.metadata
+            and run.pathway.batch_size == run.inputs.shape[0]
+        )
+
+    def _repaired_maps(self, run: _PathwayForward, grad: Tensor) -> Tensor:
+        """``grad`` with the zero maps of disconnected samples recomputed on their repaired
+        pathways."""
+        assert isinstance(self.finder, CriticalPathwayFinder)
+        inputs = run.inputs.detach()
+        with forward_args(self.gated.model, run.additional_forward_args):
+            pathway = self.finder.connect(inputs, run.pathway, run.target, ~zero_maps(grad).cpu())
+            rows = torch.tensor(pathway.metadata["connect_floor"]).gt(0).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                return grad
+            index = rows.to(inputs.device)
+            x = inputs[index].requires_grad_(True)
+            with torch.enable_grad(), self.gated.gate(pathway.select(rows)):
+                logits = self.gated.model(x)
+            (again,) = torch.autograd.grad(select_logit(logits, run.target[index]).sum(), x)
+        grad = grad.clone()
+        grad[index] = again
         return grad
 
 

@@ -54,11 +54,28 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
+CONNECT_FLOOR = "connect_floor"
+"""Metadata key of the per-sample floor of the connecting repair (:mod:`neuralpath.methods.connect`):
+a list of one integer per sample, which :meth:`Pathway.select`, :meth:`Pathway.cat` and
+:meth:`Pathway.expand` keep aligned with the samples."""
+
+PER_SAMPLE_METADATA = (CONNECT_FLOOR,)
+
+
+def repaired_samples(pathway: Pathway) -> Tensor:
+    """``[B]`` bool on the CPU: which samples the connecting repair widened (``connect_floor`` > 0)."""
+    floors = pathway.metadata.get(CONNECT_FLOOR)
+    if floors is None:
+        return torch.zeros(pathway.batch_size, dtype=torch.bool)
+    return torch.as_tensor(floors, dtype=torch.long).reshape(-1).gt(0)
+
+
 class Pathway(Mapping[str, Tensor]):
     """Masks of all gated layers for a batch of ``B`` samples: ``{site name: [B, C, ...]}``.
 
     A read-only mapping, so it can be handed to :meth:`GatedModel.gate` directly.
-    ``metadata`` is free-form provenance (method, sparsity, ...) kept by save/load.
+    ``metadata`` is free-form provenance (method, sparsity, ...) kept by save/load; the keys in
+    :data:`PER_SAMPLE_METADATA` hold one value per sample.
     """
 
     def __init__(
@@ -162,13 +179,25 @@ class Pathway(Mapping[str, Tensor]):
             index = torch.as_tensor(list(index), dtype=torch.long)
         if isinstance(index, Tensor):
             index = index.to(self.device)
-        return self._with({n: m[index] for n, m in self._masks.items()})
+        metadata = dict(self.metadata)
+        for key in PER_SAMPLE_METADATA:
+            if key in metadata:
+                picked = torch.as_tensor(metadata[key])[
+                    index.cpu() if isinstance(index, Tensor) else index
+                ]
+                metadata[key] = picked.reshape(-1).tolist()
+        return Pathway({n: m[index] for n, m in self._masks.items()}, self.granularity, metadata)
 
     def expand(self, batch_size: int) -> Pathway:
         """Repeat a one-sample pathway ``batch_size`` times (e.g. a class pathway for a batch)."""
         if self.batch_size != 1:
             raise ShapeError(f"expand needs a one-sample pathway, got {self.batch_size} samples")
-        return self._with({n: m.expand(batch_size, *m.shape[1:]) for n, m in self._masks.items()})
+        metadata = dict(self.metadata)
+        for key in PER_SAMPLE_METADATA:
+            if key in metadata:
+                metadata[key] = list(metadata[key]) * batch_size
+        masks = {n: m.expand(batch_size, *m.shape[1:]) for n, m in self._masks.items()}
+        return Pathway(masks, self.granularity, metadata)
 
     @classmethod
     def cat(cls, pathways: Sequence[Pathway]) -> Pathway:
@@ -179,7 +208,13 @@ class Pathway(Mapping[str, Tensor]):
         for other in pathways[1:]:
             first.check_compatible(other)
         masks = {n: torch.cat([p[n] for p in pathways]) for n in first.layer_names}
-        return cls(masks, first.granularity, first.metadata)
+        metadata = dict(first.metadata)
+        for key in PER_SAMPLE_METADATA:
+            if any(key in p.metadata for p in pathways):
+                metadata[key] = [
+                    value for p in pathways for value in p.metadata.get(key, [0] * p.batch_size)
+                ]
+        return cls(masks, first.granularity, metadata)
 
     def check_compatible(self, other: Pathway) -> None:
         """Raise :class:`ShapeError` unless ``other`` has the same layers, shapes, granularity."""

@@ -44,6 +44,7 @@ from neuralpath.methods.base import (
     register_finder,
     require,
 )
+from neuralpath.methods.connect import connect_pathway, rows_of
 from neuralpath.pathway import (
     Granularity,
     Pathway,
@@ -126,7 +127,11 @@ class CriticalConfig(FinderConfig):
     ``chunk_size``: samples per percentile computation (bounds its memory; None: the whole
     batch). ``token_budget`` **[ours]**, element granularity only: at most this many tokens per
     MLP neuron or head of a transformer's token sites (its highest-scoring kept tokens; None:
-    no cap); a budget larger than a site's sequence is an :class:`InputError`.
+    no cap); a budget larger than a site's sequence is an :class:`InputError`. ``connect``
+    **[ours]**, default True: a sample whose pathway still disconnects the network is widened,
+    thin layers first, with its own scores (:mod:`neuralpath.methods.connect`; may exceed
+    ``token_budget``), so the default never returns a disconnected pathway where the whole network
+    connects; False returns the selection as is (the paper's rule with ``min_per_layer=0``).
     """
 
     sparsity: float = 0.9
@@ -136,6 +141,7 @@ class CriticalConfig(FinderConfig):
     chunk_size: int | None = None
     head_sparsity: float | None = None
     token_budget: int | None = None
+    connect: bool = True
 
     def check(self) -> None:
         check_sparsity(self.sparsity)
@@ -314,8 +320,11 @@ class CriticalPathwayFinder(PathwayFinder):
     ) -> tuple[dict[str, Tensor], Tensor]:
         """:meth:`scores` together with the resolved target class ``[B]``."""
 
-    def find_with_target(self, inputs: Tensor, target: TargetType = None) -> tuple[Pathway, Tensor]:
-        """:meth:`find` together with the resolved target class ``[B]`` (saves a forward)."""
+    def find_with_target(
+        self, inputs: Tensor, target: TargetType = None, *, connect: bool | None = None
+    ) -> tuple[Pathway, Tensor]:
+        """:meth:`find` together with the resolved target class ``[B]`` (saves a forward).
+        ``connect``: whether to run the connecting repair (None: ``config.connect``)."""
         cfg = self.config
         scores, cls = self.scores_and_target(inputs, target)
         pathway = select_units(
@@ -328,7 +337,25 @@ class CriticalPathwayFinder(PathwayFinder):
             sites = token_sites(self.gated)
             pathway = cap_tokens(pathway, scores, sites, cfg.token_budget)
         pathway.metadata.update({"method": self.name, "selection": cfg.selection})
+        if cfg.connect if connect is None else connect:
+            found = connect_pathway(self.gated, inputs, pathway, cls, rank=rows_of(scores))
+            pathway = found.pathway
         return pathway, cls
+
+    def connect(
+        self, inputs: Tensor, pathway: Pathway, classes: Tensor, connected: Tensor | None = None
+    ) -> Pathway:
+        """``pathway`` with its disconnected samples widened by their own scores (recomputed for
+        those samples only; :func:`~neuralpath.methods.connect.connect_pathway`). ``connected``
+        ``[B]``: the connectivity test's result, when the caller has it."""
+
+        def rank(rows: Tensor) -> Mapping[str, Tensor]:
+            index = rows.to(inputs.device)
+            return self.scores_and_target(inputs[index], classes.to(inputs.device)[index])[0]
+
+        return connect_pathway(
+            self.gated, inputs, pathway, classes, rank=rank, connected=connected
+        ).pathway
 
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         return self.find_with_target(inputs, target)[0]
@@ -346,7 +373,9 @@ class NeuronMCT(CriticalPathwayFinder):
         return taylor_scores(self.gated, inputs, target, granularity=self.granularity)
 
     def forward_equivalents(self) -> float:
-        return 3.0
+        """One forward + backward of the scores, and one of the connectivity test when
+        ``connect`` (repairs of disconnected samples not counted)."""
+        return 6.0 if self.config.connect else 3.0
 
 
 def _positive_int(value: object) -> bool:
@@ -419,4 +448,7 @@ class NeuronIntGrad(CriticalPathwayFinder):
         return scores, cls
 
     def forward_equivalents(self) -> float:
-        return 1.0 + 3.0 * len(self.gated.sites) * len(self.alphas)
+        """See the class docstring; plus one forward + backward of the connectivity test when
+        ``connect``."""
+        test = 3.0 if self.config.connect else 0.0
+        return 1.0 + 3.0 * len(self.gated.sites) * len(self.alphas) + test

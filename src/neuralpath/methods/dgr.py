@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -73,6 +74,7 @@ from neuralpath.methods.base import (
     register_finder,
     require,
 )
+from neuralpath.methods.connect import Ranker, connect_pathway, taylor_ranker
 from neuralpath.pathway import (
     Granularity,
     Pathway,
@@ -110,7 +112,10 @@ class DGRConfig(FinderConfig):
     ``retry_factor``. ``memory_format`` **[ours]**: the layout the optimisation runs in;
     ``"auto"`` runs 4-D inputs channels-last when the model accepts them
     (:meth:`GatedModel.runs_channels_last`), which is faster on CPU (NCHW max-pooling is slow
-    there); results agree to float tolerance.
+    there); results agree to float tolerance. ``connect`` **[ours]**, default True: a sample whose
+    binary pathway disconnects the network is widened (:mod:`neuralpath.methods.connect`), open
+    gates first by value, then closed gates by their Taylor score; ``kept_prediction`` is checked
+    on the widened pathway. False: the binarised gates as they are.
     """
 
     gamma: float = 0.05
@@ -128,6 +133,7 @@ class DGRConfig(FinderConfig):
     retry_factor: float = 0.1
     seed: int = 0
     memory_format: MemoryFormat = "auto"
+    connect: bool = True
 
     def check(self) -> None:
         require(self.gamma >= 0, f"gamma must be >= 0, got {self.gamma!r}")
@@ -218,8 +224,8 @@ class DGR(PathwayFinder):
     def forward_equivalents(self) -> float:
         """Nominal cost per batch without retries: ``3T`` = teacher + ``T`` gated forwards +
         ``T − 1`` backwards (≈ 2 forwards each; the last iterate needs no step) + the binary
-        pathway's forward."""
-        return 2.0 + _attempt_cost(self.config.iterations)
+        pathway's forward; + 3 for the connectivity test when ``connect`` (repairs not counted)."""
+        return 2.0 + _attempt_cost(self.config.iterations) + (3.0 if self.config.connect else 0.0)
 
     def initial_gates(self, inputs: Tensor) -> dict[str, Tensor]:
         """Starting gates ``{site: [B, C] | [B, *shape]}`` for ``inputs`` ``[B, *input_shape]``:
@@ -295,6 +301,10 @@ class DGR(PathwayFinder):
         gates = Pathway(best, cfg.granularity, {**provenance, "continuous": True})
         pathway = self._binarize(best)
         pathway.metadata.update(provenance, binarize=cfg.binarize)
+        if cfg.connect:
+            pathway = connect_pathway(
+                self.gated, inputs, pathway, target, rank=self._ranker(inputs, target, best)
+            ).pathway
         with torch.no_grad(), self.gated.gate(pathway):
             predicted = self.gated.model(inputs).argmax(dim=1)
         kept_prediction = (predicted == target) & (pathway.kept_fraction() > 0)
@@ -308,8 +318,25 @@ class DGR(PathwayFinder):
             target=target,
             losses=attempt.losses,
             kept_history=attempt.kept,
-            forward_equivalents=2.0 + _attempt_cost(cfg.iterations) * attempts / batch,
+            forward_equivalents=2.0
+            + _attempt_cost(cfg.iterations) * attempts / batch
+            + (3.0 if cfg.connect else 0.0),
         )
+
+    def _ranker(self, inputs: Tensor, target: Tensor, gates: dict[str, Tensor]) -> Ranker:
+        """Unit ranks for the connecting repair: open gates by value, above every closed gate;
+        closed gates by their Taylor score in the unmasked network."""
+        taylor = taylor_ranker(self.gated, inputs, target, self.config.granularity)
+
+        def rank(rows: Tensor) -> Mapping[str, Tensor]:
+            ranks = {}
+            for name, score in taylor(rows).items():
+                gate = gates[name][rows.to(gates[name].device)]
+                closed = score / (2 * score.max() + torch.finfo(score.dtype).tiny)  # in [0, 0.5]
+                ranks[name] = torch.where(gate > 0, 1 + gate, closed)
+            return ranks
+
+        return rank
 
     def _binarize(self, gates: dict[str, Tensor]) -> Pathway:
         """Binary pathway of the continuous ``gates`` per ``config.binarize``; with

@@ -28,7 +28,7 @@ from torch import Tensor
 from neuralpath.errors import ShapeError
 from neuralpath.gating import GatedModel
 from neuralpath.metrics.connectivity import empty_layers, input_dependence
-from neuralpath.pathway import Pathway
+from neuralpath.pathway import Pathway, repaired_samples
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -54,6 +54,7 @@ class PathwayOutcome:
     kept_fraction: Tensor
     connected: Tensor  # the target logit of H_P depends on the input
     empty_layer: Tensor  # the pathway keeps no unit of some layer
+    repaired: Tensor  # the connecting repair widened the pathway (neuralpath.methods.connect)
 
     @classmethod
     def cat(cls, outcomes: list[PathwayOutcome]) -> PathwayOutcome:
@@ -82,6 +83,7 @@ def pathway_outcome(
         kept_fraction=pathway.kept_fraction().float().cpu(),
         connected=input_dependence(gated, inputs, pathway, cls, seed=seed),
         empty_layer=empty_layers(pathway),
+        repaired=repaired_samples(pathway),
     )
 
 
@@ -143,6 +145,7 @@ def summarize(
         "disconnected": float((~connected).float().mean()),
         "disconnected_n": int((~connected).sum()),
         "empty_layer_n": int(outcome.empty_layer.sum()),
+        "repaired_n": int(outcome.repaired.sum()),
     }
     if labels is not None:
         labels = torch.as_tensor(labels).cpu()

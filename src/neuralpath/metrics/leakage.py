@@ -31,7 +31,7 @@ from neuralpath.errors import InputError, ShapeError
 from neuralpath.gating import GatedModel
 from neuralpath.metrics.connectivity import input_dependence
 from neuralpath.metrics.faithfulness import PathwayOutcome
-from neuralpath.pathway import ClassPathways, Pathway
+from neuralpath.pathway import ClassPathways, Pathway, repaired_samples
 from neuralpath.seeding import sample_seeds
 from neuralpath.targets import TargetType, resolve_target, select_logit
 
@@ -61,6 +61,7 @@ class LeakageOutcome:
     swap_follows_input: Tensor
     swap_follows_mask: Tensor
     connected: Tensor
+    repaired: Tensor  # the connecting repair widened the pathway (neuralpath.methods.connect)
 
     @classmethod
     def cat(cls, outcomes: list[LeakageOutcome]) -> LeakageOutcome:
@@ -146,6 +147,7 @@ def leakage_outcome(
         swap_follows_input=(swapped == cls).cpu(),
         swap_follows_mask=(swapped == cls[partner.to(cls.device)]).cpu(),
         connected=connected,
+        repaired=repaired_samples(pathway),
     )
 
 
@@ -170,6 +172,7 @@ def summarize_leakage(outcome: LeakageOutcome) -> dict[str, float | int]:
         ),
         "disconnected": float((~outcome.connected.bool()).float().mean()),
         "disconnected_n": int((~outcome.connected.bool()).sum()),
+        "repaired_n": int(outcome.repaired.bool().sum()),
     }
 
 

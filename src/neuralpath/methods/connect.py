@@ -1,0 +1,170 @@
+"""Connecting repair **[ours]**: widen a pathway that disconnects the network until it does not.
+
+A pathway *disconnects* the network for a sample when its pathway model's explained logit does
+not depend on the input (:mod:`neuralpath.metrics.connectivity`): an empty layer, a layer kept to
+a channel or two that passes nothing (a dead end), kept channels on either side of a depthwise
+conv that share no group, or units that saturate under the intervention. Such a pathway predicts
+the same class for every image, so it explains nothing about its sample.
+
+:func:`connect_pathway` repairs those samples and leaves every connected sample exactly as it
+was. For a disconnected sample it raises a per-layer floor: every layer keeps at least its
+``floor`` highest-ranked units (:func:`~neuralpath.pathway.keep_per_layer`, on top of what the
+pathway already keeps), with ``floor = growth^k · max(1, min_per_layer)`` for ``k = 1, 2, ...``,
+until the sample connects. Thin layers (the usual cause) are widened first and most; wide layers
+are touched only when the floor passes what they already keep. The floor stops growing once it
+covers every layer (the whole network); a sample the whole network cannot connect (a model whose
+output is constant at that input and at every probe) keeps its original pathway and stays
+reported as disconnected.
+
+Units are ranked by the given ``rank`` (a critical-pathway finder's own scores), else by their
+first-order contribution ``|a · ∂y_c/∂a|`` in the unmasked network (NeuronMCT's score); either is
+computed for the disconnected samples only. Each widened sample records its final floor in the pathway's
+``metadata["connect_floor"]`` (one integer per sample, 0 where nothing was added), which the
+summaries count as ``repaired_n``. Cost: one forward and backward of ``H_P`` per batch (the test
+of :func:`~neuralpath.metrics.connectivity.input_dependence`), plus, for disconnected samples
+only, the probes, one scoring pass and one test per floor step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from neuralpath.errors import InputError
+from neuralpath.gating import GatedModel
+from neuralpath.metrics.connectivity import input_dependence
+from neuralpath.pathway import CONNECT_FLOOR, Granularity, Pathway, keep_per_layer
+
+GROWTH = 2
+"""Factor by which the per-layer floor grows at each step [ours]: few steps (a 512-channel layer
+is covered after 5) while a thin layer gets a few more units at a time."""
+
+
+class Connection(NamedTuple):
+    """The repaired pathway ``[B, ...]`` and whether each sample now connects (``[B]`` bool, CPU)."""
+
+    pathway: Pathway
+    connected: Tensor
+
+
+Ranker = Callable[[Tensor], Mapping[str, Tensor]]
+"""Unit ranks of some samples: row indices ``[R]`` (long, CPU) -> ``{site: [R, ...]}`` shaped like
+the pathway's masks of those rows; higher is kept first."""
+
+
+def _rows(scores: Mapping[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+    return {name: s[rows.to(s.device)] for name, s in scores.items()}
+
+
+def rows_of(scores: Mapping[str, Tensor]) -> Ranker:
+    """A :data:`Ranker` reading the rows of ``scores`` ``{site: [B, ...]}`` computed already."""
+    return lambda rows: _rows(scores, rows)
+
+
+def connect_pathway(
+    gated: GatedModel,
+    inputs: Tensor,
+    pathway: Pathway,
+    classes: Tensor,
+    *,
+    rank: Ranker | None = None,
+    growth: int = GROWTH,
+    seed: int = 0,
+    connected: Tensor | None = None,
+) -> Connection:
+    """Widen the samples of ``pathway`` that disconnect the network (see the module docstring).
+
+    ``inputs`` ``[B, *gated.input_shape]``; ``pathway`` binary, ``[B, ...]`` per site; ``classes``
+    ``[B]`` the explained logits. ``rank``: the unit ranks of given samples (None: Taylor
+    scores of the unmasked network). ``connected``: ``[B]`` bool, when the caller has already
+    tested the pathway (skips that test). ``seed`` draws the probes of the test.
+    """
+    if not pathway.is_binary:
+        raise InputError("connect_pathway needs a binary pathway")
+    if growth < 2:
+        raise InputError(f"growth must be an integer >= 2, got {growth!r}")
+    classes = classes.to(inputs.device)
+    if connected is None:
+        connected = input_dependence(gated, inputs, pathway, classes, seed=seed)
+    connected = connected.clone()
+    floors = torch.zeros(pathway.batch_size, dtype=torch.long)
+    failed = (~connected).nonzero().squeeze(1)
+    masks = dict(pathway.items())
+    if failed.numel():
+        if rank is None:
+            rank = taylor_ranker(gated, inputs, classes, pathway.granularity)
+        ranks = rank(failed)
+        widened, floors_failed, ok = _widen(
+            gated, inputs[failed.to(inputs.device)], pathway.select(failed), classes[failed.to(classes.device)], ranks,
+            growth=growth, seed=seed,
+        )  # fmt: skip
+        for name, mask in widened.items():
+            masks[name] = masks[name].clone()
+            masks[name][failed.to(mask.device)] = mask
+        floors[failed] = floors_failed
+        connected[failed] = ok
+    metadata = {**pathway.metadata, CONNECT_FLOOR: floors.tolist()}
+    return Connection(Pathway(masks, pathway.granularity, metadata), connected)
+
+
+def taylor_ranker(
+    gated: GatedModel, inputs: Tensor, classes: Tensor, granularity: Granularity
+) -> Ranker:
+    """A :data:`Ranker` scoring the asked rows of ``inputs`` by ``|a · ∂y_c/∂a|`` in the unmasked
+    network (NeuronMCT's score at ``granularity``; one forward + backward of those rows)."""
+    from neuralpath.methods.critical import taylor_scores  # critical imports this module
+
+    def rank(rows: Tensor) -> Mapping[str, Tensor]:
+        index = rows.to(inputs.device)
+        return taylor_scores(
+            gated, inputs[index], classes.to(inputs.device)[index], granularity=granularity
+        )[0]
+
+    return rank
+
+
+def _widen(  # noqa: PLR0913 -- the state of one repair, passed once
+    gated: GatedModel,
+    inputs: Tensor,
+    pathway: Pathway,
+    classes: Tensor,
+    ranks: Mapping[str, Tensor],
+    *,
+    growth: int,
+    seed: int,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Raise the floor of every sample of ``pathway`` (all disconnected) until it connects:
+    ``(masks, floor per sample [R], connected [R])``; samples never connected get their
+    original masks and floor 0."""
+    count = pathway.batch_size
+    original = dict(pathway.items())
+    masks = dict(original)
+    floors = torch.zeros(count, dtype=torch.long)
+    connected = torch.zeros(count, dtype=torch.bool)
+    pending = torch.arange(count)
+    floor = max(1, int(pathway.metadata.get("min_per_layer", 1) or 1))
+    widest = max(pathway.units.values())
+    while pending.numel() and floor < widest:
+        floor *= growth
+        current = Pathway(
+            {n: m[pending.to(m.device)] for n, m in masks.items()}, pathway.granularity
+        )
+        wider = keep_per_layer(current, _rows(ranks, pending), floor)
+        found = input_dependence(
+            gated, inputs[pending.to(inputs.device)], wider, classes[pending], seed=seed
+        )
+        for name, mask in wider.items():
+            masks[name] = masks[name].clone()
+            masks[name][pending.to(mask.device)] = mask
+        floors[pending] = floor
+        connected[pending] = found
+        pending = pending[~found]
+    if pending.numel() and floors.any():  # never connected: back to what the method chose
+        for name, mask in masks.items():
+            rows = pending.to(mask.device)
+            mask[rows] = original[name][rows]
+    floors[pending] = 0
+    return masks, floors, connected
