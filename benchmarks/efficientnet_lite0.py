@@ -19,7 +19,9 @@ Measured, on the CPU:
 * faithfulness (agreement, mIC, mDC, kept fraction) with the leakage controls (blank agreement,
   swap follows-mask) and the disconnection count (:mod:`neuralpath.metrics.connectivity`) under
   zero and mean ablation, for element and channel critical pathways (the paper's global
-  threshold with and without ``min_per_layer=1``, and per-layer top-k) and DGR;
+  threshold with and without ``min_per_layer=1``, and per-layer top-k) and DGR, each with the
+  connecting repair (the default) and without it (``connect=false``), and how many pathways the
+  repair widened;
 * a figure of the maps of some photos beside the plain gradient and Grad-CAM, each panel at
   224x224.
 
@@ -206,19 +208,37 @@ def batched(fn: Explain, images: Tensor, classes: Tensor, batch: int) -> Tensor:
 
 def finders(gated: GatedModel, args: argparse.Namespace) -> dict[str, PathwayFinder]:
     """The finders compared, by row label (each method's defaults unless the label says)."""
+    channel: dict[str, Any] = {"granularity": "channel"}
+    off: dict[str, Any] = {"connect": False}
     return {
         "cp-mct element": NeuronMCT(gated, granularity="element"),
-        "cp-mct channel": NeuronMCT(gated, granularity="channel"),
-        "cp-mct channel, min_per_layer=0": NeuronMCT(gated, granularity="channel", min_per_layer=0),
-        "cp-mct channel, per-layer": NeuronMCT(gated, granularity="channel", selection="per_layer"),
+        "cp-mct element, connect=false": NeuronMCT(gated, granularity="element", **off),
+        "cp-mct channel": NeuronMCT(gated, **channel),
+        "cp-mct channel, connect=false": NeuronMCT(gated, **channel, **off),
+        "cp-mct channel, min_per_layer=0, connect=false": NeuronMCT(
+            gated, **channel, min_per_layer=0, **off
+        ),
+        "cp-mct channel, per-layer": NeuronMCT(gated, **channel, selection="per_layer"),
+        "cp-mct channel, per-layer, connect=false": NeuronMCT(
+            gated, **channel, selection="per_layer", **off
+        ),
         "dgr": DGR(gated, iterations=args.dgr_iterations),
+        "dgr, connect=false": DGR(gated, iterations=args.dgr_iterations, **off),
     }
 
 
-INTERVENTION_FREE = ("cp-mct",)
-"""Finders whose pathways do not depend on the intervention (critical pathways score the plain
-model), found once; DGR optimises under the ablation and is run under each."""
-ZERO_ONLY = ("cp-mct channel, min_per_layer=0", "cp-mct channel, per-layer")
+def intervention_free(finder: PathwayFinder) -> bool:
+    """Whether ``finder``'s pathways do not depend on the intervention: critical pathways score
+    the plain model, so without the connecting repair (which tests the pathway model under the
+    intervention) they are found once; DGR optimises under the ablation and is run under each."""
+    return isinstance(finder, NeuronMCT) and not finder.config.connect
+
+
+ZERO_ONLY = (
+    "cp-mct channel, min_per_layer=0, connect=false",
+    "cp-mct channel, per-layer",
+    "cp-mct channel, per-layer, connect=false",
+)
 """Variants measured under zero ablation only (to keep the run short)."""
 
 
@@ -231,7 +251,7 @@ def find_all(
     for name, finder in finders(gated, args).items():
         if ablation != "zero" and name in ZERO_ONLY:
             continue
-        if ablation != "zero" and name.startswith(INTERVENTION_FREE):
+        if ablation != "zero" and intervention_free(finder):
             found[name][ablation] = found[name]["zero"]
             continue
         log(f"find: {name} under {ablation}")
@@ -437,8 +457,10 @@ def render(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
         "a small reference, so mean-ablation figures are indicative. DGR runs "
         f"{args.dgr_iterations} iterations (its default is 30) to keep the run short; every other "
         "setting is each method's default (critical pathways sparsity 0.9, `min_per_layer=1`; "
-        "DGR channel gates binarised at sparsity 0.9). The two channel variants below the "
-        "defaults are measured under zero ablation only.",
+        "DGR channel gates binarised at sparsity 0.9; the connecting repair on, "
+        "`neuralpath.methods.connect`), and each `connect=false` row is the same method without "
+        "the repair. The min_per_layer=0 and per-layer variants are measured under zero "
+        "ablation only.",
         "",
         "### Cost per image (zero ablation)",
         "",
@@ -449,10 +471,11 @@ def render(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
         "memory back), for one call over all photos in "
         "batches. Single timed calls on a shared CPU: the ratio below is the interleaved one.",
         "",
-        "| finder | find s / image | find peak extra MiB |",
-        "|---|---:|---:|",
+        "| finder | find s / image | find peak extra MiB | repaired |",
+        "|---|---:|---:|---:|",
         *(
-            f"| {name} | {c['seconds_per_image']:.2f} | {c['peak_mib']:.0f} |"
+            f"| {name} | {c['seconds_per_image']:.2f} | {c['peak_mib']:.0f} | "
+            f"{faith[name]['zero']['repaired_n']} / {results['n']} |"
             for name, c in find_cost.items()
         ),
         "",
@@ -481,13 +504,14 @@ def render(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
         "blank agr. ↓ (plain model on the blank: "
         f"{cell(results['blank_plain'])}), swap → mask ↓; disconnected: pathways whose pathway "
         "model's output does not depend on the input (`neuralpath.metrics.connectivity`), of which "
-        "empty layer: those keeping no unit of some layer; constant: the first disconnected "
+        "empty layer: those keeping no unit of some layer; repaired: pathways the connecting "
+        "repair widened (found under that ablation); constant: the first disconnected "
         "pathway of the row, applied to every photo (one photo per forward), gives "
         "bit-identical logits (a check of the detector; — none disconnected).",
         "",
         "| method | ablation | agreement | mIC | mDC | kept | blank agr. | swap → mask | "
-        "disconnected | empty layer | constant |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "disconnected | empty layer | repaired | constant |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, by_ablation in faith.items():
         for ablation, s in by_ablation.items():
@@ -496,7 +520,7 @@ def render(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
                 f"{cell(s['mdc'], 2)} | {cell(s['kept_fraction_mean'])} | "
                 f"{cell(s['blank_agreement'])} | {cell(s['swap_follows_mask'])} | "
                 f"{s['disconnected_n']} / {s['n']} | {s['empty_layer_n']} | "
-                f"{CHECK[s['constant_checked']]} |"
+                f"{s['repaired_n']} | {CHECK[s['constant_checked']]} |"
             )
     lines += [
         "",
