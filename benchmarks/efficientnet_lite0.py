@@ -227,13 +227,6 @@ def finders(gated: GatedModel, args: argparse.Namespace) -> dict[str, PathwayFin
     }
 
 
-def intervention_free(finder: PathwayFinder) -> bool:
-    """Whether ``finder``'s pathways do not depend on the intervention: critical pathways score
-    the plain model, so without the connecting repair (which tests the pathway model under the
-    intervention) they are found once; DGR optimises under the ablation and is run under each."""
-    return isinstance(finder, NeuronMCT) and not finder.config.connect
-
-
 ZERO_ONLY = (
     "cp-mct channel, min_per_layer=0, connect=false",
     "cp-mct channel, per-layer",
@@ -246,13 +239,12 @@ def find_all(
     gated: GatedModel, images: Tensor, classes: Tensor, args: argparse.Namespace, ablation: str,
     found: dict[str, dict[str, Pathway]], cost: dict[str, dict[str, float]],
 ) -> None:  # fmt: skip
-    """Find every finder's pathways of ``images`` under ``gated`` (in batches), timed (zero
-    ablation) or taken over from zero ablation (critical pathways under another ablation)."""
+    """Find every finder's pathways of ``images`` under ``gated`` (in batches; timed under zero
+    ablation). Every finder runs under each ablation: critical pathways score through the gates,
+    whose gradient under mean ablation is ``(a − mean) · ∂y/∂a``, and the connecting repair tests
+    the pathway model under the ablation."""
     for name, finder in finders(gated, args).items():
         if ablation != "zero" and name in ZERO_ONLY:
-            continue
-        if ablation != "zero" and intervention_free(finder):
-            found[name][ablation] = found[name]["zero"]
             continue
         log(f"find: {name} under {ablation}")
         seconds, peak, pathways = timed_peak(

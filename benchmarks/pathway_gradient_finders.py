@@ -72,7 +72,9 @@ def matched_sparsity(target: Any, generator: Path, images: torch.Tensor) -> floa
 def zero_maps_at(
     model: torch.nn.Module, images: torch.Tensor, finders: list[str], sparsity: float, seed: int
 ) -> dict[str, int]:
-    """Per finder with a sparsity knob: all-zero channel-pathway PG maps at ``sparsity``."""
+    """Per finder with a sparsity knob: all-zero channel-pathway PG maps at ``sparsity``, by
+    column label; finders with the connecting repair also without it (``<name>, connect=false``)."""
+    import dataclasses
     import warnings
 
     from neuralpath.attribution import make_explainer, pathway_options, zero_maps
@@ -83,11 +85,18 @@ def zero_maps_at(
     gated = GatedModel.discover(model, images[:1])
     options = pathway_options(sparsity=sparsity, granularity="channel", seed=seed)
     counts = {}
-    for finder in finders:
-        explain = make_explainer("pathway-gradient", gated, build_finder(finder, gated, options))
-        with warnings.catch_warnings():  # counted here instead
-            warnings.simplefilter("ignore", ZeroMapsWarning)
-            counts[finder] = int(zero_maps(explain(images, None)).sum())  # type: ignore[arg-type]
+    for name in finders:
+        finder = build_finder(name, gated, options)
+        variants = {name: finder}
+        config = getattr(finder, "config", None)
+        if config is not None and "connect" in {f.name for f in dataclasses.fields(config)}:
+            off = dataclasses.replace(options, settings={"connect": False})
+            variants = {f"{name}, connect=false": build_finder(name, gated, off), **variants}
+        for label, variant in variants.items():
+            explain = make_explainer("pathway-gradient", gated, variant)
+            with warnings.catch_warnings():  # counted here instead
+                warnings.simplefilter("ignore", ZeroMapsWarning)
+                counts[label] = int(zero_maps(explain(images, None)).sum())  # type: ignore[arg-type]
     return counts
 
 
@@ -217,8 +226,10 @@ def section(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comma
         f"### All-zero maps at the CLI's default sparsity {DEFAULT_SPARSITY} with channel units",
         "",
         "One global threshold over all channels (the paper's rule) at 90 % can empty whole "
-        f"layers, and such a pathway passes no gradient. All-zero maps out of {args.limit}, on "
-        "the same images:",
+        "layers or leave dead ends, and such a pathway passes no gradient; the connecting repair "
+        "(on by default for cp-mct, cp-intgrad, dgr, dgr-r; `connect=false` columns without it) "
+        "widens exactly those pathways. All-zero maps out of "
+        f"{args.limit}, on the same images:",
         "",
         "| target | " + " | ".join(knobs) + " |",
         "|---" * (len(knobs) + 1) + "|",

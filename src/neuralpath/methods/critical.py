@@ -11,7 +11,10 @@ highest-scoring units:
 
 Gradients are taken with respect to *element gates* multiplying each site's output: the gradient
 of ``y`` w.r.t. a gate of value ``g`` is ``a · ∂y/∂(g a)``, i.e. exactly ``a`` times the gradient
-at the (scaled) activation. Channel granularity sums the element scores ``|a · ∂y/∂a|`` over H×W
+at the (scaled) activation. Under an intervention with replacement ``r`` (the gated model's
+:mod:`~neuralpath.interventions`; ``a' = g a + (1 − g) r``) the gate's gradient is
+``(a − r) · ∂y/∂a'``: the first-order effect of replacing the unit by ``r``, so under mean
+ablation the scores, and the pathways, differ from zero ablation's. Channel granularity sums the element scores ``|a · ∂y/∂a|`` over H×W
 (over the tokens of a transformer's MLP neurons and heads). A head's element unit is the head at
 one token, a vector ``h`` of its ``d`` dimensions gated as one: its score is ``|h · ∂y/∂h|``, the
 dot product over the head's dimensions (the first-order change of ``y`` when the head is removed
