@@ -34,6 +34,8 @@ INSTANCE = (
     ("swap_follows_input", "swap → input ↑", "{:.2f}"),
     ("swap_follows_mask", "swap → mask ↓", "{:.2f}"),
     ("input_attributable_confidence", "input-attr. conf. ↑", "{:.3f}"),
+    ("disconnected_n", "disconnected ↓", "{}"),
+    ("repaired_n", "repaired", "{}"),
     ("seconds_per_image", "s / image", "{:.4f}"),
 )
 TRANSFER = (

@@ -64,6 +64,40 @@ def evaluate(args: argparse.Namespace, ablation: str) -> dict[str, Any]:
     return payload
 
 
+def _at(curve: dict[str, Any], q: float) -> float:
+    """A LeRF/MoRF curve's value at ``q`` % of the pixels removed."""
+    fractions = [float(f) for f in curve["fractions"]]
+    return float(
+        curve["curve"][min(range(len(fractions)), key=lambda i: abs(fractions[i] - q / 100))]
+    )
+
+
+def reading(payloads: dict[str, dict[str, Any]]) -> list[str]:
+    """Generated from the tables: orderings at 10 % and the methods the sanity check catches."""
+    rows = {
+        f"{method} ({ablation})" if ablation != "zero" else method: row
+        for ablation, payload in payloads.items()
+        for method, row in payload["results"].items()
+    }
+    lerf = sorted(rows, key=lambda m: _at(rows[m]["lerf"], 10.0))
+    morf = sorted(rows, key=lambda m: -_at(rows[m]["morf"], 10.0))
+    blind = [m for m, row in rows.items() if row["sanity"]["similarity"]["ssim"][0] >= 0.99]
+    return [
+        "**Reading** (generated from the tables):",
+        f"- LeRF at 10 % (best first): {', '.join(lerf)}.",
+        f"- MoRF at 10 % (best first): {', '.join(morf)}.",
+        "- Unchanged when the classifier head is randomised (SSIM last layer ≥ 0.99, failing "
+        f"that sanity check): {', '.join(blind) or 'none'}"
+        + (
+            " (attention rollout reads only the attention weights, never the head, so it "
+            "cannot depend on the explained class)."
+            if any(m.startswith("attention-rollout") for m in blind)
+            else "."
+        ),
+        "",
+    ]
+
+
 def render(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, command: str) -> str:
     lines = [
         SECTION,
@@ -87,6 +121,10 @@ def render(payloads: dict[str, dict[str, Any]], args: argparse.Namespace, comman
         generator = payload["generator"] or "none (run benchmarks/vit_study.py first)"
         lines += [f"### {ablation} ablation (GEN-CNP generator: {generator})", ""]
         lines += [markdown_table(payload).rstrip(), ""]
+        zero = {m: row.get("zero_maps", 0) for m, row in payload["results"].items()}
+        listed = ", ".join(f"{m} {n} / {args.limit}" for m, n in zero.items() if n) or "none"
+        lines += [f"All-zero maps (their pixel ranking is ties only): {listed}.", ""]
+    lines += reading(payloads)
     return "\n".join(lines) + "\n"
 
 

@@ -115,6 +115,12 @@ def _cli(argv: list[str]) -> None:
         raise SystemExit(f"neuralpath {argv[0]} failed with exit code {code}")
 
 
+def met(summary: dict[str, Any]) -> bool:
+    """The issue's training goal: ≥ 88 % test accuracy within 5 minutes' wall time on the CPU."""
+    on_cpu = str(summary.get("device", "cpu")).startswith("cpu")
+    return on_cpu and summary["test_accuracy"] >= 0.88 and summary["wall_time_s"] <= 300
+
+
 def target_lines(args: argparse.Namespace) -> list[str]:
     """The target, its recipe and, when the summary belongs to it, its training history."""
     meta = json.loads((args.checkpoint / "meta.json").read_text())
@@ -135,9 +141,11 @@ def target_lines(args: argparse.Namespace) -> list[str]:
                 for e in summary["history"]
             )
             lines.append(
-                f"Training ({summary['num_parameters']} parameters, CPU, 1 thread, shared "
-                f"machine; {summary['wall_time_s'] / 60:.1f} min wall): test accuracy per epoch "
-                f"{epochs}."
+                f"Training ({summary['num_parameters']} parameters, "
+                f"{summary.get('device', 'cpu')}, {summary.get('threads', 1)} thread(s); "
+                f"{summary['wall_time_s'] / 60:.1f} min wall): test accuracy per epoch "
+                f"{epochs}. Issue goal ≥ 88 % within ~5 CPU minutes: "
+                f"{'met' if met(summary) else 'not met'}."
             )
     return lines
 

@@ -607,3 +607,34 @@ def test_corrupt_generator_checkpoint(trained, gated, tmp_path) -> None:
     (broken / "meta.json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="not a GEN-CNP generator"):
         load_generator(broken, gated)
+
+
+def test_connect_is_opt_in_and_widens_only_disconnected_pathways(gated, trained, data) -> None:
+    """GEN-CNP stays one pass by default; ``connect=True`` widens, by the generator's scores, only
+    the pathways that disconnect (here forced: the global variant at 0.99 with no floor)."""
+    from neuralpath.metrics.connectivity import input_dependence
+    from neuralpath.pathway import CONNECT_FLOOR, repaired_samples
+
+    images = data[1].tensors[0][:8]
+    with torch.no_grad():
+        classes = gated.forward(images).argmax(1)
+    generator = str(trained[1])
+    plain = build_finder("gencnp", gated, FinderOptions(generator=generator))
+    same = build_finder(
+        "gencnp", gated, FinderOptions(generator=generator, settings={"connect": True})
+    )
+    assert CONNECT_FLOOR not in plain.find(images).metadata
+    base, widened = plain.find(images), same.find(images)
+    connected = input_dependence(gated, images, base, classes, probe_scales=())  # at the sample
+    assert torch.equal(repaired_samples(widened), ~connected)
+    for name in base:
+        assert torch.equal(widened[name][connected], base[name][connected])
+    cut = {"generator": generator, "sparsity": 0.99}
+    off = build_finder("gencnp-global", gated, FinderOptions(**cut, settings={"min_per_layer": 0}))
+    on = build_finder(
+        "gencnp-global", gated,
+        FinderOptions(**cut, settings={"min_per_layer": 0, "connect": True}),
+    )  # fmt: skip
+    assert not input_dependence(gated, images, off.find(images), classes).all()
+    assert input_dependence(gated, images, on.find(images), classes).all()
+    assert on.forward_equivalents() == pytest.approx(off.forward_equivalents() + 3)

@@ -97,6 +97,8 @@ def test_training_is_deterministic():
     train_target("alexnet", data, epochs=1, seed=4, device="cpu", width=0.125, progress=False)
     assert torch.equal(torch.get_rng_state(), rng_state)  # the global RNG is left alone
     assert runs[0].checkpoint is None and runs[0].num_parameters > 0
+    summary = runs[0].summary()  # the wall time is read with the device and threads it ran on
+    assert summary["device"] == "cpu" and summary["threads"] == torch.get_num_threads()
 
 
 def test_train_argument_errors(tmp_path):

@@ -234,8 +234,8 @@ class PathwayGradient(_PathwayAttribution):
 
     def _maps(self, run: _PathwayForward) -> Tensor:
         """Pathway Gradient: same shape and dtype as the inputs. With a critical-pathway finder
-        whose ``connect`` is on, samples whose gradient is zero everywhere (the connectivity test
-        of :mod:`neuralpath.metrics.connectivity`) get their pathway repaired and their maps
+        whose ``connect`` is on, samples whose gradient is zero everywhere (exactly the test of the
+        connecting repair, :mod:`neuralpath.methods.connect`) get their pathway repaired and their maps
         recomputed: connected samples cost nothing more."""
         (grad,) = torch.autograd.grad(run.objective, run.inputs, allow_unused=True)
         if grad is None:

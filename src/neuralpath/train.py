@@ -51,6 +51,9 @@ class TrainResult:
     wall_time_s: float
     num_parameters: int
     checkpoint: Path | None
+    device: str = "cpu"
+    threads: int = 1
+    """CPU threads torch used (``torch.get_num_threads()``): the wall time depends on them."""
 
     @property
     def test_accuracy(self) -> float:
@@ -70,6 +73,8 @@ class TrainResult:
             "test_accuracy": self.test_accuracy,
             "num_parameters": self.num_parameters,
             "wall_time_s": round(self.wall_time_s, 2),
+            "device": self.device,
+            "threads": self.threads,
             "history": [asdict(stats) for stats in self.history],
         }
 
@@ -155,6 +160,8 @@ def train_target(  # noqa: PLR0913 -- public API; keyword-only options mirror th
         wall_time_s=time.perf_counter() - started,
         num_parameters=count_parameters(model),
         checkpoint=checkpoint,
+        device=str(run_device),
+        threads=torch.get_num_threads(),
     )
 
 

@@ -6,6 +6,13 @@ a channel or two that passes nothing (a dead end), kept channels on either side 
 conv that share no group, or units that saturate under the intervention. Such a pathway predicts
 the same class for every image, so it explains nothing about its sample.
 
+The repair asks for more than the report does: a sample counts as connected when the gradient of
+its explained logit is non-zero *at the sample itself* (``probe_scales=()``, the first test of
+:func:`~neuralpath.metrics.connectivity.input_dependence`). A pathway whose chain is live
+elsewhere but whose kept units are all inactive at this input passes nothing of *this* input
+either (its output is locally constant and its Pathway Gradient an all-zero map), so it is
+widened too; a repaired pathway is then never reported disconnected.
+
 :func:`connect_pathway` repairs those samples and leaves every connected sample exactly as it
 was. For a disconnected sample it raises a per-layer floor: every layer keeps at least its
 ``floor`` highest-ranked units (:func:`~neuralpath.pathway.keep_per_layer`, on top of what the
@@ -13,16 +20,14 @@ pathway already keeps), with ``floor = growth^k · max(1, min_per_layer)`` for `
 until the sample connects. Thin layers (the usual cause) are widened first and most; wide layers
 are touched only when the floor passes what they already keep. The floor stops growing once it
 covers every layer (the whole network); a sample the whole network cannot connect (a model whose
-output is constant at that input and at every probe) keeps its original pathway and stays
-reported as disconnected.
+gradient is zero at that input) keeps its original pathway.
 
 Units are ranked by the given ``rank`` (a critical-pathway finder's own scores), else by their
 first-order contribution ``|a · ∂y_c/∂a|`` in the unmasked network (NeuronMCT's score); either is
 computed for the disconnected samples only. Each widened sample records its final floor in the pathway's
 ``metadata["connect_floor"]`` (one integer per sample, 0 where nothing was added), which the
-summaries count as ``repaired_n``. Cost: one forward and backward of ``H_P`` per batch (the test
-of :func:`~neuralpath.metrics.connectivity.input_dependence`), plus, for disconnected samples
-only, the probes, one scoring pass and one test per floor step.
+summaries count as ``repaired_n``. Cost: one forward and backward of ``H_P`` per batch (the
+test), plus, for disconnected samples only, one scoring pass and one test per floor step.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ def connect_pathway(
     *,
     rank: Ranker | None = None,
     growth: int = GROWTH,
-    seed: int = 0,
+    probe_scales: tuple[float, ...] = (),
     connected: Tensor | None = None,
 ) -> Connection:
     """Widen the samples of ``pathway`` that disconnect the network (see the module docstring).
@@ -80,7 +85,9 @@ def connect_pathway(
     ``inputs`` ``[B, *gated.input_shape]``; ``pathway`` binary, ``[B, ...]`` per site; ``classes``
     ``[B]`` the explained logits. ``rank``: the unit ranks of given samples (None: Taylor
     scores of the unmasked network). ``connected``: ``[B]`` bool, when the caller has already
-    tested the pathway (skips that test). ``seed`` draws the probes of the test.
+    tested the pathway (skips that test). ``probe_scales``: the test's noisy probes
+    (:func:`~neuralpath.metrics.connectivity.input_dependence`, seed 0; default none, see the
+    module docstring).
     """
     if not pathway.is_binary:
         raise InputError("connect_pathway needs a binary pathway")
@@ -88,7 +95,7 @@ def connect_pathway(
         raise InputError(f"growth must be an integer >= 2, got {growth!r}")
     classes = classes.to(inputs.device)
     if connected is None:
-        connected = input_dependence(gated, inputs, pathway, classes, seed=seed)
+        connected = input_dependence(gated, inputs, pathway, classes, probe_scales=probe_scales)
     connected = connected.clone()
     floors = torch.zeros(pathway.batch_size, dtype=torch.long)
     failed = (~connected).nonzero().squeeze(1)
@@ -99,7 +106,7 @@ def connect_pathway(
         ranks = rank(failed)
         widened, floors_failed, ok = _widen(
             gated, inputs[failed.to(inputs.device)], pathway.select(failed), classes[failed.to(classes.device)], ranks,
-            growth=growth, seed=seed,
+            growth=growth, probe_scales=probe_scales,
         )  # fmt: skip
         for name, mask in widened.items():
             masks[name] = masks[name].clone()
@@ -134,7 +141,7 @@ def _widen(  # noqa: PLR0913 -- the state of one repair, passed once
     ranks: Mapping[str, Tensor],
     *,
     growth: int,
-    seed: int,
+    probe_scales: tuple[float, ...],
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Raise the floor of every sample of ``pathway`` (all disconnected) until it connects:
     ``(masks, floor per sample [R], connected [R])``; samples never connected get their
@@ -154,8 +161,9 @@ def _widen(  # noqa: PLR0913 -- the state of one repair, passed once
         )
         wider = keep_per_layer(current, _rows(ranks, pending), floor)
         found = input_dependence(
-            gated, inputs[pending.to(inputs.device)], wider, classes[pending], seed=seed
-        )
+            gated, inputs[pending.to(inputs.device)], wider, classes[pending.to(classes.device)],
+            probe_scales=probe_scales,
+        )  # fmt: skip
         for name, mask in wider.items():
             masks[name] = masks[name].clone()
             masks[name][pending.to(mask.device)] = mask

@@ -131,8 +131,8 @@ class CriticalConfig(FinderConfig):
     batch). ``token_budget`` **[ours]**, element granularity only: at most this many tokens per
     MLP neuron or head of a transformer's token sites (its highest-scoring kept tokens; None:
     no cap); a budget larger than a site's sequence is an :class:`InputError`. ``connect``
-    **[ours]**, default True: a sample whose pathway still disconnects the network is widened,
-    thin layers first, with its own scores (:mod:`neuralpath.methods.connect`; may exceed
+    **[ours]**, default True: a sample whose pathway passes nothing of its input (zero gradient of
+    the explained logit at the sample) is widened, thin layers first, with its own scores (:mod:`neuralpath.methods.connect`; may exceed
     ``token_budget``), so the default never returns a disconnected pathway where the whole network
     connects; False returns the selection as is (the paper's rule with ``min_per_layer=0``).
     """

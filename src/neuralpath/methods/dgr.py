@@ -113,7 +113,7 @@ class DGRConfig(FinderConfig):
     ``"auto"`` runs 4-D inputs channels-last when the model accepts them
     (:meth:`GatedModel.runs_channels_last`), which is faster on CPU (NCHW max-pooling is slow
     there); results agree to float tolerance. ``connect`` **[ours]**, default True: a sample whose
-    binary pathway disconnects the network is widened (:mod:`neuralpath.methods.connect`), open
+    binary pathway passes nothing of its input (zero gradient at the sample) is widened (:mod:`neuralpath.methods.connect`), open
     gates first by value, then closed gates by their Taylor score; ``kept_prediction`` is checked
     on the widened pathway. False: the binarised gates as they are.
     """

@@ -37,10 +37,17 @@ RELEVANCE: tuple[Column, ...] = (
     ("aciou", "acIOU %", "↑"),
     ("kept_fraction_mean", "kept (mean ± sd)", ""),
 )
+CONNECTIVITY: tuple[Column, ...] = (
+    ("disconnected_n", "disconnected", "↓"),
+    ("repaired_n", "repaired", ""),
+)
+"""Pathways whose pathway model ignores the input (counted unfaithful), and those the connecting
+repair widened (:mod:`neuralpath.methods.connect`)."""
 COLUMNS: tuple[Column, ...] = (
     *FAITHFULNESS,
     *LEAKAGE,
     *RELEVANCE,
+    *CONNECTIVITY,
     ("seconds_per_image", "s / image", "↓"),
     ("forward_equivalents", "forwards / batch", "↓"),
 )
@@ -67,7 +74,9 @@ LEAKAGE_NOTE = (
     "pathway of a sample of another class, predict their own class / that sample's class, "
     "input-attr. conf. is p'(sample) − p'(blank), and forced to c the share of samples that "
     "another class c's class pathway makes predict c, so a high blank agr., swap → mask or "
-    "forced to c means the mask, not the input, carries the prediction."
+    "forced to c means the mask, not the input, carries the prediction. disconnected counts "
+    "pathways whose pathway model's output does not depend on the input (counted unfaithful), "
+    "repaired those the connecting repair widened so that it does."
 )
 
 
@@ -79,6 +88,8 @@ def _number(key: str, value: float, row: Mapping[str, Any], suffix: str) -> str:
     """``value`` of metric ``key``; ``suffix`` (``"@<ablation>"`` or ``""``) finds its siblings."""
     if key == "kept_fraction_mean":
         return f"{value:.3f} ± {row.get('kept_fraction_std' + suffix, 0.0):.3f}"
+    if key.endswith("_n"):
+        return str(int(value))
     plain = row.get("blank_agreement_plain" + suffix)
     if key == "blank_agreement" and plain is not None:
         return f"{value:.3f} ({plain:.3f})"

@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderConfig, PathwayFinder, register_finder, require
+from neuralpath.methods.connect import connect_pathway, rows_of
 from neuralpath.methods.gencnp.checkpoint import load_generator
 from neuralpath.methods.gencnp.generator import GeneratorConfig, GeneratorOutput, PathwayGenerator
 from neuralpath.methods.gencnp.train import FitConfig, fit_gencnp
@@ -54,11 +55,14 @@ class GenCNPConfig(FinderConfig):
     ``granularity="channel"``, the only one (Lin et al.'s generator predicts channel masks);
     ``verify_weights``: require the generator to be for these very weights (False: only its
     layers, for deliberately changed copies such as a sanity check's randomised model). The
-    sparsity is the generator's own, per sample."""
+    sparsity is the generator's own, per sample. ``connect`` **[ours]**, default False (one pass
+    is the method's point): when True, a pathway that disconnects the network is widened by the
+    generator's scores (:mod:`neuralpath.methods.connect`; one forward and backward more)."""
 
     generator: str | None = None
     granularity: Granularity = "channel"
     verify_weights: bool = True
+    connect: bool = False
 
     def check(self) -> None:
         require(
@@ -103,6 +107,7 @@ class GenCNPFinder(PathwayFinder):
         sparsity: float | None = None,
         *,
         min_per_layer: int = GenCNPGlobalConfig.min_per_layer,
+        connect: bool = False,
     ):
         super().__init__(gated)
         mine = [(s.name, s.shape) for s in generator.sites]
@@ -115,6 +120,7 @@ class GenCNPFinder(PathwayFinder):
         self.generator = generator.eval()
         self.sparsity = None if sparsity is None else check_sparsity(sparsity)
         self.min_per_layer = min_per_layer
+        self.connect = connect
         self._cost: float | None = None
 
     @torch.no_grad()
@@ -126,18 +132,23 @@ class GenCNPFinder(PathwayFinder):
     def find(self, inputs: Tensor, target: TargetType = None) -> Pathway:
         self.gated.check_inputs(inputs)
         logits, output = self.scores(self.gated.fast_layout(inputs))
-        resolve_target(logits, target)  # range check only (see the class docstring)
+        cls = resolve_target(logits, target)  # range check (see the class docstring)
         if self.sparsity is None:
             masks = {name: m > 0.5 for name, m in output.masks.items()}
-            return Pathway(masks, "channel", {"method": "gencnp", "sparsity": "instance"})
-        pathway = global_percentile(
-            output.scores, self.sparsity, "channel", min_per_layer=self.min_per_layer
-        )
-        pathway.metadata.update({"method": "gencnp-global"})
+            pathway = Pathway(masks, "channel", {"method": "gencnp", "sparsity": "instance"})
+        else:
+            pathway = global_percentile(
+                output.scores, self.sparsity, "channel", min_per_layer=self.min_per_layer
+            )
+            pathway.metadata.update({"method": "gencnp-global"})
+        if self.connect:
+            found = connect_pathway(self.gated, inputs, pathway, cls, rank=rows_of(output.scores))
+            pathway = found.pathway
         return pathway
 
     def forward_equivalents(self) -> float:
-        """``1 + generator FLOPs / target FLOPs`` (counted once with ``FlopCounterMode``)."""
+        """``1 + generator FLOPs / target FLOPs`` (counted once with ``FlopCounterMode``), + 3
+        for the connectivity test when ``connect``."""
         if self._cost is None:
             example = torch.zeros(1, *self.gated.input_shape, device=self.gated.device)
             with torch.no_grad():
@@ -147,7 +158,7 @@ class GenCNPFinder(PathwayFinder):
                     self.generator(dict(recording.activations))
             target_flops = max(1, target_counter.get_total_flops())
             self._cost = 1.0 + generator_counter.get_total_flops() / target_flops
-        return self._cost
+        return self._cost + (3.0 if self.connect else 0.0)
 
 
 @register_finder("gencnp", GenCNPConfig)
@@ -163,6 +174,7 @@ def build_gencnp(gated: GatedModel, config: GenCNPConfig) -> GenCNPFinder:
     loaded = load_generator(config.generator, gated, same_weights=config.verify_weights)
     if isinstance(config, GenCNPGlobalConfig):
         return GenCNPFinder(
-            gated, loaded.generator, config.sparsity, min_per_layer=config.min_per_layer
-        )
-    return GenCNPFinder(gated, loaded.generator)
+            gated, loaded.generator, config.sparsity, min_per_layer=config.min_per_layer,
+            connect=config.connect,
+        )  # fmt: skip
+    return GenCNPFinder(gated, loaded.generator, connect=config.connect)
