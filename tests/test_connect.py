@@ -214,3 +214,47 @@ def test_run_summary_counts_repaired_pathways(cnn) -> None:
     assert summary["repaired_n"] == 6 and summary["disconnected_n"] == 0
     floors = run.pathway.metadata[CONNECT_FLOOR]  # two batches, concatenated in order
     assert len(floors) == 6 and all(f >= 2 for f in floors)
+
+
+def test_kept_channels_on_either_side_of_a_depthwise_conv_are_joined() -> None:
+    """Site ``a`` keeps channel 0, the depthwise conv's output ``b`` keeps channel 1, which reads
+    only ``a``'s dropped channel 1: disconnected. Floor 2 keeps both channels of each layer."""
+    from test_connectivity import INPUTS, channels, gated_two_stage
+
+    gated = gated_two_stage(groups=2)
+    pathway = channels([True, False], [False, True], batch=3)
+    classes = torch.zeros(3, dtype=torch.long)
+    assert not input_dependence(gated, INPUTS, pathway, classes).any()
+    found = connect_pathway(gated, INPUTS, pathway, classes)
+    assert found.connected.all() and found.pathway.metadata[CONNECT_FLOOR] == [2, 2, 2]
+    assert found.pathway["a"].all() and found.pathway["b"].all()
+
+
+def test_cli_find_defaults_never_return_a_disconnected_pathway(tmp_path, capsys) -> None:
+    """The paper's rule at 0.99 over channels empties layers of the toy VGG; the default widens
+    those pathways (counted in ``repaired_n``); ``connect=false`` reports and warns instead."""
+    import json
+
+    from neuralpath.cli import main
+
+    from toys import save_centred_vgg
+
+    target = save_centred_vgg(tmp_path / "t", seed=0)
+    common = [
+        "find", "--checkpoint", str(target), "--method", "cp-mct", "--granularity", "channel",
+        "--sparsity", "0.99", "--set", "min_per_layer=0", "--data", "synthetic", "--limit", "8",
+        "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "a.safetensors")]) == 0
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)
+    assert summary["disconnected_n"] == 0 and summary["repaired_n"] == 8
+    assert "disconnect" not in printed.err
+    floors = Pathway.load(tmp_path / "a.safetensors").metadata[CONNECT_FLOOR]
+    assert len(floors) == 8 and min(floors) >= 2
+    off = [*common, "--set", "connect=false", "--out", str(tmp_path / "b.safetensors")]
+    assert main(off) == 0
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)
+    assert summary["disconnected_n"] == 8 and summary["repaired_n"] == 0
+    assert "8 of 8 pathways disconnect the network" in printed.err
