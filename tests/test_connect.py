@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from neuralpath.attribution import PathwayGradient
+from neuralpath.errors import ZeroMapsWarning
 from neuralpath.gating import GatedModel
 from neuralpath.methods import FinderOptions, build_finder
 from neuralpath.methods.connect import connect_pathway, rows_of
@@ -192,6 +193,12 @@ def test_pathway_gradient_repairs_from_its_own_gradient(cnn) -> None:
     expected = PathwayGradient(gated, finder).attribute(inputs, pathway=pathway)
     torch.testing.assert_close(maps, expected, rtol=0, atol=0)
     assert (maps.flatten(1).abs().amax(1) > 0).all()
+
+    # a pathway the caller gives is used as given, even when it passes nothing
+    given = NeuronMCT(gated, **CUT, connect=False).find(inputs)  # type: ignore[arg-type]
+    with pytest.warns(ZeroMapsWarning):
+        blank = PathwayGradient(gated, finder).attribute(inputs, pathway=given)
+    assert (blank == 0).all()
 
     calls = []
     handle = gated.model.register_forward_hook(lambda *_: calls.append(1))

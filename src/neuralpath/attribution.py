@@ -119,7 +119,8 @@ def forward_args(model: nn.Module, additional_forward_args: object = None) -> It
 
 class _PathwayForward(NamedTuple):
     """One forward of the pathway model: the input leaf, the summed target logit, the pathway
-    and the recording (site outputs, when asked for)."""
+    and the recording (site outputs, when asked for); ``repair``: the finder found the pathway
+    and left its connecting repair to the maps (:attr:`_PathwayAttribution.tests_connection`)."""
 
     inputs: Tensor
     objective: Tensor
@@ -127,6 +128,7 @@ class _PathwayForward(NamedTuple):
     recording: Any
     target: Tensor
     additional_forward_args: object
+    repair: bool
 
 
 class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum is untyped
@@ -211,6 +213,13 @@ class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum 
         """Find (or take) the pathway, then one differentiable forward of ``H_P`` (site outputs
         recorded where the maps need them)."""
         checked = _check_tensor_inputs(self.gated, inputs)
+        finder = self.finder
+        repair = (
+            pathway is None
+            and self.tests_connection
+            and isinstance(finder, CriticalPathwayFinder)
+            and finder.config.connect
+        )
         with forward_args(self.gated.model, additional_forward_args):
             pathway, cls = self.pathway_and_target(checked, target, pathway)
             x = checked.detach().requires_grad_(True)
@@ -219,7 +228,9 @@ class _PathwayAttribution(GradientAttribution):  # type: ignore[misc]  # captum 
         if not logits.requires_grad:
             raise InputError(_NO_GRADIENT)
         objective = select_logit(logits, cls).sum()
-        return _PathwayForward(x, objective, pathway, recording, cls, additional_forward_args)
+        return _PathwayForward(
+            x, objective, pathway, recording, cls, additional_forward_args, repair
+        )
 
 
 class PathwayGradient(_PathwayAttribution):
@@ -240,7 +251,7 @@ class PathwayGradient(_PathwayAttribution):
         (grad,) = torch.autograd.grad(run.objective, run.inputs, allow_unused=True)
         if grad is None:
             raise InputError(_NO_GRADIENT)
-        if self._repairs(run) and zero_maps(grad).any():
+        if run.repair and zero_maps(grad).any():
             grad = self._repaired_maps(run, grad)
         _warn_about_zero_maps(
             grad,
@@ -249,16 +260,6 @@ class PathwayGradient(_PathwayAttribution):
             "no gradient reaches the input through their pathways",
         )
         return grad
-
-    def _repairs(self, run: _PathwayForward) -> bool:
-        """Whether this run's pathway came from a critical finder that left the repair to us."""
-        finder = self.finder
-        return (
-            isinstance(finder, CriticalPathwayFinder)
-            and finder.config.connect
-            and "connect_floor" not in run.pathway.metadata
-            and run.pathway.batch_size == run.inputs.shape[0]
-        )
 
     def _repaired_maps(self, run: _PathwayForward, grad: Tensor) -> Tensor:
         """``grad`` with the zero maps of disconnected samples recomputed on their repaired
