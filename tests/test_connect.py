@@ -265,3 +265,40 @@ def test_cli_find_defaults_never_return_a_disconnected_pathway(tmp_path, capsys)
     summary = json.loads(printed.out)
     assert summary["disconnected_n"] == 8 and summary["repaired_n"] == 0
     assert "8 of 8 pathways disconnect the network" in printed.err
+
+
+class ThirdRankedLive(nn.Module):
+    """``a1 = relu(x)`` and ``a2`` of 4 units each; only ``a2_2 = relu(a1_2)`` is alive (the others
+    are ``relu(-a1_0 - 1) = 0``); ``y = (Σ a2, 0)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act1 = nn.Linear(4, 4, bias=False), nn.ReLU()
+        self.fc2, self.act2 = nn.Linear(4, 4), nn.ReLU()
+        self.fc3 = nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.eye(4))
+            dead = [-1.0, 0, 0, 0]
+            self.fc2.weight.copy_(torch.tensor([dead, dead, [0, 0, 1.0, 0], dead]))
+            self.fc2.bias.copy_(torch.tensor([-1.0, -1, 0, -1]))
+            self.fc3.weight.copy_(torch.tensor([[1.0] * 4, [0.0] * 4]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+def test_the_floor_is_bisected_to_the_smallest_that_connects() -> None:
+    """Ranks put the live unit third in both layers: floor 2 fails, 4 passes, and bisection
+    finds 3 (one unit less per layer than doubling alone)."""
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    gated = GatedModel.discover(ThirdRankedLive().double().eval(), x, layers=["act1", "act2"])
+    one = torch.tensor([[True, False, False, False]])
+    pathway = Pathway({"act1": one, "act2": one}, "channel", {"min_per_layer": 1})
+    ranks = torch.tensor([[4.0, 3.0, 2.0, 1.0]], dtype=torch.float64)
+    found = connect_pathway(
+        gated, x, pathway, torch.zeros(1, dtype=torch.long),
+        rank=rows_of({"act1": ranks, "act2": ranks}),
+    )  # fmt: skip
+    assert found.connected.tolist() == [True] and found.pathway.metadata[CONNECT_FLOOR] == [3]
+    assert found.pathway["act1"].tolist() == [[True, True, True, False]]
+    assert found.pathway["act2"].tolist() == [[True, True, True, False]]

@@ -17,17 +17,20 @@ widened too; a repaired pathway is then never reported disconnected.
 was. For a disconnected sample it raises a per-layer floor: every layer keeps at least its
 ``floor`` highest-ranked units (:func:`~neuralpath.pathway.keep_per_layer`, on top of what the
 pathway already keeps), with ``floor = growth^k · max(1, min_per_layer)`` for ``k = 1, 2, ...``,
-until the sample connects. Thin layers (the usual cause) are widened first and most; wide layers
-are touched only when the floor passes what they already keep. The floor stops growing once it
-covers every layer (the whole network); a sample the whole network cannot connect (a model whose
-gradient is zero at that input) keeps its original pathway.
+until the sample connects, then bisects between the last floor that failed and the first that
+passed, so the floor kept is the smallest one found (only tested floors are kept). Thin layers
+(the usual cause) are widened first and most; wide layers are touched only when the floor passes
+what they already keep. The floor stops growing once it covers every layer (the whole network);
+a sample the whole network cannot connect (a model whose gradient is zero at that input) keeps
+its original pathway.
 
 Units are ranked by the given ``rank`` (a critical-pathway finder's own scores), else by their
 first-order contribution ``|a · ∂y_c/∂a|`` in the unmasked network (NeuronMCT's score); either is
 computed for the disconnected samples only. Each widened sample records its final floor in the pathway's
 ``metadata["connect_floor"]`` (one integer per sample, 0 where nothing was added), which the
 summaries count as ``repaired_n``. Cost: one forward and backward of ``H_P`` per batch (the
-test), plus, for disconnected samples only, one scoring pass and one test per floor step.
+test), plus, for disconnected samples only, one scoring pass and one test per floor tried (about
+``2 log2(floor)``).
 """
 
 from __future__ import annotations
@@ -103,16 +106,16 @@ def connect_pathway(
     if failed.numel():
         if rank is None:
             rank = taylor_ranker(gated, inputs, classes, pathway.granularity)
-        ranks = rank(failed)
-        widened, floors_failed, ok = _widen(
-            gated, inputs[failed.to(inputs.device)], pathway.select(failed), classes[failed.to(classes.device)], ranks,
-            growth=growth, probe_scales=probe_scales,
+        search = _FloorSearch(
+            gated, inputs[failed.to(inputs.device)], pathway.select(failed),
+            classes[failed.to(classes.device)], rank(failed), probe_scales,
         )  # fmt: skip
-        for name, mask in widened.items():
+        found = search.run(growth)
+        for name, mask in search.masks(found).items():
             masks[name] = masks[name].clone()
             masks[name][failed.to(mask.device)] = mask
-        floors[failed] = floors_failed
-        connected[failed] = ok
+        floors[failed] = found
+        connected[failed] = found > 0
     metadata = {**pathway.metadata, CONNECT_FLOOR: floors.tolist()}
     return Connection(Pathway(masks, pathway.granularity, metadata), connected)
 
@@ -133,46 +136,64 @@ def taylor_ranker(
     return rank
 
 
-def _widen(  # noqa: PLR0913 -- the state of one repair, passed once
-    gated: GatedModel,
-    inputs: Tensor,
-    pathway: Pathway,
-    classes: Tensor,
-    ranks: Mapping[str, Tensor],
-    *,
-    growth: int,
-    probe_scales: tuple[float, ...],
-) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Raise the floor of every sample of ``pathway`` (all disconnected) until it connects:
-    ``(masks, floor per sample [R], connected [R])``; samples never connected get their
-    original masks and floor 0."""
-    count = pathway.batch_size
-    original = dict(pathway.items())
-    masks = dict(original)
-    floors = torch.zeros(count, dtype=torch.long)
-    connected = torch.zeros(count, dtype=torch.bool)
-    pending = torch.arange(count)
-    floor = max(1, int(pathway.metadata.get("min_per_layer", 1) or 1))
-    widest = max(pathway.units.values())
-    while pending.numel() and floor < widest:
-        floor *= growth
-        current = Pathway(
-            {n: m[pending.to(m.device)] for n, m in masks.items()}, pathway.granularity
-        )
-        wider = keep_per_layer(current, _rows(ranks, pending), floor)
-        found = input_dependence(
-            gated, inputs[pending.to(inputs.device)], wider, classes[pending.to(classes.device)],
-            probe_scales=probe_scales,
+class _FloorSearch:
+    """The floor search of one repair over ``R`` disconnected samples: ``pathway`` their masks as
+    the method chose them, ``ranks`` their unit ranks ``[R, ...]``."""
+
+    def __init__(
+        self,
+        gated: GatedModel,
+        inputs: Tensor,
+        pathway: Pathway,
+        classes: Tensor,
+        ranks: Mapping[str, Tensor],
+        probe_scales: tuple[float, ...],
+    ):
+        self.gated, self.inputs, self.pathway, self.classes = gated, inputs, pathway, classes
+        self.ranks, self.probe_scales = ranks, probe_scales
+
+    def widened(self, rows: Tensor, floor: int) -> Pathway:
+        """Samples ``rows`` with every layer keeping at least its ``floor`` top-ranked units."""
+        return keep_per_layer(self.pathway.select(rows), _rows(self.ranks, rows), floor)
+
+    def connects(self, rows: Tensor, floor: int) -> Tensor:
+        """``[len(rows)]`` bool: the widened pathways pass the test (gradient at the sample)."""
+        return input_dependence(
+            self.gated, self.inputs[rows.to(self.inputs.device)], self.widened(rows, floor),
+            self.classes[rows.to(self.classes.device)], probe_scales=self.probe_scales,
         )  # fmt: skip
-        for name, mask in wider.items():
-            masks[name] = masks[name].clone()
-            masks[name][pending.to(mask.device)] = mask
-        floors[pending] = floor
-        connected[pending] = found
-        pending = pending[~found]
-    if pending.numel() and floors.any():  # never connected: back to what the method chose
-        for name, mask in masks.items():
-            rows = pending.to(mask.device)
-            mask[rows] = original[name][rows]
-    floors[pending] = 0
-    return masks, floors, connected
+
+    def run(self, growth: int) -> Tensor:
+        """Per sample, the smallest floor found that connects (0: none does): ``[R]`` long.
+
+        The floor grows by ``growth`` from the method's ``min_per_layer`` until the sample
+        connects (or covers every layer), then is bisected between the last floor that failed
+        and the first that passed; only floors that were tested are returned."""
+        count = self.pathway.batch_size
+        failed = torch.full((count,), max(1, int(self.pathway.metadata.get("min_per_layer") or 1)))
+        passed = torch.zeros(count, dtype=torch.long)
+        pending, floor = torch.arange(count), int(failed[0])
+        widest = max(self.pathway.units.values())
+        while pending.numel() and floor < widest:
+            floor *= growth
+            ok = self.connects(pending, floor)
+            passed[pending[ok]], failed[pending[~ok]] = floor, floor
+            pending = pending[~ok]
+        narrowing = (passed > 0) & (passed - failed > 1)
+        while narrowing.any():
+            middle = (failed + passed) // 2
+            for value in middle[narrowing].unique().tolist():
+                rows = (narrowing & (middle == value)).nonzero().squeeze(1)
+                ok = self.connects(rows, value)
+                passed[rows[ok]], failed[rows[~ok]] = value, value
+            narrowing = (passed > 0) & (passed - failed > 1)
+        return passed
+
+    def masks(self, floors: Tensor) -> dict[str, Tensor]:
+        """The masks of every sample at its ``floors`` (0: as the method chose them)."""
+        masks = {name: mask.clone() for name, mask in self.pathway.items()}
+        for value in floors[floors > 0].unique().tolist():
+            rows = (floors == value).nonzero().squeeze(1)
+            for name, mask in self.widened(rows, value).items():
+                masks[name][rows.to(mask.device)] = mask
+        return masks
