@@ -120,9 +120,12 @@ def render(results: dict[str, list[dict[str, Any]]], command: str, limit: int) -
         "channel's weights into the next kept channel keep it below zero for any input), so "
         "those pathways are still disconnected; with `connect=false`, `find` reports them "
         "(`disconnected`, one `neuralpath: warning:` line) and counts them unfaithful. The "
-        "default connecting repair widens exactly those pathways (each layer keeps at least its "
-        "2, 4, 8, ... top-scoring units until the input reaches the output), so none is "
-        "disconnected; the price shows in the kept fraction of the repaired rows and in s/img.",
+        "default connecting repair widens the pathways whose explained logit has a zero gradient "
+        "at the sample (a test stricter than the report's, so repaired also counts pathways that "
+        "pass nothing of this input only): each layer keeps at least its 2, 4, 8, ... "
+        "top-scoring units until the sample's input reaches the output, then the smallest such "
+        "floor is bisected. None is left disconnected; the price shows in the kept fraction of "
+        "the repaired rows and in s/img.",
         "",
         *[_connected_is_not_faithful(name, rows) for name, rows in results.items()],
         "",
