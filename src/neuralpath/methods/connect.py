@@ -47,8 +47,12 @@ from neuralpath.metrics.connectivity import input_dependence
 from neuralpath.pathway import CONNECT_FLOOR, Granularity, Pathway, keep_per_layer
 
 GROWTH = 2
-"""Factor by which the per-layer floor grows at each step [ours]: few steps (a 512-channel layer
-is covered after 5) while a thin layer gets a few more units at a time."""
+"""Factor by which the per-layer floor grows at each step [ours]: a 512-channel layer is covered
+after 9 steps, and a thin layer gets a few more units at a time."""
+
+TEST_COST = 3.0
+"""Forward-equivalents of the connectivity test a finder runs on every batch when it repairs
+(one forward and one backward of the pathway model); repairs themselves are not counted."""
 
 
 class Connection(NamedTuple):
@@ -175,7 +179,7 @@ class _FloorSearch:
         pending, floor = torch.arange(count), int(failed[0])
         widest = max(self.pathway.units.values())
         while pending.numel() and floor < widest:
-            floor *= growth
+            floor = min(floor * growth, widest)  # past the widest layer: the whole network
             ok = self.connects(pending, floor)
             passed[pending[ok]], failed[pending[~ok]] = floor, floor
             pending = pending[~ok]

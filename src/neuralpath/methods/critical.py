@@ -47,7 +47,7 @@ from neuralpath.methods.base import (
     register_finder,
     require,
 )
-from neuralpath.methods.connect import connect_pathway, rows_of
+from neuralpath.methods.connect import TEST_COST, connect_pathway, rows_of
 from neuralpath.pathway import (
     Granularity,
     Pathway,
@@ -378,7 +378,7 @@ class NeuronMCT(CriticalPathwayFinder):
     def forward_equivalents(self) -> float:
         """One forward + backward of the scores, and one of the connectivity test when
         ``connect`` (repairs of disconnected samples not counted)."""
-        return 6.0 if self.config.connect else 3.0
+        return 3.0 + (TEST_COST if self.config.connect else 0.0)
 
 
 def _positive_int(value: object) -> bool:
@@ -453,5 +453,5 @@ class NeuronIntGrad(CriticalPathwayFinder):
     def forward_equivalents(self) -> float:
         """See the class docstring; plus one forward + backward of the connectivity test when
         ``connect``."""
-        test = 3.0 if self.config.connect else 0.0
+        test = TEST_COST if self.config.connect else 0.0
         return 1.0 + 3.0 * len(self.gated.sites) * len(self.alphas) + test

@@ -74,7 +74,7 @@ from neuralpath.methods.base import (
     register_finder,
     require,
 )
-from neuralpath.methods.connect import Ranker, connect_pathway, taylor_ranker
+from neuralpath.methods.connect import TEST_COST, Ranker, connect_pathway, taylor_ranker
 from neuralpath.pathway import (
     Granularity,
     Pathway,
@@ -225,7 +225,8 @@ class DGR(PathwayFinder):
         """Nominal cost per batch without retries: ``3T`` = teacher + ``T`` gated forwards +
         ``T − 1`` backwards (≈ 2 forwards each; the last iterate needs no step) + the binary
         pathway's forward; + 3 for the connectivity test when ``connect`` (repairs not counted)."""
-        return 2.0 + _attempt_cost(self.config.iterations) + (3.0 if self.config.connect else 0.0)
+        test = TEST_COST if self.config.connect else 0.0
+        return 2.0 + _attempt_cost(self.config.iterations) + test
 
     def initial_gates(self, inputs: Tensor) -> dict[str, Tensor]:
         """Starting gates ``{site: [B, C] | [B, *shape]}`` for ``inputs`` ``[B, *input_shape]``:
@@ -320,7 +321,7 @@ class DGR(PathwayFinder):
             kept_history=attempt.kept,
             forward_equivalents=2.0
             + _attempt_cost(cfg.iterations) * attempts / batch
-            + (3.0 if cfg.connect else 0.0),
+            + (TEST_COST if cfg.connect else 0.0),
         )
 
     def _ranker(self, inputs: Tensor, target: Tensor, gates: dict[str, Tensor]) -> Ranker:

@@ -115,7 +115,7 @@ def leakage_outcome(
     """Blank and swap controls for ``inputs`` ``[B, ...]`` and their ``pathway`` (``[B, ...]``
     per site); see the module docstring. ``baseline``: ``[*input_shape]``, default zeros.
     ``outcome``: the :func:`~neuralpath.metrics.faithfulness.pathway_outcome` of the same inputs
-    and pathway, whose explained class, pathway confidence and connectivity are reused (two
+    and pathway, whose explained class, pathway confidence, connectivity and repairs are reused (two
     forwards and a backward fewer); ``target`` must then be None."""
     if pathway.batch_size != inputs.shape[0]:
         raise ShapeError(
@@ -127,11 +127,12 @@ def leakage_outcome(
         path_probs = gated.forward(inputs, pathway).softmax(1)
         confidence = select_logit(path_probs, cls).float().cpu()
         connected = input_dependence(gated, inputs, pathway, cls, seed=seed)
+        repaired = repaired_samples(pathway)
     elif target is not None:
         raise InputError("give the target to pathway_outcome, not beside its outcome")
     else:
         cls, confidence = outcome.target.to(inputs.device), outcome.pathway_confidence
-        connected = outcome.connected
+        connected, repaired = outcome.connected, outcome.repaired
     blank = baseline_batch(gated, baseline, batch)
     plain_blank = gated.forward(blank[:1]).argmax(1).expand(batch)
     blank_probs = gated.forward(blank, pathway).softmax(1)
@@ -147,7 +148,7 @@ def leakage_outcome(
         swap_follows_input=(swapped == cls).cpu(),
         swap_follows_mask=(swapped == cls[partner.to(cls.device)]).cpu(),
         connected=connected,
-        repaired=repaired_samples(pathway),
+        repaired=repaired,
     )
 
 

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from neuralpath.errors import InputError
 from neuralpath.gating import GatedModel
 from neuralpath.methods.base import FinderConfig, PathwayFinder, register_finder, require
-from neuralpath.methods.connect import connect_pathway, rows_of
+from neuralpath.methods.connect import TEST_COST, connect_pathway, rows_of
 from neuralpath.methods.gencnp.checkpoint import load_generator
 from neuralpath.methods.gencnp.generator import GeneratorConfig, GeneratorOutput, PathwayGenerator
 from neuralpath.methods.gencnp.train import FitConfig, fit_gencnp
@@ -158,7 +158,7 @@ class GenCNPFinder(PathwayFinder):
                     self.generator(dict(recording.activations))
             target_flops = max(1, target_counter.get_total_flops())
             self._cost = 1.0 + generator_counter.get_total_flops() / target_flops
-        return self._cost + (3.0 if self.connect else 0.0)
+        return self._cost + (TEST_COST if self.connect else 0.0)
 
 
 @register_finder("gencnp", GenCNPConfig)
